@@ -1,0 +1,345 @@
+"""Typed configuration of a lora-lab run.
+
+Every run is described by one `Config`: nested dataclasses registered in Hydra's ConfigStore
+(schema here, values in `conf/`). Code below the command line sees these dataclasses only.
+Each `__post_init__` rejects bad values with a `ConfigError` whose one-line message names the
+key and the fix; the CLI turns it into exit code 2 before any model is loaded.
+
+    from lora_lab.config import compose
+    cfg = compose(["method=lora", "lora.rank=4", "train.max_steps=20"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+
+CONF_DIR = Path(os.environ.get("LORA_LAB_CONF", Path(__file__).resolve().parent.parent / "conf"))
+
+# Built-in models that build from a config shipped with the package (no download).
+TINY_PRESETS = ("tiny-llama", "tiny-moe")
+LAYER_SETS = ("all", "attn", "mlp")
+METHODS = ("lora", "full")
+TASKS = ("sft",)
+WANDB_MODES = ("disabled", "offline", "online")
+PROGRESS_MODES = ("auto", "bar", "lines", "none")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICES = ("auto", "cpu", "cuda")
+MAX_RANK = 512
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+class ConfigError(ValueError):
+    """A bad config value; the message is one line naming the key and the fix."""
+
+
+def _check(ok: bool, key: str, value: Any, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: {why}")
+
+
+@dataclass
+class ModelConfig:
+    # A built-in preset (tiny-llama, tiny-moe), a Hugging Face hub id (org/name) or a local directory.
+    name: str = "tiny-llama"
+    # auto: bf16 on GPU, fp32 on CPU.
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+    revision: Optional[str] = None
+    # Seed of the random init of a tiny preset that has no pretrained weights yet.
+    init_seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name), "model.name", self.name, "must be a preset, a hub id or a local directory")
+        _check(self.dtype in DTYPES, "model.dtype", self.dtype, f"choose one of {', '.join(DTYPES)}")
+        if self.name in TINY_PRESETS:
+            return
+        path = Path(self.name).expanduser()
+        if self.name.startswith(("/", ".", "~")) or path.exists():
+            _check(path.is_dir(), "model.name", self.name,
+                   "local model directory does not exist; give an existing directory or a hub id like meta-llama/Llama-3.2-1B")
+            _check((path / "config.json").exists(), "model.name", self.name, "local model directory has no config.json")
+            return
+        _check(bool(_HUB_ID.match(self.name)), "model.name", self.name,
+               f"unknown model; use a preset ({', '.join(TINY_PRESETS)}), a hub id (org/name) or a local directory")
+
+
+@dataclass
+class DataConfig:
+    # A data set preset: tiny-tulu (generated, offline).
+    name: str = "tiny-tulu"
+    # Number of training examples (the size knob); null: the whole data set.
+    size: Optional[int] = 2048
+    # Held-out examples for eval loss.
+    eval_size: int = 128
+    # Sequences are truncated to this many tokens.
+    max_seq_len: int = 256
+    # Seed of the generator of a generated data set (not of the data order: that is train.seed).
+    seed: int = 1234
+
+    def __post_init__(self) -> None:
+        from lora_lab.data import DATASETS  # registry lives next to the loaders
+
+        _check(self.name in DATASETS, "data.name", self.name, f"unknown data set; choose one of {', '.join(sorted(DATASETS))}")
+        _check(self.size is None or self.size > 0, "data.size", self.size, "must be > 0 (or null for all)")
+        _check(self.eval_size > 0, "data.eval_size", self.eval_size, "must be > 0")
+        _check(self.max_seq_len >= 8, "data.max_seq_len", self.max_seq_len, "must be >= 8")
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 8
+    # Paper setting: alpha = 32 for every rank, scale alpha / rank ("LoRA Without Regret", hyperparameters).
+    alpha: float = 32.0
+    layers: str = "all"
+    # LoRA on the unembedding (lm_head) as well.
+    unembed: bool = False
+    # A ~ U(-s/sqrt(d_in), s/sqrt(d_in)) with s = init_a_scale; 1.0 is peft's default init.
+    init_a_scale: float = 1.0
+    # Per-matrix LR multipliers (claim C8 varies them); 1.0 is the paper's single LR.
+    lr_a_mult: float = 1.0
+    lr_b_mult: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.rank, int) and 1 <= self.rank <= MAX_RANK, "lora.rank", self.rank,
+               f"must be an integer in 1..{MAX_RANK}")
+        _check(self.alpha > 0 and math.isfinite(self.alpha), "lora.alpha", self.alpha, "must be a finite number > 0")
+        _check(self.layers in LAYER_SETS, "lora.layers", self.layers, f"unknown layer set; choose one of {', '.join(LAYER_SETS)}")
+        _check(self.init_a_scale > 0, "lora.init_a_scale", self.init_a_scale, "must be > 0")
+        _check(self.lr_a_mult > 0, "lora.lr_a_mult", self.lr_a_mult, "must be > 0")
+        _check(self.lr_b_mult > 0, "lora.lr_b_mult", self.lr_b_mult, "must be > 0")
+
+
+@dataclass
+class OptimConfig:
+    # Constant LR, no warmup or decay (the paper's setting).
+    lr: float = 1e-3
+    # Sequences per optimizer step.
+    batch_size: int = 32
+    # Sequences per forward/backward; null: the whole batch at once.
+    micro_batch_size: Optional[int] = None
+    beta1: float = 0.9
+    beta2: float = 0.999
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    # Clip the global gradient norm to this value; 0: no clipping (the paper does not clip).
+    grad_clip: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0 and math.isfinite(self.lr), "optim.lr", self.lr, "must be a finite number > 0")
+        _check(self.batch_size > 0, "optim.batch_size", self.batch_size, "must be > 0")
+        if self.micro_batch_size is not None:
+            _check(self.micro_batch_size > 0, "optim.micro_batch_size", self.micro_batch_size, "must be > 0")
+            _check(self.batch_size % self.micro_batch_size == 0, "optim.micro_batch_size", self.micro_batch_size,
+                   f"must divide optim.batch_size={self.batch_size}")
+        _check(0 <= self.beta1 < 1, "optim.beta1", self.beta1, "must be in [0, 1)")
+        _check(0 <= self.beta2 < 1, "optim.beta2", self.beta2, "must be in [0, 1)")
+        _check(self.adam_eps >= 0, "optim.adam_eps", self.adam_eps, "must be >= 0")
+        _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "must be >= 0")
+        _check(self.grad_clip >= 0, "optim.grad_clip", self.grad_clip, "must be >= 0 (0 turns clipping off)")
+
+    @property
+    def micro(self) -> int:
+        return self.micro_batch_size or self.batch_size
+
+
+@dataclass
+class TrainConfig:
+    # Stop after this many optimizer steps; null: train.epochs passes over the data.
+    max_steps: Optional[int] = None
+    epochs: int = 1
+    # Eval loss on the held-out split every this many steps (and at the end); 0: only at the end.
+    eval_every: int = 50
+    # Write a resumable checkpoint every this many steps; 0: only at the end.
+    checkpoint_every: int = 50
+    seed: int = 0
+    # A train loss above this (or non-finite) ends the run with status "diverged".
+    diverge_loss: float = 20.0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check(self.max_steps is None or self.max_steps > 0, "train.max_steps", self.max_steps, "must be > 0 (or null for epochs)")
+        _check(self.epochs > 0, "train.epochs", self.epochs, "must be > 0")
+        _check(self.eval_every >= 0, "train.eval_every", self.eval_every, "must be >= 0 (0: eval at the end only)")
+        _check(self.checkpoint_every >= 0, "train.checkpoint_every", self.checkpoint_every, "must be >= 0 (0: at the end only)")
+        _check(self.diverge_loss > 0, "train.diverge_loss", self.diverge_loss, "must be > 0")
+        _check(self.device in DEVICES, "train.device", self.device, f"choose one of {', '.join(DEVICES)}")
+
+
+@dataclass
+class RunConfig:
+    # Run directories go to <root>/<experiment>/<run_id>/.
+    root: str = "runs"
+    experiment: str = "default"
+    # Override the derived run id (rarely needed; the default finds finished runs again).
+    id: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        _check(bool(self.root), "run.root", self.root, "must be a directory path")
+        _check(bool(re.fullmatch(r"[\w.\-/]+", self.experiment or "")) and ".." not in self.experiment,
+               "run.experiment", self.experiment, "use letters, digits, '.', '-', '_' and '/' only")
+        if self.id is not None:
+            _check(bool(re.fullmatch(r"[\w.\-]+", self.id)), "run.id", self.id, "use letters, digits, '.', '-' and '_' only")
+
+
+@dataclass
+class LoggerConfig:
+    wandb: str = "disabled"
+    wandb_project: str = "lora-lab"
+    wandb_entity: Optional[str] = None
+    # auto: a progress bar on a terminal, plain periodic lines otherwise.
+    progress: str = "auto"
+    # Seconds between plain progress lines.
+    progress_every_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        _check(self.wandb in WANDB_MODES, "logger.wandb", self.wandb, f"choose one of {', '.join(WANDB_MODES)}")
+        _check(self.progress in PROGRESS_MODES, "logger.progress", self.progress, f"choose one of {', '.join(PROGRESS_MODES)}")
+
+
+@dataclass
+class Config:
+    method: str = "lora"
+    task: str = "sft"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.method in METHODS, "method", self.method, f"choose one of {', '.join(METHODS)}")
+        _check(self.task in TASKS, "task", self.task, f"choose one of {', '.join(TASKS)}")
+        if self.method == "full":
+            # LoRA keys would be silently ignored by a full fine-tuning run; a sweep that varies
+            # lora.rank must not produce several identical FullFT runs under different names.
+            for f in dataclasses.fields(LoraConfig):
+                value, default = getattr(self.lora, f.name), f.default
+                _check(value == default, f"lora.{f.name}", value,
+                       f"is ignored with method=full; drop it or set method=lora (default {default!r})")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def register_configs() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="config_schema", node=Config)
+
+
+def _identity(cfg: Config) -> dict:
+    """The part of the config that decides what a run computes (where it is written and how it
+    logs do not)."""
+    d = cfg.to_dict()
+    for k in ("run", "logger"):
+        d.pop(k)
+    if cfg.method == "full":
+        d.pop("lora")
+    return d
+
+
+def config_hash(cfg: Config) -> str:
+    blob = json.dumps(_identity(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.0e}".replace("e-0", "e-").replace("e+0", "e")
+
+
+def run_id(cfg: Config) -> str:
+    """Readable key values plus a hash of everything that affects the result (seed included),
+    so that relaunching a grid finds its finished runs."""
+    if cfg.run.id:
+        return cfg.run.id
+    model = Path(cfg.model.name.rstrip("/")).name
+    parts = [model, cfg.data.name]
+    if cfg.method == "lora":
+        parts += [f"lora-r{cfg.lora.rank}-{cfg.lora.layers}" + ("-unembed" if cfg.lora.unembed else "")]
+    else:
+        parts += ["full"]
+    parts += [f"lr{_fmt(cfg.optim.lr)}", f"bs{cfg.optim.batch_size}", f"s{cfg.train.seed}", config_hash(cfg)]
+    return "_".join(parts)
+
+
+def run_dir(cfg: Config) -> Path:
+    return Path(cfg.run.root) / cfg.run.experiment / run_id(cfg)
+
+
+def _one_line(exc: BaseException) -> str:
+    """Hydra/OmegaConf errors span several lines; keep the part that names the key."""
+    text = "\n".join(str(e).strip() for e in (exc, exc.__cause__) if e is not None)
+    m = re.search(r"Key '([^']+)' not in '([^']+)'.*?full_key: ([\w.]+)", text, re.S)
+    if m:
+        return f"{m.group(3)}: no such key; see conf/ or lora_lab/config.py for the keys"
+    m = re.search(r"Could not find '([\w\-]+)/([^']+)'", text)
+    if m:
+        group = m.group(1)
+        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        return f"{group}={m.group(2)}: unknown {group} preset; choose one of {', '.join(options)}"
+    m = re.search(r"Value '([^']*)' (?:of type '\w+' could not be converted to|is not a valid) (\w+).*?full_key: ([\w.]+)", text, re.S)
+    if m:
+        return f"{m.group(3)}={m.group(1)!r}: expected a value of type {m.group(2).lower()}"
+    m = re.search(r"full_key: ([\w.]+)", text)
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return f"{m.group(1)}: {first}" if m else first
+
+
+def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "config") -> Config:
+    """Compose conf/<config_name>.yaml with command-line style overrides into a validated Config.
+
+    Raises ConfigError (one line naming the key) for any bad key or value."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    if not CONF_DIR.is_dir():
+        raise ConfigError(f"LORA_LAB_CONF={CONF_DIR}: config directory not found; run from a lora-lab checkout")
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            dcfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+    except ConfigError:
+        raise
+    except Exception as exc:  # hydra's override grammar, missing groups, type errors
+        raise ConfigError(_one_line(exc)) from None
+    return from_dictconfig(dcfg)
+
+
+def from_dictconfig(dcfg: Any) -> Config:
+    """DictConfig (or plain dict) -> validated Config dataclass."""
+    try:
+        schema = OmegaConf.structured(Config)
+        merged = OmegaConf.merge(schema, dcfg)
+        cfg = OmegaConf.to_object(merged)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        cause = exc.__cause__ or exc.__context__
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        raise ConfigError(_one_line(exc)) from None
+    assert isinstance(cfg, Config)
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    """Read a run's config.yaml back into a Config."""
+    return from_dictconfig(OmegaConf.load(path))
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

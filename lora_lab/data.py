@@ -1,0 +1,237 @@
+"""Post-training data: data set registry, chat tokenization with assistant-only labels, and the
+deterministic batch order shared by every run of a sweep.
+
+A data set is a function `DataConfig -> (train_rows, eval_rows)`; rows are dicts in the schema of
+the real data set they stand for (tiny-tulu: allenai/tulu-3-sft-mixture's `messages`). Batches are
+drawn in an order that depends only on `train.seed` and the data config, so LoRA and FullFT runs of
+one sweep see the same sequences at the same step.
+
+    python -m lora_lab.data   # prints a few tiny-tulu examples with their assistant masks
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+import torch
+
+if TYPE_CHECKING:
+    from lora_lab.config import Config, DataConfig
+
+IGNORE_INDEX = -100
+
+# ----------------------------------------------------------------------------- tiny-tulu
+
+_WORDS = (
+    "apple river stone cloud garden silver window forest candle bridge ocean paper mirror lemon "
+    "rocket pencil castle meadow thunder button violet harbor needle marble falcon canyon"
+).split()
+_OPPOSITES = {
+    "hot": "cold", "big": "small", "fast": "slow", "up": "down", "early": "late", "light": "dark",
+    "happy": "sad", "open": "closed", "full": "empty", "old": "new", "high": "low", "soft": "hard",
+}
+_COLOURS_FR = {"red": "rouge", "blue": "bleu", "green": "vert", "black": "noir", "white": "blanc",
+               "yellow": "jaune", "grey": "gris", "pink": "rose"}
+_SYSTEMS = ("You are a helpful assistant.", "Answer briefly and exactly.", "You are a careful assistant.")
+
+
+def _task_arith(r: random.Random) -> tuple[str, str]:
+    a, b = r.randint(2, 99), r.randint(2, 99)
+    op = r.choice(["plus", "minus", "times"])
+    val = {"plus": a + b, "minus": a - b, "times": a * b}[op]
+    q = r.choice([f"What is {a} {op} {b}?", f"Compute {a} {op} {b}.", f"Please work out {a} {op} {b}."])
+    return q, f"{a} {op} {b} is {val}."
+
+
+def _task_reverse(r: random.Random) -> tuple[str, str]:
+    w = r.choice(_WORDS)
+    return r.choice([f"Reverse the word '{w}'.", f"Spell '{w}' backwards."]), f"'{w}' reversed is '{w[::-1]}'."
+
+
+def _task_sort(r: random.Random) -> tuple[str, str]:
+    xs = [r.randint(0, 50) for _ in range(r.randint(3, 7))]
+    return f"Sort these numbers from smallest to largest: {', '.join(map(str, xs))}.", ", ".join(map(str, sorted(xs))) + "."
+
+
+def _task_count(r: random.Random) -> tuple[str, str]:
+    w = r.choice(_WORDS)
+    return f"How many letters are in the word '{w}'?", f"The word '{w}' has {len(w)} letters."
+
+
+def _task_opposite(r: random.Random) -> tuple[str, str]:
+    a, b = r.choice(sorted(_OPPOSITES.items()))
+    return r.choice([f"What is the opposite of '{a}'?", f"Give the opposite of '{a}'."]), f"The opposite of '{a}' is '{b}'."
+
+
+def _task_french(r: random.Random) -> tuple[str, str]:
+    en, fr = r.choice(sorted(_COLOURS_FR.items()))
+    return f"Translate the colour '{en}' into French.", f"In French, '{en}' is '{fr}'."
+
+
+def _task_list(r: random.Random) -> tuple[str, str]:
+    ws = r.sample(_WORDS, r.randint(2, 5))
+    k = r.randint(1, len(ws))
+    return f"Give item number {k} of this list: {', '.join(ws)}.", f"Item {k} is '{ws[k - 1]}'."
+
+
+def _task_upper(r: random.Random) -> tuple[str, str]:
+    ws = r.sample(_WORDS, r.randint(1, 3))
+    s = " ".join(ws)
+    return f"Write '{s}' in capital letters.", s.upper() + "."
+
+
+_TASKS = (_task_arith, _task_reverse, _task_sort, _task_count, _task_opposite, _task_french, _task_list, _task_upper)
+
+
+def tiny_tulu_rows(n: int, seed: int) -> list[dict]:
+    """n chat examples in tulu-3-sft-mixture's schema: {"id", "source", "messages": [{role, content}]}.
+    Single tasks and two-turn conversations, some with a system prompt."""
+    r = random.Random(seed)
+    rows = []
+    for i in range(n):
+        msgs = []
+        if r.random() < 0.3:
+            msgs.append({"role": "system", "content": r.choice(_SYSTEMS)})
+        for _ in range(1 if r.random() < 0.7 else 2):
+            task = r.choice(_TASKS)
+            q, a = task(r)
+            msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        rows.append({"id": f"tiny_tulu_{seed}_{i}", "source": "tiny-tulu", "messages": msgs})
+    return rows
+
+
+def load_tiny_tulu(cfg: "DataConfig") -> tuple[list[dict], list[dict]]:
+    train = tiny_tulu_rows(cfg.size or 2048, cfg.seed)
+    seen = {json.dumps(row["messages"]) for row in train}
+    # Held-out split from its own stream, so that data.size does not change the eval set.
+    candidates = tiny_tulu_rows(cfg.eval_size * 4, cfg.seed + 7919)
+    held_out = [row for row in candidates if json.dumps(row["messages"]) not in seen][: cfg.eval_size]
+    return train, held_out
+
+
+DATASETS: dict[str, Callable[["DataConfig"], tuple[list[dict], list[dict]]]] = {
+    "tiny-tulu": load_tiny_tulu,
+}
+
+# ----------------------------------------------------------------------------- tokenization
+
+
+def _messages(row: dict) -> list[dict]:
+    if "messages" in row:
+        return row["messages"]
+    if "conversations" in row:  # OpenThoughts/ShareGPT: {"from": "human"|"gpt", "value": ...}
+        role = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+        return [{"role": role[t["from"]], "content": t["value"]} for t in row["conversations"]]
+    raise KeyError(f"row has neither 'messages' nor 'conversations': keys {sorted(row)}")
+
+
+def encode_chat(tokenizer, messages: list[dict], max_len: int) -> tuple[list[int], list[int]]:
+    """Token ids and labels (IGNORE_INDEX outside assistant turns) of one conversation.
+
+    Uses the template's {% generation %} blocks when it has them; otherwise marks each assistant
+    turn by rendering the conversation up to and after it (exact for prefix-stable templates)."""
+    template = getattr(tokenizer, "chat_template", None) or ""
+    if "{% generation %}" in template or "{%- generation %}" in template:
+        out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
+    else:
+        ids, mask = [], []
+        for i, m in enumerate(messages):
+            prefix = messages[: i + 1]
+            full = tokenizer.apply_chat_template(prefix, tokenize=True, return_dict=True)["input_ids"]
+            new = list(full[len(ids):])
+            ids += new
+            mask += [int(m["role"] == "assistant")] * len(new)
+    ids, mask = ids[:max_len], mask[:max_len]
+    labels = [t if k else IGNORE_INDEX for t, k in zip(ids, mask)]
+    return ids, labels
+
+
+@dataclass
+class TokenizedSplit:
+    ids: list[torch.Tensor]
+    labels: list[torch.Tensor]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def tokenize(rows: list[dict], tokenizer, max_len: int) -> TokenizedSplit:
+    ids, labels = [], []
+    for row in rows:
+        i, l = encode_chat(tokenizer, _messages(row), max_len)
+        # The next-token loss needs a target after position 0; drop rows truncated to no target.
+        if sum(x != IGNORE_INDEX for x in l[1:]) == 0:
+            continue
+        ids.append(torch.tensor(i, dtype=torch.long))
+        labels.append(torch.tensor(l, dtype=torch.long))
+    return TokenizedSplit(ids, labels)
+
+
+def collate(split: TokenizedSplit, idx: list[int], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded micro-batch: input_ids, attention_mask, labels (IGNORE_INDEX on padding)."""
+    n = max(len(split.ids[i]) for i in idx)
+    input_ids = torch.full((len(idx), n), pad_id, dtype=torch.long)
+    labels = torch.full((len(idx), n), IGNORE_INDEX, dtype=torch.long)
+    attn = torch.zeros((len(idx), n), dtype=torch.long)
+    for row, i in enumerate(idx):
+        k = len(split.ids[i])
+        input_ids[row, :k] = split.ids[i]
+        labels[row, :k] = split.labels[i]
+        attn[row, :k] = 1
+    return {"input_ids": input_ids, "attention_mask": attn, "labels": labels}
+
+
+# ----------------------------------------------------------------------------- batch order
+
+
+def order_seed(cfg: "Config") -> int:
+    """Seed of the data order: train.seed and the data config only (not method, rank or LR)."""
+    key = json.dumps({"seed": cfg.train.seed, "data": vars(cfg.data)}, sort_keys=True, default=str)
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") & (2**62 - 1)
+
+
+class BatchOrder:
+    """Step -> example indices. Each epoch is a fresh permutation; the last partial batch of an
+    epoch is dropped so every step has exactly batch_size sequences."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        if n < batch_size:
+            raise ValueError(f"optim.batch_size={batch_size} is larger than the {n} training examples; lower it or raise data.size")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.steps_per_epoch = n // batch_size
+        self._perm: dict[int, list[int]] = {}
+
+    def _permutation(self, epoch: int) -> list[int]:
+        if epoch not in self._perm:
+            g = torch.Generator().manual_seed(self.seed + epoch)
+            self._perm = {epoch: torch.randperm(self.n, generator=g).tolist()}
+        return self._perm[epoch]
+
+    def epoch_of(self, step: int) -> int:
+        return step // self.steps_per_epoch
+
+    def batch(self, step: int) -> list[int]:
+        """Indices of the examples of optimizer step `step` (0-based)."""
+        epoch, k = divmod(step, self.steps_per_epoch)
+        perm = self._permutation(epoch)
+        return perm[k * self.batch_size : (k + 1) * self.batch_size]
+
+
+def load_data(cfg: "Config", tokenizer) -> tuple[TokenizedSplit, TokenizedSplit]:
+    train_rows, eval_rows = DATASETS[cfg.data.name](cfg.data)
+    return tokenize(train_rows, tokenizer, cfg.data.max_seq_len), tokenize(eval_rows, tokenizer, cfg.data.max_seq_len)
+
+
+if __name__ == "__main__":
+    from lora_lab.models import load_tokenizer
+
+    tok = load_tokenizer("tiny-llama")
+    for row in tiny_tulu_rows(3, 0):
+        ids, labels = encode_chat(tok, row["messages"], 256)
+        print(repr(tok.decode(ids)))
+        print("  target:", repr(tok.decode([t for t in labels if t != IGNORE_INDEX])))

@@ -1,0 +1,272 @@
+"""LoRA, our own: W' = W + (alpha / r) B A on a frozen base, with export to peft's adapter format.
+
+Paper settings ("LoRA Without Regret", section "Experimental setup"): alpha = 32 for every rank,
+A ~ U(-1/sqrt(d_in), 1/sqrt(d_in)) (peft's kaiming init; `lora.init_a_scale` scales the bound),
+B = 0, one LR for A and B (`lora.lr_a_mult`, `lora.lr_b_mult` separate them for claim C8).
+
+Layer sets: attn = q, k, v, o; mlp = gate, up, down; all = both; `lora.unembed` adds lm_head.
+MoE experts get one LoRA per expert with per-expert rank = rank / experts-per-token (the paper's
+rule, which keeps the active LoRA parameters per token equal to a dense model's). Fused 3-D
+expert weights (transformers 5.x Qwen3-MoE: `experts.gate_up_proj` [E, 2I, H],
+`experts.down_proj` [E, H, I], both (out, in) per expert) are adapted by a parametrization
+W_e + s B_e A_e, which is also how peft's `target_parameters` works, so exports reload in peft.
+
+Dense layers hold K independent adapters (a leading K dimension, K = 1 for a normal run): the
+batch is split into K contiguous groups, group k goes through adapter k. That lets one process
+train K runs of a sweep on one frozen base.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
+
+from lora_lab.config import ConfigError
+
+if TYPE_CHECKING:
+    from lora_lab.config import LoraConfig
+
+ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP = ("gate_proj", "up_proj", "down_proj")
+EXPERT_PARAMS = ("gate_up_proj", "down_proj")  # gate_up first: peft nests it innermost
+PEFT_PREFIX = "base_model.model."
+
+
+def _uniform_a(shape: tuple[int, ...], d_in: int, scale: float, device, generator=None) -> torch.Tensor:
+    bound = scale / math.sqrt(d_in)
+    a = torch.empty(shape, dtype=torch.float32, device=device)
+    return a.uniform_(-bound, bound, generator=generator)
+
+
+class LoRALinear(nn.Module):
+    """y = base(x) + (alpha / r) (x A^T) B^T, with A: [K, r, d_in], B: [K, d_out, r] in fp32."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, init_a_scale: float = 1.0, k: int = 1):
+        super().__init__()
+        self.base = base
+        self.rank, self.alpha, self.scale = rank, alpha, alpha / rank
+        d_in, d_out, dev = base.in_features, base.out_features, base.weight.device
+        self.lora_A = nn.Parameter(_uniform_a((k, rank, d_in), d_in, init_a_scale, dev))
+        self.lora_B = nn.Parameter(torch.zeros(k, d_out, rank, dtype=torch.float32, device=dev))
+
+    @property
+    def k(self) -> int:
+        return self.lora_A.shape[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        xa = x.to(self.lora_A.dtype)
+        if self.k == 1:
+            d = F.linear(F.linear(xa, self.lora_A[0]), self.lora_B[0])
+        else:
+            if x.shape[0] % self.k:
+                raise ValueError(f"batch of {x.shape[0]} cannot be split among {self.k} adapters")
+            xs = xa.reshape(self.k, -1, x.shape[-1])
+            d = torch.bmm(torch.bmm(xs, self.lora_A.transpose(1, 2)), self.lora_B.transpose(1, 2))
+            d = d.reshape(*x.shape[:-1], -1)
+        # Scale after B, as peft does, so that parity holds bitwise in fp32.
+        return y + (d * self.scale).to(y.dtype)
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}, alpha={self.alpha}, k={self.k}"
+
+
+class ExpertLoRA(nn.Module):
+    """Parametrization of a fused expert weight W [E, d_out, d_in]: W_e + (alpha / r) B_e A_e,
+    A: [E, r, d_in], B: [E, d_out, r]."""
+
+    def __init__(self, weight: torch.Tensor, rank: int, alpha: float, init_a_scale: float = 1.0):
+        super().__init__()
+        e, d_out, d_in = weight.shape
+        self.rank, self.alpha, self.scale = rank, alpha, alpha / rank
+        self.lora_A = nn.Parameter(_uniform_a((e, rank, d_in), d_in, init_a_scale, weight.device))
+        self.lora_B = nn.Parameter(torch.zeros(e, d_out, rank, dtype=torch.float32, device=weight.device))
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w + (torch.bmm(self.lora_B, self.lora_A) * self.scale).to(w.dtype)
+
+
+@dataclass
+class Site:
+    """One adapted matrix (or stack of expert matrices)."""
+
+    path: str  # module path in the model, e.g. model.layers.0.self_attn.q_proj
+    param: str | None  # expert parameter name for fused experts, else None
+    module: nn.Module  # LoRALinear or ExpertLoRA
+    d_in: int
+    d_out: int
+    experts: int  # 1 for a dense matrix
+
+    @property
+    def rank(self) -> int:
+        return self.module.rank
+
+    def num_params(self) -> int:
+        return self.rank * self.experts * (self.d_in + self.d_out)
+
+
+def experts_per_token(model: nn.Module) -> int | None:
+    cfg = getattr(model, "config", None)
+    for key in ("num_experts_per_tok", "moe_topk", "num_experts_per_token"):
+        if cfg is not None and getattr(cfg, key, None):
+            return int(getattr(cfg, key))
+    return None
+
+
+def _expert_rank(rank: int, active: int | None, where: str) -> int:
+    if not active:
+        raise ConfigError(f"lora.rank={rank}: model has experts at {where} but no num_experts_per_tok in its config")
+    if rank % active:
+        raise ConfigError(f"lora.rank={rank}: must be a multiple of the {active} active experts (per-expert rank = rank / active experts)")
+    return rank // active
+
+
+def _set_module(model: nn.Module, path: str, new: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, name, new)
+
+
+def _is_fused_experts(module: nn.Module) -> bool:
+    return all(isinstance(getattr(module, p, None), nn.Parameter) and getattr(module, p).dim() == 3 for p in EXPERT_PARAMS)
+
+
+def apply_lora(model: nn.Module, cfg: "LoraConfig", k: int = 1) -> list[Site]:
+    """Freeze the model and add adapters per cfg; returns the adapted sites in model order."""
+    model.requires_grad_(False)
+    names = {"attn": ATTN, "mlp": MLP, "all": ATTN + MLP}[cfg.layers]
+    want_experts = cfg.layers in ("mlp", "all")
+    active = experts_per_token(model)
+    sites: list[Site] = []
+    for path, module in list(model.named_modules()):
+        leaf = path.rpartition(".")[2]
+        if isinstance(module, nn.Linear) and (leaf in names or (cfg.unembed and path == _lm_head_path(model))):
+            in_experts = ".experts." in f".{path}."
+            rank = _expert_rank(cfg.rank, active, path) if in_experts else cfg.rank
+            lora = LoRALinear(module, rank, cfg.alpha, cfg.init_a_scale, k)
+            _set_module(model, path, lora)
+            sites.append(Site(path, None, lora, module.in_features, module.out_features, 1))
+        elif want_experts and _is_fused_experts(module):
+            if k != 1:
+                raise NotImplementedError("several adapters per process (k > 1) are not supported on fused MoE experts")
+            rank = _expert_rank(cfg.rank, active, path)
+            for p in EXPERT_PARAMS:
+                w = getattr(module, p)
+                lora = ExpertLoRA(w, rank, cfg.alpha, cfg.init_a_scale)
+                parametrize.register_parametrization(module, p, lora, unsafe=True)
+                sites.append(Site(path, p, lora, w.shape[2], w.shape[1], w.shape[0]))
+    if not sites:
+        raise ConfigError(f"lora.layers={cfg.layers}: no matching layers in this model (looked for {', '.join(names)})")
+    return sites
+
+
+def _lm_head_path(model: nn.Module) -> str:
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    for path, module in model.named_modules():
+        if module is out:
+            return path
+    return "lm_head"
+
+
+def lora_parameters(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
+    for name, p in model.named_parameters():
+        if name.endswith(("lora_A", "lora_B")):
+            yield name, p
+
+
+def param_groups(model: nn.Module, lr: float, lr_a_mult: float, lr_b_mult: float) -> list[dict]:
+    a = [p for n, p in lora_parameters(model) if n.endswith("lora_A")]
+    b = [p for n, p in lora_parameters(model) if n.endswith("lora_B")]
+    return [{"params": a, "lr": lr * lr_a_mult, "name": "lora_A"}, {"params": b, "lr": lr * lr_b_mult, "name": "lora_B"}]
+
+
+def cached():
+    """Context in which parametrized expert weights are computed once per forward, not per access."""
+    return parametrize.cached()
+
+
+# ----------------------------------------------------------------------------- peft format
+
+
+def _peft_tensors(site: Site, index: int = 0) -> dict[str, torch.Tensor]:
+    m = site.module
+    if site.param is None:  # nn.Linear: lora_A [r, d_in], lora_B [d_out, r]
+        base = f"{PEFT_PREFIX}{site.path}"
+        return {f"{base}.lora_A.weight": m.lora_A[index], f"{base}.lora_B.weight": m.lora_B[index]}
+    # peft's ParamWrapper: A [E*r, d_in] in per-expert blocks; B [d_out, r*E] interleaved,
+    # column j*E + e is rank j of expert e. Parameters nest in target order, gate_up innermost.
+    e, r = site.experts, site.rank
+    nest = ".base_layer" * (len(EXPERT_PARAMS) - 1 - EXPERT_PARAMS.index(site.param))
+    base = f"{PEFT_PREFIX}{site.path}{nest}"
+    a = m.lora_A.reshape(e * r, site.d_in)
+    b = m.lora_B.permute(1, 2, 0).reshape(site.d_out, r * e)
+    return {f"{base}.lora_A.weight": a, f"{base}.lora_B.weight": b}
+
+
+def export_peft(sites: list[Site], cfg: "LoraConfig", out_dir: str | Path, base_model: str, index: int = 0) -> Path:
+    """Write adapter_config.json and adapter_model.safetensors that peft.PeftModel loads."""
+    from peft import LoraConfig as PeftLoraConfig
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    for s in sites:
+        tensors.update({k: v.detach().float().cpu().contiguous() for k, v in _peft_tensors(s, index).items()})
+    modules = sorted({s.path.rpartition(".")[2] for s in sites if s.param is None})
+    expert_paths = sorted({s.path for s in sites if s.param is not None})
+    params = [p for p in EXPERT_PARAMS if any(s.param == p for s in sites)]
+    # peft matches target_parameters by suffix (mlp.experts.gate_up_proj); per-expert ranks that
+    # differ from lora.rank go into rank_pattern, keyed as peft keys them.
+    targets = [f"{_relative_expert_name(expert_paths[0])}.{p}" for p in params] if expert_paths else None
+    rank_pattern = {}
+    for s in sites:
+        if s.rank != cfg.rank:
+            rank_pattern[s.path if s.param is None else f"{s.path}.{s.param}"] = s.rank
+    peft_cfg = PeftLoraConfig(
+        r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
+        target_modules=modules or None, target_parameters=targets, rank_pattern=rank_pattern,
+    )
+    peft_cfg.base_model_name_or_path = base_model
+    peft_cfg.save_pretrained(str(out))
+    save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    return out
+
+
+def _relative_expert_name(path: str) -> str:
+    # model.layers.3.mlp.experts -> mlp.experts (peft matches target_parameters by suffix)
+    parts = path.split(".")
+    return ".".join(parts[-2:])
+
+
+def load_peft_tensors(sites: list[Site], adapter_dir: str | Path, index: int = 0) -> None:
+    """Inverse of export_peft: copy an adapter's tensors into our sites."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
+    with torch.no_grad():
+        for s in sites:
+            names = list(_peft_tensors(s, index))
+            a, b = tensors[names[0]], tensors[names[1]]
+            if s.param is None:
+                s.module.lora_A[index].copy_(a)
+                s.module.lora_B[index].copy_(b)
+            else:
+                e, r = s.experts, s.rank
+                s.module.lora_A.copy_(a.reshape(e, r, s.d_in))
+                s.module.lora_B.copy_(b.reshape(s.d_out, r, e).permute(2, 0, 1))
+
+
+def adapter_summary(sites: list[Site]) -> dict:
+    return {
+        "sites": len(sites),
+        "trainable_params": sum(s.num_params() for s in sites),
+        "ranks": sorted({s.rank for s in sites}),
+    }

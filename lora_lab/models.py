@@ -1,0 +1,125 @@
+"""Base models: built-in tiny presets and Hugging Face models (hub id or local directory).
+
+`tiny-llama` (dense, Llama architecture) and `tiny-moe` (Qwen3-MoE architecture, 8 experts, 2
+active per token) share the tokenizer in lora_lab/assets/tokenizer. Where pretrained weights for
+a preset are shipped in lora_lab/assets/<preset>/, they are loaded; otherwise the preset is built
+from its config with a seeded random init (`model.init_seed`), so a run can be rebuilt exactly.
+
+Real models load with AutoModelForCausalLM: bf16 on GPU, fp32 on CPU, trust_remote_code off
+unless `model.trust_remote_code=true`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from lora_lab.tokenizer import ASSETS, TOKENIZER_DIR
+
+if TYPE_CHECKING:
+    from lora_lab.config import ModelConfig
+
+# Sized so that a few hundred steps of batch 32 run in minutes on a 2-core CPU.
+TINY_CONFIGS: dict[str, dict] = {
+    "tiny-llama": dict(
+        model_type="llama", hidden_size=192, intermediate_size=512, num_hidden_layers=4,
+        num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=1024,
+        rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=False, attention_bias=False,
+    ),
+    "tiny-moe": dict(
+        model_type="qwen3_moe", hidden_size=128, intermediate_size=384, moe_intermediate_size=128,
+        num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+        num_experts=8, num_experts_per_tok=2, norm_topk_prob=True, decoder_sparse_step=1,
+        mlp_only_layers=[], max_position_embeddings=1024, rope_theta=10000.0, rms_norm_eps=1e-6,
+        tie_word_embeddings=False, router_aux_loss_coef=0.0, output_router_logits=False,
+    ),
+}
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        from lora_lab.config import ConfigError
+
+        raise ConfigError("train.device='cuda': no CUDA device is visible; use train.device=auto or cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False, revision: str | None = None):
+    from transformers import AutoTokenizer
+
+    if name in TINY_CONFIGS:
+        tok = AutoTokenizer.from_pretrained(str(TOKENIZER_DIR))
+    else:
+        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code, revision=revision)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def tiny_config(name: str, vocab_size: int):
+    from transformers import AutoConfig
+
+    kw = dict(TINY_CONFIGS[name])
+    model_type = kw.pop("model_type")
+    return AutoConfig.for_model(model_type, vocab_size=vocab_size, **kw)
+
+
+def model_config(cfg: "ModelConfig"):
+    """The architecture config alone (no weights): enough for pre-flight checks and counts."""
+    from transformers import AutoConfig
+
+    if cfg.name in TINY_CONFIGS:
+        weights = ASSETS / cfg.name
+        if (weights / "config.json").exists():
+            return AutoConfig.from_pretrained(str(weights))
+        return tiny_config(cfg.name, len(load_tokenizer(cfg.name)))
+    return AutoConfig.from_pretrained(cfg.name, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
+
+
+def build_model(cfg: "ModelConfig", device: torch.device | str = "cpu"):
+    """(model, tokenizer) on `device`, in the dtype of cfg.dtype, in train mode with dropout off."""
+    from transformers import AutoModelForCausalLM
+
+    device = torch.device(device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    tok = load_tokenizer(cfg.name, cfg.trust_remote_code, cfg.revision)
+    if cfg.name in TINY_CONFIGS and not (ASSETS / cfg.name / "config.json").exists():
+        conf = tiny_config(cfg.name, len(tok))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.init_seed)
+            model = AutoModelForCausalLM.from_config(conf, dtype=dtype)
+    else:
+        source = str(ASSETS / cfg.name) if cfg.name in TINY_CONFIGS else cfg.name
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, trust_remote_code=cfg.trust_remote_code,
+            revision=None if cfg.name in TINY_CONFIGS else cfg.revision,
+        )
+    model.to(device)
+    # Decoder-only SFT: no KV cache during training; config dropout off for exact resume.
+    model.config.use_cache = False
+    model.train()
+    return model, tok
+
+
+def count_params(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def set_threads_from_env() -> int | None:
+    """Under SLURM with task/none a job sees every core: use the cores it was given."""
+    n = os.environ.get("SLURM_CPUS_PER_TASK")
+    if n and n.isdigit() and int(n) > 0:
+        torch.set_num_threads(int(n))
+        return int(n)
+    return None

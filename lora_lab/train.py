@@ -1,0 +1,280 @@
+"""The SFT loop: one run, LoRA or FullFT, from a Config to a finished run directory.
+
+LoRA and FullFT differ only in which parameters train. AdamW with a constant LR and no warmup
+(the paper's setting); loss = mean NLL in nats over the assistant tokens of the whole optimizer
+batch (micro-batches are summed, then divided by the batch's target-token count, so gradient
+accumulation gives exactly the full-batch gradient). Launching the same config again resumes from
+the last checkpoint; a completed or diverged run is reported and skipped.
+
+    lora-lab train method=lora lora.rank=4 train.max_steps=20 run.root=/tmp/r
+    python -m lora_lab.train method=full train.max_steps=20
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+import traceback
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lora_lab import lora as lora_mod
+from lora_lab.config import Config, ConfigError, run_dir, run_id
+from lora_lab.data import IGNORE_INDEX, BatchOrder, collate, load_data, order_seed
+from lora_lab.models import build_model, count_params, model_config, resolve_device, set_threads_from_env
+from lora_lab.runs import RunDir
+
+
+def preflight(cfg: Config) -> None:
+    """Checks that need the model's architecture (not its weights), before anything heavy."""
+    resolve_device(cfg.train.device)
+    if cfg.method != "lora":
+        return
+    arch = model_config(cfg.model)
+    active = getattr(arch, "num_experts_per_tok", None)
+    if getattr(arch, "num_experts", None) and active and cfg.lora.layers in ("mlp", "all") and cfg.lora.rank % active:
+        raise ConfigError(f"lora.rank={cfg.lora.rank}: must be a multiple of the {active} active experts of "
+                          f"{cfg.model.name} (per-expert rank = rank / active experts)")
+
+
+def batch_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Summed next-token NLL over target tokens, and their count."""
+    with lora_mod.cached():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    targets = batch["labels"][:, 1:]
+    nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                          ignore_index=IGNORE_INDEX, reduction="sum")
+    return nll, int((targets != IGNORE_INDEX).sum())
+
+
+@torch.no_grad()
+def evaluate(model, split, micro: int, pad_id: int, device) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(split), micro):
+        batch = {k: v.to(device) for k, v in collate(split, list(range(i, min(i + micro, len(split)))), pad_id).items()}
+        nll, n = batch_nll(model, batch)
+        total, count = total + nll.item(), count + n
+    model.train()
+    return total / max(count, 1)
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    if s.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Progress:
+    """A tqdm bar on a terminal, plain periodic lines otherwise (logs of batch jobs)."""
+
+    def __init__(self, cfg: Config, total: int, start: int, name: str):
+        mode = cfg.logger.progress
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "lines"
+        self.mode, self.total, self.name, self.every = mode, total, name, cfg.logger.progress_every_s
+        self.last = 0.0
+        self.bar = None
+        if mode == "bar":
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, desc=name, dynamic_ncols=True, leave=False)
+
+    def update(self, step: int, loss: float, force: bool = False) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.4f}")
+        elif self.mode == "lines" and (force or time.monotonic() - self.last >= self.every):
+            self.last = time.monotonic()
+            print(f"[{self.name}] step {step}/{self.total} train_loss {loss:.4f}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _wandb(cfg: Config, rid: str, rd: RunDir):
+    if cfg.logger.wandb == "disabled":
+        return None
+    import wandb
+
+    return wandb.init(project=cfg.logger.wandb_project, entity=cfg.logger.wandb_entity, mode=cfg.logger.wandb,
+                      name=rid, id=rid[-40:], resume="allow", dir=str(rd.path), config=cfg.to_dict(),
+                      group=cfg.run.experiment)
+
+
+def train(cfg: Config) -> dict:
+    """Run (or resume, or skip) one SFT run; returns its summary. Never raises for a diverged run;
+    a failure is recorded in summary.json and re-raised."""
+    rid, rd = run_id(cfg), RunDir(run_dir(cfg))
+    done = rd.summary()
+    if done and done.get("status") in ("completed", "diverged"):
+        print(f"{rid}: already {done['status']} (final train loss {done.get('final_train_loss')}); skipping", file=sys.stderr)
+        return done
+    preflight(cfg)
+    rd.lock()
+    try:
+        return _train_locked(cfg, rid, rd)
+    finally:
+        rd.unlock()
+
+
+def _train_locked(cfg: Config, rid: str, rd: RunDir) -> dict:
+    t_launch = time.monotonic()
+    rd.write_config(cfg)
+    rd.clear_summary()
+    summary = {"run_id": rid, "method": cfg.method, "status": "failed", "steps": 0}
+    run = None
+    try:
+        set_threads_from_env()
+        device = resolve_device(cfg.train.device)
+        _seed_all(cfg.train.seed)
+        model, tok = build_model(cfg.model, device)
+        total_params = count_params(model)
+        if cfg.method == "lora":
+            sites = lora_mod.apply_lora(model, cfg.lora)
+            groups = lora_mod.param_groups(model, cfg.optim.lr, cfg.lora.lr_a_mult, cfg.lora.lr_b_mult)
+        else:
+            sites = []
+            model.requires_grad_(True)
+            groups = [{"params": [p for p in model.parameters()], "lr": cfg.optim.lr, "name": "all"}]
+        trainable = [p for g in groups for p in g["params"]]
+        summary.update(trainable_params=sum(p.numel() for p in trainable), total_params=total_params)
+        opt = torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
+                                eps=cfg.optim.adam_eps, weight_decay=cfg.optim.weight_decay)
+
+        train_split, eval_split = load_data(cfg, tok)
+        order = BatchOrder(len(train_split), cfg.optim.batch_size, order_seed(cfg))
+        total = cfg.train.max_steps or cfg.train.epochs * order.steps_per_epoch
+        micro, pad_id = cfg.optim.micro, tok.pad_token_id
+
+        step, wall, tokens, examples = 0, 0.0, 0, 0
+        state = rd.load_checkpoint()
+        if state is not None and not state.get("final"):
+            trainable_state = state["trainable"]
+            (model.load_state_dict(trainable_state) if cfg.method == "full"
+             else _load_named(model, trainable_state))
+            opt.load_state_dict(state["optimizer"])
+            _set_rng_state(state["rng"])
+            step, wall, tokens, examples = state["step"], state["wall_s"], state["tokens"], state["examples"]
+            print(f"{rid}: resuming from step {step}", file=sys.stderr)
+        rd.open_metrics(keep_upto_step=step)
+        rd.write_meta(device, resumed_from=step)
+        run = _wandb(cfg, rid, rd)
+        summary.update(max_steps=total, steps=step)
+
+        def checkpoint(final: bool = False) -> None:
+            rd.save_checkpoint({
+                "step": step, "final": final, "wall_s": wall, "tokens": tokens, "examples": examples,
+                "trainable": _trainable_state(model, cfg),
+                # A finished run needs no optimizer state (for an 8B FullFT run it is 64 GB).
+                "optimizer": None if final else opt.state_dict(), "rng": _rng_state(),
+            })
+
+        progress = Progress(cfg, total, step, rid[:40])
+        loss_value, eval_loss, status = math.nan, None, "completed"
+        while step < total:
+            t0 = time.perf_counter()
+            idx = order.batch(step)
+            micro_batches = [collate(train_split, idx[i:i + micro], pad_id) for i in range(0, len(idx), micro)]
+            n_target = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro_batches)
+            opt.zero_grad(set_to_none=True)
+            loss_sum = 0.0
+            for b in micro_batches:
+                b = {k: v.to(device) for k, v in b.items()}
+                nll, _ = batch_nll(model, b)
+                (nll / n_target).backward()
+                loss_sum += nll.item()
+            loss_value = loss_sum / n_target
+            if not math.isfinite(loss_value) or loss_value > cfg.train.diverge_loss:
+                status = "diverged"
+                rd.log({"step": step + 1, "train_loss": loss_value, "lr": cfg.optim.lr, "diverged": True})
+                summary["diverged_at_step"] = step + 1
+                break
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.grad_clip or math.inf).item()
+            opt.step()
+            step += 1
+            wall += time.perf_counter() - t0
+            tokens += sum(int(b["attention_mask"].sum()) for b in micro_batches)
+            examples += len(idx)
+            row = {"step": step, "train_loss": loss_value, "lr": cfg.optim.lr, "examples": examples,
+                   "tokens": tokens, "target_tokens": n_target, "wall_s": round(wall, 4), "grad_norm": grad_norm,
+                   "epoch": order.epoch_of(step - 1)}
+            rd.log(row)
+            if run:
+                run.log(row, step=step)
+            progress.update(step, loss_value)
+            if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < total:
+                eval_loss = evaluate(model, eval_split, micro, pad_id, device)
+                rd.log({"step": step, "eval_loss": eval_loss})
+                if run:
+                    run.log({"eval_loss": eval_loss}, step=step)
+            if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 and step < total:
+                checkpoint()
+        progress.close()
+
+        if status == "completed":
+            eval_loss = evaluate(model, eval_split, micro, pad_id, device)
+            rd.log({"step": step, "eval_loss": eval_loss})
+            if run:
+                run.log({"eval_loss": eval_loss}, step=step)
+            if sites:
+                lora_mod.export_peft(sites, cfg.lora, rd.adapter_path, cfg.model.name)
+            checkpoint(final=True)
+        summary.update(status=status, steps=step, final_train_loss=loss_value, final_eval_loss=eval_loss,
+                       wall_s=round(wall, 3), launch_wall_s=round(time.monotonic() - t_launch, 3),
+                       tokens=tokens, examples=examples, step_time_s=round(wall / step, 5) if step else None)
+        rd.write_summary(summary)
+        progress.update(step, loss_value, force=True)
+        return summary
+    except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised
+        summary.update(status="failed", error=f"{type(exc).__name__}: {exc}",
+                       traceback=traceback.format_exc()[-4000:])
+        rd.write_summary(summary)
+        raise
+    finally:
+        if run:
+            run.finish()
+
+
+def _trainable_state(model, cfg: Config) -> dict[str, torch.Tensor]:
+    if cfg.method == "full":
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return {n: p.detach().clone() for n, p in lora_mod.lora_parameters(model)}
+
+
+def _load_named(model, state: dict[str, torch.Tensor]) -> None:
+    params = dict(lora_mod.lora_parameters(model))
+    missing = set(params) - set(state)
+    if missing:
+        raise RuntimeError(f"checkpoint lacks {len(missing)} adapter tensors, e.g. {sorted(missing)[0]}")
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(state[n])
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lora_lab.cli import main as cli_main
+
+    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
