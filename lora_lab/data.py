@@ -12,10 +12,11 @@ one sweep see the same sequences at the same step.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 
@@ -87,30 +88,33 @@ def _task_upper(r: random.Random) -> tuple[str, str]:
 _TASKS = (_task_arith, _task_reverse, _task_sort, _task_count, _task_opposite, _task_french, _task_list, _task_upper)
 
 
-def tiny_tulu_rows(n: int, seed: int) -> list[dict]:
-    """n chat examples in tulu-3-sft-mixture's schema: {"id", "source", "messages": [{role, content}]}.
-    Single tasks and two-turn conversations, some with a system prompt."""
+def _tiny_tulu_stream(seed: int) -> Iterator[dict]:
     r = random.Random(seed)
-    rows = []
-    for i in range(n):
+    i = 0
+    while True:
         msgs = []
         if r.random() < 0.3:
             msgs.append({"role": "system", "content": r.choice(_SYSTEMS)})
         for _ in range(1 if r.random() < 0.7 else 2):
-            task = r.choice(_TASKS)
-            q, a = task(r)
+            q, a = r.choice(_TASKS)(r)
             msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
-        rows.append({"id": f"tiny_tulu_{seed}_{i}", "source": "tiny-tulu", "messages": msgs})
-    return rows
+        yield {"id": f"tiny_tulu_{seed}_{i}", "source": "tiny-tulu", "messages": msgs}
+        i += 1
+
+
+def tiny_tulu_rows(n: int, seed: int) -> list[dict]:
+    """n chat examples in tulu-3-sft-mixture's schema: {"id", "source", "messages": [{role, content}]}.
+    Single tasks and two-turn conversations, some with a system prompt."""
+    return list(itertools.islice(_tiny_tulu_stream(seed), n))
 
 
 def load_tiny_tulu(cfg: "DataConfig") -> tuple[list[dict], list[dict]]:
-    train = tiny_tulu_rows(cfg.size or 2048, cfg.seed)
-    seen = {json.dumps(row["messages"]) for row in train}
-    # Held-out split from its own stream, so that data.size does not change the eval set.
-    candidates = tiny_tulu_rows(cfg.eval_size * 4, cfg.seed + 7919)
-    held_out = [row for row in candidates if json.dumps(row["messages"]) not in seen][: cfg.eval_size]
-    return train, held_out
+    # The held-out split comes from its own stream and is fixed first; training rows that repeat
+    # a held-out conversation are skipped. So data.size never changes the eval set.
+    held_out = tiny_tulu_rows(cfg.eval_size, cfg.seed + 7919)
+    seen = {json.dumps(row["messages"]) for row in held_out}
+    fresh = (row for row in _tiny_tulu_stream(cfg.seed) if json.dumps(row["messages"]) not in seen)
+    return list(itertools.islice(fresh, cfg.size or 2048)), held_out
 
 
 DATASETS: dict[str, Callable[["DataConfig"], tuple[list[dict], list[dict]]]] = {
@@ -133,19 +137,29 @@ def encode_chat(tokenizer, messages: list[dict], max_len: int) -> tuple[list[int
     """Token ids and labels (IGNORE_INDEX outside assistant turns) of one conversation.
 
     Uses the template's {% generation %} blocks when it has them; otherwise marks each assistant
-    turn by rendering the conversation up to and after it (exact for prefix-stable templates)."""
+    turn by rendering the conversation before it (with the generation prompt) and after it, which
+    is exact for prefix-stable templates and then also counts the turn's trailing separator."""
     template = getattr(tokenizer, "chat_template", None) or ""
     if "{% generation %}" in template or "{%- generation %}" in template:
         out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
         ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
     else:
+        def render(msgs, gen=False):
+            return list(tokenizer.apply_chat_template(msgs, tokenize=True, return_dict=True, add_generation_prompt=gen)["input_ids"])
+
         ids, mask = [], []
         for i, m in enumerate(messages):
-            prefix = messages[: i + 1]
-            full = tokenizer.apply_chat_template(prefix, tokenize=True, return_dict=True)["input_ids"]
-            new = list(full[len(ids):])
-            ids += new
-            mask += [int(m["role"] == "assistant")] * len(new)
+            full = render(messages[: i + 1])
+            if m["role"] == "assistant":
+                # The turn's header (e.g. "<|start_header_id|>assistant...") is prompt, not target.
+                head = render(messages[:i], gen=True) if i else []
+                if full[: len(head)] != head or head[: len(ids)] != ids:
+                    head = ids
+                ids, mask = head, mask + [0] * (len(head) - len(ids))
+                mask += [1] * (len(full) - len(ids))
+            else:
+                mask += [0] * (len(full) - len(ids))
+            ids = full
     ids, mask = ids[:max_len], mask[:max_len]
     labels = [t if k else IGNORE_INDEX for t, k in zip(ids, mask)]
     return ids, labels

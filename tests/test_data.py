@@ -1,0 +1,72 @@
+import torch
+
+from lora_lab.config import compose
+from lora_lab.data import IGNORE_INDEX, BatchOrder, collate, encode_chat, load_tiny_tulu, order_seed, tiny_tulu_rows, tokenize
+from lora_lab.models import load_tokenizer
+
+
+def test_tiny_tulu_is_deterministic_and_in_tulu_schema():
+    a, b = tiny_tulu_rows(50, 3), tiny_tulu_rows(50, 3)
+    assert a == b and a != tiny_tulu_rows(50, 4)
+    for row in a:
+        roles = [m["role"] for m in row["messages"]]
+        assert roles[-1] == "assistant" and set(roles) <= {"system", "user", "assistant"}
+        assert all(isinstance(m["content"], str) and m["content"] for m in row["messages"])
+
+
+def test_held_out_split_is_disjoint_and_independent_of_size():
+    cfg = compose(["data.size=300", "data.eval_size=40"]).data
+    train, held = load_tiny_tulu(cfg)
+    assert len(train) == 300 and len(held) == 40
+    assert not {str(r["messages"]) for r in train} & {str(r["messages"]) for r in held}
+    train2, held2 = load_tiny_tulu(compose(["data.size=100", "data.eval_size=40"]).data)
+    assert held2 == held and train2 == train[:100]
+
+
+def test_labels_cover_exactly_the_assistant_turns():
+    tok = load_tokenizer("tiny-llama")
+    row = {"messages": [{"role": "system", "content": "Be exact."}, {"role": "user", "content": "What is 2 plus 2?"},
+                        {"role": "assistant", "content": "2 plus 2 is 4."}, {"role": "user", "content": "Reverse 'ab'."},
+                        {"role": "assistant", "content": "'ab' reversed is 'ba'."}]}
+    ids, labels = encode_chat(tok, row["messages"], 512)
+    target = tok.decode([t for t in labels if t != IGNORE_INDEX])
+    assert target == "2 plus 2 is 4.<|end|>'ab' reversed is 'ba'.<|end|>"
+    assert tok.decode(ids).startswith("<|bos|><|system|>\nBe exact.")
+
+
+def test_prefix_fallback_matches_generation_masks():
+    """Templates without {% generation %} (most base models) mark assistant turns by prefix rendering."""
+    tok = load_tokenizer("tiny-llama")
+    plain = load_tokenizer("tiny-llama")
+    plain.chat_template = tok.chat_template.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+    for row in tiny_tulu_rows(20, 1):
+        a, b = encode_chat(tok, row["messages"], 512), encode_chat(plain, row["messages"], 512)
+        assert a[0] == b[0]
+        # The prefix method also counts the newline after <|end|>, which the template emits with the turn.
+        ta, tb = [i for i, t in enumerate(a[1]) if t != IGNORE_INDEX], [i for i, t in enumerate(b[1]) if t != IGNORE_INDEX]
+        assert set(ta) <= set(tb) and all(a[0][i] == tok.convert_tokens_to_ids("Ċ") for i in set(tb) - set(ta))
+
+
+def test_truncation_and_collate_padding():
+    tok = load_tokenizer("tiny-llama")
+    split = tokenize(tiny_tulu_rows(10, 0), tok, max_len=20)
+    assert all(len(x) <= 20 for x in split.ids)
+    batch = collate(split, [0, 1, 2], tok.pad_token_id)
+    n = batch["input_ids"].shape[1]
+    for row, i in enumerate([0, 1, 2]):
+        k = len(split.ids[i])
+        assert batch["attention_mask"][row].sum() == k
+        assert torch.all(batch["labels"][row, k:] == IGNORE_INDEX) and torch.all(batch["input_ids"][row, k:n] == tok.pad_token_id)
+
+
+def test_batch_order_depends_on_seed_and_data_only():
+    lora, full = compose(["method=lora", "lora.rank=2", "optim.lr=5e-3"]), compose(["method=full", "optim.lr=1e-4"])
+    assert order_seed(lora) == order_seed(full)
+    assert order_seed(lora) != order_seed(compose(["train.seed=1"]))
+    assert order_seed(lora) != order_seed(compose(["data.size=512"]))
+    o = BatchOrder(100, 16, order_seed(lora))
+    assert o.steps_per_epoch == 6
+    epoch0 = [i for s in range(6) for i in o.batch(s)]
+    assert len(set(epoch0)) == 96 and all(len(o.batch(s)) == 16 for s in range(20))
+    assert o.batch(6) != o.batch(0) and o.epoch_of(6) == 1
+    assert BatchOrder(100, 16, order_seed(full)).batch(3) == o.batch(3)
