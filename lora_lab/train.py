@@ -113,10 +113,14 @@ class Progress:
 def _wandb(cfg: Config, rid: str, rd: RunDir):
     if cfg.logger.wandb == "disabled":
         return None
+    import hashlib
+
     import wandb
 
+    # One wandb run per run directory; a relaunch resumes it.
+    wid = hashlib.sha256(f"{cfg.run.experiment}/{rid}".encode()).hexdigest()[:16]
     return wandb.init(project=cfg.logger.wandb_project, entity=cfg.logger.wandb_entity, mode=cfg.logger.wandb,
-                      name=rid, id=rid[-40:], resume="allow", dir=str(rd.path), config=cfg.to_dict(),
+                      name=rid, id=wid, resume="allow", dir=str(rd.path), config=cfg.to_dict(),
                       group=cfg.run.experiment)
 
 

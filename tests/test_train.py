@@ -197,3 +197,21 @@ def test_sigkill_midway_then_relaunch_equals_an_uninterrupted_run(tmp_path, meth
     assert _steps(rows, "eval_loss") == [5, 10, 15, 20, 24]
     clean_rows = read_metrics(RunDir(run_dir(compose(clean_args))).metrics_path)
     assert [r["train_loss"] for r in rows if "train_loss" in r] == [r["train_loss"] for r in clean_rows if "train_loss" in r]
+
+
+def test_wandb_offline_logs_next_to_the_run(small, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cfg = small("logger.wandb=offline", "train.max_steps=2")
+    assert train(cfg)["status"] == "completed"
+    assert list((run_dir(cfg) / "wandb").glob("offline-run-*/*.wandb"))
+
+
+def test_pair_prints_both_final_losses(tmp_path):
+    args = [*SMALL, f"run.root={tmp_path}", "train.max_steps=2", "lora.rank=2"]
+    p = subprocess.run([LORA_LAB, "pair", *args], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    lines = {l.split()[0]: l.split() for l in p.stdout.splitlines() if l.startswith(("lora r=2", "full "))}
+    assert set(lines) == {"lora", "full"}
+    for method, cols in lines.items():
+        summary = next((tmp_path / "default").glob(f"*_{'lora-r2-' if method == 'lora' else 'full_'}*/summary.json"))
+        assert f"{json.loads(summary.read_text())['final_train_loss']:.4f}" in cols
