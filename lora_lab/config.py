@@ -75,24 +75,44 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    # A data set preset: tiny-tulu (generated, offline).
+    # A data set preset (conf/data/): generated tiny sets, or real ones (tulu3, gsm8k, ...).
     name: str = "tiny-tulu"
-    # Number of training examples (the size knob); null: the whole data set.
-    size: Optional[int] = 2048
+    # Training examples: the size knob of a generated set, a seeded subset of a real one;
+    # null: all of a real set (a generated set needs a number).
+    num_examples: Optional[int] = 2048
     # Held-out examples for eval loss.
     eval_size: int = 128
-    # Sequences are truncated to this many tokens.
+    # Sequences are truncated to this many tokens (the tail is dropped).
     max_seq_len: int = 256
-    # Seed of the generator of a generated data set (not of the data order: that is train.seed).
+    # Seed of a generator or of a subset draw (not of the batch order: that is train.seed).
     seed: int = 1234
+    # Real sets: local files or directory (jsonl, json, parquet) instead of the hub.
+    path: Optional[str] = None
+    # Real sets: hub id, its config name, and the split to train on.
+    hub_id: Optional[str] = None
+    hub_config: Optional[str] = None
+    split: str = "train"
+    # Held-out split name; null: hold out eval_size examples of the training split (seeded).
+    eval_split: Optional[str] = None
+    # Difficulty levels to keep (tiny-math, MATH); null: all.
+    levels: Optional[list[int]] = None
+    # Answer form of math sets: gsm8k ("#### 42"), math ("\\boxed{42}") or mixed.
+    answer_format: str = "mixed"
+    # A real set whose malformed rows exceed this fraction fails the run.
+    max_bad_fraction: float = 0.01
 
     def __post_init__(self) -> None:
         from lora_lab.data import DATASETS  # registry lives next to the loaders
 
         _check(self.name in DATASETS, "data.name", self.name, f"unknown data set; choose one of {', '.join(sorted(DATASETS))}")
-        _check(self.size is None or self.size > 0, "data.size", self.size, "must be > 0 (or null for all)")
+        _check(self.num_examples is None or self.num_examples > 0, "data.num_examples", self.num_examples, "must be > 0 (or null for all)")
         _check(self.eval_size > 0, "data.eval_size", self.eval_size, "must be > 0")
         _check(self.max_seq_len >= 8, "data.max_seq_len", self.max_seq_len, "must be >= 8")
+        _check(self.answer_format in ("gsm8k", "math", "mixed"), "data.answer_format", self.answer_format,
+               "choose one of gsm8k, math, mixed")
+        _check(0 <= self.max_bad_fraction <= 1, "data.max_bad_fraction", self.max_bad_fraction, "must be in [0, 1]")
+        if self.path is not None:
+            _check(Path(self.path).expanduser().exists(), "data.path", self.path, "no such file or directory")
 
 
 @dataclass

@@ -12,114 +12,21 @@ one sweep see the same sequences at the same step.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
-import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable
 
 import torch
+
+from lora_lab.tiny_world import TINY_DATASETS
 
 if TYPE_CHECKING:
     from lora_lab.config import Config, DataConfig
 
 IGNORE_INDEX = -100
 
-# ----------------------------------------------------------------------------- tiny-tulu
-
-_WORDS = (
-    "apple river stone cloud garden silver window forest candle bridge ocean paper mirror lemon "
-    "rocket pencil castle meadow thunder button violet harbor needle marble falcon canyon"
-).split()
-_OPPOSITES = {
-    "hot": "cold", "big": "small", "fast": "slow", "up": "down", "early": "late", "light": "dark",
-    "happy": "sad", "open": "closed", "full": "empty", "old": "new", "high": "low", "soft": "hard",
-}
-_COLOURS_FR = {"red": "rouge", "blue": "bleu", "green": "vert", "black": "noir", "white": "blanc",
-               "yellow": "jaune", "grey": "gris", "pink": "rose"}
-_SYSTEMS = ("You are a helpful assistant.", "Answer briefly and exactly.", "You are a careful assistant.")
-
-
-def _task_arith(r: random.Random) -> tuple[str, str]:
-    a, b = r.randint(2, 99), r.randint(2, 99)
-    op = r.choice(["plus", "minus", "times"])
-    val = {"plus": a + b, "minus": a - b, "times": a * b}[op]
-    q = r.choice([f"What is {a} {op} {b}?", f"Compute {a} {op} {b}.", f"Please work out {a} {op} {b}."])
-    return q, f"{a} {op} {b} is {val}."
-
-
-def _task_reverse(r: random.Random) -> tuple[str, str]:
-    w = r.choice(_WORDS)
-    return r.choice([f"Reverse the word '{w}'.", f"Spell '{w}' backwards."]), f"'{w}' reversed is '{w[::-1]}'."
-
-
-def _task_sort(r: random.Random) -> tuple[str, str]:
-    xs = [r.randint(0, 50) for _ in range(r.randint(3, 7))]
-    return f"Sort these numbers from smallest to largest: {', '.join(map(str, xs))}.", ", ".join(map(str, sorted(xs))) + "."
-
-
-def _task_count(r: random.Random) -> tuple[str, str]:
-    w = r.choice(_WORDS)
-    return f"How many letters are in the word '{w}'?", f"The word '{w}' has {len(w)} letters."
-
-
-def _task_opposite(r: random.Random) -> tuple[str, str]:
-    a, b = r.choice(sorted(_OPPOSITES.items()))
-    return r.choice([f"What is the opposite of '{a}'?", f"Give the opposite of '{a}'."]), f"The opposite of '{a}' is '{b}'."
-
-
-def _task_french(r: random.Random) -> tuple[str, str]:
-    en, fr = r.choice(sorted(_COLOURS_FR.items()))
-    return f"Translate the colour '{en}' into French.", f"In French, '{en}' is '{fr}'."
-
-
-def _task_list(r: random.Random) -> tuple[str, str]:
-    ws = r.sample(_WORDS, r.randint(2, 5))
-    k = r.randint(1, len(ws))
-    return f"Give item number {k} of this list: {', '.join(ws)}.", f"Item {k} is '{ws[k - 1]}'."
-
-
-def _task_upper(r: random.Random) -> tuple[str, str]:
-    ws = r.sample(_WORDS, r.randint(1, 3))
-    s = " ".join(ws)
-    return f"Write '{s}' in capital letters.", s.upper() + "."
-
-
-_TASKS = (_task_arith, _task_reverse, _task_sort, _task_count, _task_opposite, _task_french, _task_list, _task_upper)
-
-
-def _tiny_tulu_stream(seed: int) -> Iterator[dict]:
-    r = random.Random(seed)
-    i = 0
-    while True:
-        msgs = []
-        if r.random() < 0.3:
-            msgs.append({"role": "system", "content": r.choice(_SYSTEMS)})
-        for _ in range(1 if r.random() < 0.7 else 2):
-            q, a = r.choice(_TASKS)(r)
-            msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
-        yield {"id": f"tiny_tulu_{seed}_{i}", "source": "tiny-tulu", "messages": msgs}
-        i += 1
-
-
-def tiny_tulu_rows(n: int, seed: int) -> list[dict]:
-    """n chat examples in tulu-3-sft-mixture's schema: {"id", "source", "messages": [{role, content}]}.
-    Single tasks and two-turn conversations, some with a system prompt."""
-    return list(itertools.islice(_tiny_tulu_stream(seed), n))
-
-
-def load_tiny_tulu(cfg: "DataConfig") -> tuple[list[dict], list[dict]]:
-    # The held-out split comes from its own stream and is fixed first; training rows that repeat
-    # a held-out conversation are skipped. So data.size never changes the eval set.
-    held_out = tiny_tulu_rows(cfg.eval_size, cfg.seed + 7919)
-    seen = {json.dumps(row["messages"]) for row in held_out}
-    fresh = (row for row in _tiny_tulu_stream(cfg.seed) if json.dumps(row["messages"]) not in seen)
-    return list(itertools.islice(fresh, cfg.size or 2048)), held_out
-
-
-DATASETS: dict[str, Callable[["DataConfig"], tuple[list[dict], list[dict]]]] = {
-    "tiny-tulu": load_tiny_tulu,
-}
+# name -> loader(DataConfig) -> (train_rows, eval_rows), rows in the schema of the real set.
+DATASETS: dict[str, Callable[["DataConfig"], tuple[list[dict], list[dict]]]] = {**TINY_DATASETS}
 
 # ----------------------------------------------------------------------------- tokenization
 
@@ -243,6 +150,7 @@ def load_data(cfg: "Config", tokenizer) -> tuple[TokenizedSplit, TokenizedSplit]
 
 if __name__ == "__main__":
     from lora_lab.models import load_tokenizer
+    from lora_lab.tiny_world import tiny_tulu_rows
 
     tok = load_tokenizer("tiny-llama")
     for row in tiny_tulu_rows(3, 0):

@@ -57,7 +57,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path):
 
 
 def corpus_texts(n: int = 20000, seed: int = 0) -> list[str]:
-    from lora_lab.data import tiny_tulu_rows
+    from lora_lab.tiny_world import tiny_tulu_rows
 
     return ["\n".join(m["content"] for m in row["messages"]) for row in tiny_tulu_rows(n, seed)]
 

@@ -10,7 +10,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 # Small enough for a 2-core CPU: a few seconds per run.
-SMALL = ["data.size=64", "data.eval_size=16", "data.max_seq_len=64", "optim.batch_size=8",
+SMALL = ["data.num_examples=64", "data.eval_size=16", "data.max_seq_len=64", "optim.batch_size=8",
          "train.eval_every=0", "train.checkpoint_every=0", "logger.progress=none"]
 
 LORA_LAB = str(Path(sys.executable).with_name("lora-lab"))

@@ -68,7 +68,7 @@ def test_run_id_is_deterministic_and_tracks_what_changes_the_result(tmp_path):
     # Where a run is written or how it logs does not change what it computes.
     assert run_id(a) == run_id(compose(["lora.rank=4", f"run.root={tmp_path}", "logger.progress=none"]))
     for other in (["lora.rank=8"], ["lora.rank=4", "train.seed=1"], ["lora.rank=4", "optim.lr=2e-3"],
-                  ["lora.rank=4", "lora.lr_b_mult=2"], ["lora.rank=4", "data.size=100"]):
+                  ["lora.rank=4", "lora.lr_b_mult=2"], ["lora.rank=4", "data.num_examples=100"]):
         assert run_id(compose(other)) != run_id(a), other
     assert "r4" in run_id(a) and "s0" in run_id(a) and config_hash(a) in run_id(a)
     assert run_dir(compose([f"run.root={tmp_path}", "run.experiment=exp/rank"])).parent == tmp_path / "exp" / "rank"

@@ -1,7 +1,8 @@
 import torch
 
 from lora_lab.config import compose
-from lora_lab.data import IGNORE_INDEX, BatchOrder, collate, encode_chat, load_tiny_tulu, order_seed, tiny_tulu_rows, tokenize
+from lora_lab.data import IGNORE_INDEX, BatchOrder, collate, encode_chat, order_seed, tokenize
+from lora_lab.tiny_world import load_tiny_tulu, tiny_tulu_rows
 from lora_lab.models import load_tokenizer
 
 
@@ -15,11 +16,11 @@ def test_tiny_tulu_is_deterministic_and_in_tulu_schema():
 
 
 def test_held_out_split_is_disjoint_and_independent_of_size():
-    cfg = compose(["data.size=300", "data.eval_size=40"]).data
+    cfg = compose(["data.num_examples=300", "data.eval_size=40"]).data
     train, held = load_tiny_tulu(cfg)
     assert len(train) == 300 and len(held) == 40
     assert not {str(r["messages"]) for r in train} & {str(r["messages"]) for r in held}
-    train2, held2 = load_tiny_tulu(compose(["data.size=100", "data.eval_size=40"]).data)
+    train2, held2 = load_tiny_tulu(compose(["data.num_examples=100", "data.eval_size=40"]).data)
     assert held2 == held and train2 == train[:100]
 
 
@@ -63,7 +64,7 @@ def test_batch_order_depends_on_seed_and_data_only():
     lora, full = compose(["method=lora", "lora.rank=2", "optim.lr=5e-3"]), compose(["method=full", "optim.lr=1e-4"])
     assert order_seed(lora) == order_seed(full)
     assert order_seed(lora) != order_seed(compose(["train.seed=1"]))
-    assert order_seed(lora) != order_seed(compose(["data.size=512"]))
+    assert order_seed(lora) != order_seed(compose(["data.num_examples=512"]))
     o = BatchOrder(100, 16, order_seed(lora))
     assert o.steps_per_epoch == 6
     epoch0 = [i for s in range(6) for i in o.batch(s)]

@@ -174,7 +174,7 @@ def test_sigkill_midway_then_relaunch_equals_an_uninterrupted_run(tmp_path, meth
     """The run is SIGKILLed between checkpoints; relaunched, it ends bitwise where a run that was
     never interrupted ends, with every step in metrics.jsonl exactly once."""
     extra = ["lora.rank=4", "optim.lr=3e-3"] if method == "lora" else ["method=full", "optim.lr=3e-4"]
-    base = [*SMALL, "data.size=160", "train.max_steps=24", "train.checkpoint_every=5", "train.eval_every=5", *extra]
+    base = [*SMALL, "data.num_examples=160", "train.max_steps=24", "train.checkpoint_every=5", "train.eval_every=5", *extra]
     from lora_lab.config import compose
 
     killed_args = [*base, f"run.root={tmp_path / 'killed'}"]
