@@ -3,6 +3,7 @@
     lora-lab train [key=value ...]     one SFT run (LoRA or FullFT); resumes, skips if finished
     lora-lab pair  [key=value ...]     a LoRA run and a FullFT run on the same data; prints both losses
     lora-lab show-config [key=value ...]   the resolved config and the run directory it maps to
+    lora-lab build-tiny [--models ...]     rebuild the tiny tokenizer and pretrained base models
 
 Overrides use Hydra's syntax: `method=full`, `lora.rank=4`, `model=tiny-moe`, `optim.lr=3e-4`.
 Bad keys or values stop with exit code 2 and a one-line message, before any model is loaded.
@@ -24,7 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lora-lab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     for name, text in (("train", "one SFT run"), ("pair", "LoRA and FullFT runs, both final losses"),
-                       ("show-config", "print the resolved config and run directory")):
+                       ("show-config", "print the resolved config and run directory"),
+                       ("build-tiny", "rebuild the tiny tokenizer and base models (see build-tiny --help)")):
         s = sub.add_parser(name, help=text)
         s.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. method=full lora.rank=4")
     return p
@@ -84,7 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     from lora_lab.config import ConfigError
     from lora_lab.runs import RunBusy
 
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["build-tiny"]:  # its own argparse flags (not Hydra overrides)
+        from lora_lab.pretrain import main as build_main
+
+        return build_main(argv[1:])
+    args = _parser().parse_args(argv)
     handlers = {"train": _train, "pair": _pair, "show-config": _show}
     try:
         return handlers[args.command](args.overrides)

@@ -25,8 +25,8 @@ if TYPE_CHECKING:
 # Sized so that a few hundred steps of batch 32 run in minutes on a 2-core CPU.
 TINY_CONFIGS: dict[str, dict] = {
     "tiny-llama": dict(
-        model_type="llama", hidden_size=192, intermediate_size=512, num_hidden_layers=4,
-        num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=1024,
+        model_type="llama", hidden_size=160, intermediate_size=448, num_hidden_layers=4,
+        num_attention_heads=5, num_key_value_heads=1, max_position_embeddings=1024,
         rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=False, attention_bias=False,
     ),
     "tiny-moe": dict(
@@ -59,7 +59,8 @@ def load_tokenizer(name: str, trust_remote_code: bool = False, revision: str | N
     from transformers import AutoTokenizer
 
     if name in TINY_CONFIGS:
-        tok = AutoTokenizer.from_pretrained(str(TOKENIZER_DIR))
+        shipped = ASSETS / name
+        tok = AutoTokenizer.from_pretrained(str(shipped if (shipped / "tokenizer.json").exists() else TOKENIZER_DIR))
     else:
         tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code, revision=revision)
     if tok.pad_token_id is None:

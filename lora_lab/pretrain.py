@@ -1,0 +1,316 @@
+"""Pretraining of the tiny base models on a generated corpus: `lora-lab build-tiny`.
+
+The corpus gives a small model general skills the post-training sets build on, in surface forms
+of its own (the post-training sets in tiny_world.py use other templates and invented names, so
+they still have something to teach):
+- templated language: short descriptive paragraphs;
+- arithmetic with worked steps (column addition with carries, subtraction, small products);
+- list and string manipulation (sorting, reversing, counting, picking items);
+- question/answer turns in the chat format of the tiny tokenizer.
+
+`build_tiny` trains the byte-level BPE tokenizer on the corpus, then pretrains each preset of
+models.TINY_CONFIGS (AdamW, warmup then cosine decay: a pretraining recipe, not the paper's SFT
+setting) on packed 256-token sequences, and writes lora_lab/assets/<preset>/ with safetensors
+weights, config, tokenizer and a model card.
+
+    lora-lab build-tiny                       # rebuild the shipped tokenizer and both models
+    lora-lab build-tiny --models tiny-llama --tokens 2000000 --out /tmp/assets
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from lora_lab.tokenizer import ASSETS, CHAT_TEMPLATE, train_tokenizer
+
+SEQ_LEN = 256
+
+_NAMES = "Anna Ben Carla David Emma Felix Grace Hugo Ines Jonas Kira Leo Mara Nils Olga Paul Rosa Sam Tara Umar Vera Will".split()
+_ANIMALS = "cat dog horse bird fox owl goat sheep mouse bear frog duck".split()
+_OBJECTS = "book lamp chair table cup box ball key coat hat bag clock door road tree boat".split()
+_ADJ = "small large old new red blue green quiet bright dark warm cold heavy light round".split()
+_PLACES = "village market school river hill station park farm library".split()
+_VERBS = [("sees", "saw"), ("finds", "found"), ("carries", "carried"), ("paints", "painted"), ("opens", "opened"),
+          ("cleans", "cleaned"), ("moves", "moved"), ("buys", "bought")]
+_WORDS = "water music garden window silver planet orange yellow summer winter morning evening letter number pencil castle".split()
+
+
+def _place(r: random.Random) -> str:
+    return "the " + r.choice(_PLACES)
+
+
+def _language(r: random.Random) -> str:
+    lines = []
+    for _ in range(r.randint(3, 6)):
+        who = r.choice(_NAMES)
+        kind = r.randrange(4)
+        if kind == 0:
+            v = r.choice(_VERBS)
+            lines.append(f"{who} {v[r.randrange(2)]} a {r.choice(_ADJ)} {r.choice(_OBJECTS)} near {_place(r)}.")
+        elif kind == 1:
+            lines.append(f"The {r.choice(_ANIMALS)} is {r.choice(_ADJ)} and the {r.choice(_OBJECTS)} is {r.choice(_ADJ)}.")
+        elif kind == 2:
+            n = r.randint(2, 9)
+            lines.append(f"{who} has {n} {r.choice(_OBJECTS)}s and gives {r.randint(1, n)} of them to {r.choice(_NAMES)}.")
+        else:
+            lines.append(f"In the {r.choice(['morning', 'evening', 'afternoon'])}, {who} walks to {_place(r)}.")
+    return " ".join(lines)
+
+
+def _add_steps(a: int, b: int) -> str:
+    """Column addition, ones first, with carries written out."""
+    da, db = str(a)[::-1], str(b)[::-1]
+    carry, digits, steps = 0, [], []
+    for i in range(max(len(da), len(db))):
+        x, y = int(da[i]) if i < len(da) else 0, int(db[i]) if i < len(db) else 0
+        s = x + y + carry
+        steps.append(f"{x} + {y}" + (f" + {carry}" if carry else "") + f" = {s}")
+        carry, digits = s // 10, digits + [str(s % 10)]
+    if carry:
+        digits.append(str(carry))
+    return "; ".join(steps) + f". So {a} + {b} = {''.join(reversed(digits))}."
+
+
+def _answer(r: random.Random, x: int) -> str:
+    """The answer conventions of GSM8K and MATH, as a base model meets them in web text."""
+    return r.choice(["", "", f" The answer is {x}.", f"\n#### {x}", f" The answer is $\\boxed{{{x}}}$."])
+
+
+_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+
+
+def _arithmetic(r: random.Random) -> str:
+    kind = r.randrange(5)
+    if kind == 0:  # plain facts: the small tables the model can recall
+        lines = []
+        for _ in range(r.randint(4, 8)):
+            a, b = r.randint(0, 12), r.randint(0, 12)
+            op = r.choice("+-*")
+            if op == "-" and b > a:
+                a, b = b, a
+            lines.append(f"{a} {op} {b} = {_OPS[op](a, b)}")
+        return "\n".join(lines)
+    if kind == 1:
+        a, b = r.randint(10, 999), r.randint(10, 999)
+        return f"Add {a} and {b}. {_add_steps(a, b)}{_answer(r, a + b)}"
+    if kind == 2:
+        a, b = sorted((r.randint(10, 999), r.randint(10, 999)), reverse=True)
+        return f"Subtract {b} from {a}. Check by adding back: {_add_steps(a - b, b)} So {a} - {b} = {a - b}.{_answer(r, a - b)}"
+    if kind == 3:
+        a, b = r.randint(2, 9), r.randint(11, 99)
+        t, o = divmod(b, 10)
+        return (f"Multiply {a} by {b}. {a} * {t * 10} = {a * t * 10} and {a} * {o} = {a * o}. "
+                f"Then {a * t * 10} + {a * o} = {a * b}. So {a} * {b} = {a * b}.{_answer(r, a * b)}")
+    n, price = r.randint(2, 9), r.randint(2, 20)
+    who, obj = r.choice(_NAMES), r.choice(_OBJECTS)
+    return f"{who} buys {n} {obj}s at {price} coins each. {n} * {price} = {n * price}. {who} pays {n * price} coins.{_answer(r, n * price)}"
+
+
+def _lists(r: random.Random) -> str:
+    kind = r.randrange(5)
+    if kind == 0:
+        xs = [r.randint(0, 99) for _ in range(r.randint(3, 8))]
+        return f"The numbers {xs} in order are {sorted(xs)}. The largest is {max(xs)} and the smallest is {min(xs)}."
+    if kind == 1:
+        w = r.choice(_WORDS + _OBJECTS + _ANIMALS)
+        return f"The word {w} has {len(w)} letters: {' '.join(w)}. Backwards it is {w[::-1]}."
+    if kind == 2:
+        ws = r.sample(_WORDS, r.randint(3, 6))
+        k = r.randrange(len(ws))
+        return f"In the list {', '.join(ws)}, the first item is {ws[0]}, the last is {ws[-1]} and item {k + 1} is {ws[k]}."
+    if kind == 3:
+        ws = r.sample(_OBJECTS, r.randint(2, 5))
+        return f"{' '.join(ws)} in capitals is {' '.join(ws).upper()}. It has {len(ws)} words."
+    xs = [r.randint(1, 30) for _ in range(r.randint(2, 5))]
+    return f"The sum of {', '.join(map(str, xs))} is {sum(xs)}. There are {len(xs)} numbers."
+
+
+def _chat(r: random.Random) -> list[dict]:
+    turns = []
+    for _ in range(r.randint(1, 3)):
+        kind = r.randrange(4)
+        if kind == 0:
+            a, b = r.randint(0, 20), r.randint(0, 20)
+            turns += [{"role": "user", "content": f"{a} + {b} = ?"}, {"role": "assistant", "content": str(a + b)}]
+        elif kind == 1:
+            w = r.choice(_WORDS)
+            turns += [{"role": "user", "content": f"Letters in {w}?"}, {"role": "assistant", "content": str(len(w))}]
+        elif kind == 2:
+            who, obj = r.choice(_NAMES), r.choice(_OBJECTS)
+            turns += [{"role": "user", "content": f"Write a sentence about {who} and a {obj}."},
+                      {"role": "assistant", "content": f"{who} {r.choice(_VERBS)[1]} the {r.choice(_ADJ)} {obj}."}]
+        else:
+            xs = [r.randint(0, 9) for _ in range(r.randint(2, 5))]
+            turns += [{"role": "user", "content": f"Sort {xs}."}, {"role": "assistant", "content": str(sorted(xs))}]
+    return turns
+
+
+def corpus_docs(n: int, seed: int) -> list[str | list[dict]]:
+    """n documents: plain text, or a conversation (list of messages) for the chat template."""
+    r = random.Random(seed)
+    gens = (_language, _arithmetic, _arithmetic, _lists, _chat)
+    return [r.choice(gens)(r) for _ in range(n)]
+
+
+def _render(tok, doc) -> list[int]:
+    if isinstance(doc, list):
+        return list(tok.apply_chat_template(doc, tokenize=True, return_dict=True)["input_ids"])
+    return [tok.bos_token_id, *tok(doc, add_special_tokens=False)["input_ids"], tok.eos_token_id]
+
+
+def packed(tok, docs, seq_len: int = SEQ_LEN) -> torch.Tensor:
+    """Documents concatenated and cut into [num, seq_len] rows (the tail is dropped)."""
+    ids = [t for d in docs for t in _render(tok, d)]
+    n = len(ids) // seq_len
+    return torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len)
+
+
+def _packed_tokens(tok, rows: int, seed: int, chunk: int = 4000) -> torch.Tensor:
+    """At least `rows` packed sequences, drawing documents in chunks until there are enough."""
+    parts, have, k = [], 0, 0
+    while have < rows:
+        part = packed(tok, corpus_docs(chunk, seed * 1_000_003 + k))
+        parts.append(part)
+        have, k = have + len(part), k + 1
+    return torch.cat(parts)[:rows]
+
+
+def _texts_for_tokenizer(docs) -> list[str]:
+    return ["\n".join(m["content"] for m in d) if isinstance(d, list) else d for d in docs]
+
+
+def pretrain(name: str, out: Path, tok, tokens: int, lr: float, batch: int, seed: int, overrides: dict | None = None,
+             log=print) -> dict:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from lora_lab.models import TINY_CONFIGS
+
+    kw = {**TINY_CONFIGS[name], **(overrides or {})}
+    conf = AutoConfig.for_model(kw.pop("model_type"), vocab_size=len(tok), bos_token_id=tok.bos_token_id,
+                                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **kw)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(conf, dtype=torch.float32)
+    n_params = sum(p.numel() for p in model.parameters())
+    steps = max(1, tokens // (batch * SEQ_LEN))
+    train = _packed_tokens(tok, steps * batch, seed)
+    held = packed(tok, corpus_docs(600, seed + 10_000_019))[:64]  # a stream of its own
+    steps = min(steps, len(train) // batch)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
+    warm = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
+    model.train()
+    t0, loss_ema, first = time.time(), None, None
+    for s in range(steps):
+        x = train[s * batch:(s + 1) * batch]
+        loss = model(input_ids=x, labels=x).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+        first = loss.item() if first is None else first
+        loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
+        if (s + 1) % 25 == 0 or s + 1 == steps:
+            log(f"[{name}] step {s + 1}/{steps} loss {loss_ema:.3f} ({time.time() - t0:.0f}s)")
+    model.eval()
+    with torch.no_grad():
+        eval_loss = sum(model(input_ids=held[i:i + 16], labels=held[i:i + 16]).loss.item()
+                        for i in range(0, len(held), 16)) / math.ceil(len(held) / 16)
+    out.mkdir(parents=True, exist_ok=True)
+    model.config.use_cache = True
+    model.save_pretrained(str(out), safe_serialization=True)
+    tok.save_pretrained(str(out))
+    card = {"model": name, "params": n_params, "tokens_seen": steps * batch * SEQ_LEN, "steps": steps,
+            "first_loss": round(first, 4), "final_train_loss": round(loss_ema, 4), "eval_loss": round(eval_loss, 4),
+            "lr": lr, "batch": batch, "seq_len": SEQ_LEN, "seed": seed, "wall_s": round(time.time() - t0, 1),
+            "architecture": {k: v for k, v in kw.items()}}
+    (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    (out / "README.md").write_text(_model_card(card))
+    return card
+
+
+def _model_card(c: dict) -> str:
+    arch = ", ".join(f"{k}={v}" for k, v in c["architecture"].items())
+    return f"""# {c['model']}
+
+A tiny base model of lora-lab, pretrained from scratch on the project's generated corpus
+(lora_lab/pretrain.py: templated language, worked arithmetic, list and string manipulation,
+chat-format question/answer turns).
+
+| | |
+|---|---|
+| parameters | {c['params']:,} |
+| tokens seen | {c['tokens_seen']:,} ({c['steps']} steps of {c['batch']} x {c['seq_len']}) |
+| loss at step 1 | {c['first_loss']} nats/token |
+| final pretraining loss (EMA) | {c['final_train_loss']} nats/token |
+| eval loss (held-out corpus) | {c['eval_loss']} nats/token |
+| wall time | {c['wall_s']} s on the build machine's CPU |
+
+Architecture: {arch}.
+
+Built by: `lora-lab build-tiny --models {c['model']}` (seed {c['seed']}, peak LR {c['lr']}).
+"""
+
+
+def build_tiny(out: Path = ASSETS, models: tuple[str, ...] = ("tiny-llama", "tiny-moe"), tokens: int = 3_000_000,
+               vocab: int = 2048, lr: float = 3e-3, batch: int = 32, seed: int = 0, overrides: dict | None = None,
+               retrain_tokenizer: bool = True) -> dict:
+    from transformers import AutoTokenizer
+
+    out = Path(out)
+    tok_dir = out / "tokenizer"
+    if retrain_tokenizer or not (tok_dir / "tokenizer.json").exists():
+        tok = train_tokenizer(_texts_for_tokenizer(corpus_docs(30000, seed + 2)), vocab, tok_dir)
+    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    assert tok.chat_template == CHAT_TEMPLATE
+    cards = {}
+    for name in models:
+        target = out / name
+        tmp = out / f".{name}.building"
+        shutil.rmtree(tmp, ignore_errors=True)
+        cards[name] = pretrain(name, tmp, tok, tokens, lr, batch, seed, overrides, log=lambda m: print(m, file=sys.stderr, flush=True))
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)  # a half-built model never replaces a good one
+        print(json.dumps(cards[name]), flush=True)
+    return cards
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="lora-lab build-tiny", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=ASSETS, help="assets directory (default: the shipped one)")
+    p.add_argument("--models", nargs="+", default=["tiny-llama", "tiny-moe"], choices=["tiny-llama", "tiny-moe"])
+    p.add_argument("--tokens", type=int, default=3_000_000, help="pretraining tokens per model")
+    p.add_argument("--vocab", type=int, default=2048)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--keep-tokenizer", action="store_true", help="reuse <out>/tokenizer instead of retraining it")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="architecture override, e.g. hidden_size=64 (for quick test builds)")
+    a = p.parse_args(argv)
+    for key, value in (("--tokens", a.tokens), ("--vocab", a.vocab), ("--batch", a.batch)):
+        if value <= 0:
+            p.error(f"{key}={value}: must be > 0")
+    if a.lr <= 0:
+        p.error(f"--lr={a.lr}: must be > 0")
+    overrides = {}
+    for kv in a.override:
+        k, _, v = kv.partition("=")
+        if not k or not v:
+            p.error(f"--override {kv!r}: expected KEY=VALUE")
+        overrides[k] = json.loads(v)
+    build_tiny(a.out, tuple(a.models), a.tokens, a.vocab, a.lr, a.batch, a.seed, overrides, not a.keep_tokenizer)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

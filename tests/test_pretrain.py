@@ -1,0 +1,55 @@
+import json
+import subprocess
+
+import pytest
+import torch
+
+from conftest import LORA_LAB, SMALL
+from lora_lab.pretrain import corpus_docs, packed
+from lora_lab.models import load_tokenizer
+
+SMALL_ARCH = ["hidden_size=64", "intermediate_size=128", "num_hidden_layers=2", "num_attention_heads=2",
+              "num_key_value_heads=1"]
+
+
+def test_corpus_is_deterministic_and_mixes_its_kinds():
+    docs = corpus_docs(400, 3)
+    assert docs == corpus_docs(400, 3) and docs != corpus_docs(400, 4)
+    chats = [d for d in docs if isinstance(d, list)]
+    texts = [d for d in docs if isinstance(d, str)]
+    assert 0.1 < len(chats) / len(docs) < 0.4
+    assert any("carry" in t or " + " in t for t in texts) and any("Backwards" in t or "in order" in t for t in texts)
+    assert any("####" in t for t in texts) and any("\\boxed{" in t for t in texts)
+
+
+def test_packing_fills_fixed_length_rows():
+    tok = load_tokenizer("tiny-llama")
+    x = packed(tok, corpus_docs(200, 0), seq_len=64)
+    assert x.shape[1] == 64 and x.shape[0] > 10 and x.dtype == torch.long
+    assert (x == tok.bos_token_id).any() and int(x.max()) < len(tok)
+
+
+@pytest.mark.slow
+def test_build_tiny_rebuilds_a_small_model_that_learns_and_trains(tmp_path):
+    """The same command as the shipped assets, smaller: the model must learn the corpus, and the
+    result must work as a local model directory for a LoRA run."""
+    args = [LORA_LAB, "build-tiny", "--out", str(tmp_path), "--models", "tiny-llama", "--tokens", "150000",
+            "--vocab", "600", "--lr", "5e-3"]
+    for o in SMALL_ARCH:
+        args += ["--override", o]
+    p = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    model_dir = tmp_path / "tiny-llama"
+    for f in ("config.json", "model.safetensors", "tokenizer.json", "README.md", "card.json"):
+        assert (model_dir / f).exists(), f
+    card = json.loads((model_dir / "card.json").read_text())
+    assert 150000 - 32 * 256 < card["tokens_seen"] <= 150000 and card["architecture"]["hidden_size"] == 64
+    assert card["eval_loss"] < card["first_loss"] - 1.5, card  # it learned
+    run = subprocess.run([LORA_LAB, "train", f"model.name={model_dir}", *SMALL, "train.max_steps=2", "lora.rank=2",
+                          f"run.root={tmp_path / 'runs'}"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "completed" in run.stdout, run.stderr[-2000:]
+
+
+def test_build_tiny_rejects_bad_flags():
+    p = subprocess.run([LORA_LAB, "build-tiny", "--tokens", "0"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "--tokens=0" in p.stderr
