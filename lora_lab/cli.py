@@ -6,8 +6,9 @@
     lora-lab build-tiny [--models ...]     rebuild the tiny tokenizer and pretrained base models
 
 Overrides use Hydra's syntax: `method=full`, `lora.rank=4`, `model=tiny-moe`, `optim.lr=3e-4`.
-Bad keys or values stop with exit code 2 and a one-line message, before any model is loaded.
-Exit codes: 0 completed or diverged (a diverged run is a result), 1 failed, 2 bad config.
+Bad keys or values stop with exit code 2 and a one-line message, before any model is loaded; so
+does a data set that cannot be used (not available offline, wrong schema, too many malformed rows).
+Exit codes: 0 completed or diverged (a diverged run is a result), 1 failed, 2 bad config or data.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ def _f(x) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from lora_lab.config import ConfigError
+    from lora_lab.data import DataError
     from lora_lab.runs import RunBusy
 
     argv = sys.argv[1:] if argv is None else argv
@@ -97,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         return handlers[args.command](args.overrides)
     except ConfigError as exc:
         print(f"lora-lab: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except DataError as exc:  # raised before the run starts (train.load_rows), or recorded as failed
+        print(f"lora-lab: data error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except RunBusy as exc:
         print(f"lora-lab: {exc}", file=sys.stderr)

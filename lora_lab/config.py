@@ -77,8 +77,8 @@ class ModelConfig:
 class DataConfig:
     # A data set preset (conf/data/): generated tiny sets, or real ones (tulu3, gsm8k, ...).
     name: str = "tiny-tulu"
-    # Training examples: the size knob of a generated set, a seeded subset of a real one;
-    # null: all of a real set (a generated set needs a number).
+    # Training examples: the size knob of a generated set; for a real one, a seeded subset of at
+    # most this many rows (null: all; a smaller file trains on all it has, with a note on stderr).
     num_examples: Optional[int] = 2048
     # Held-out examples for eval loss.
     eval_size: int = 128
@@ -86,7 +86,8 @@ class DataConfig:
     max_seq_len: int = 256
     # Seed of a generator or of a subset draw (not of the batch order: that is train.seed).
     seed: int = 1234
-    # Real sets: local files or directory (jsonl, json, parquet) instead of the hub.
+    # Real sets: local files or directory (jsonl, json, parquet) instead of the hub. A file is the
+    # training split; a directory reads like a hub repository (README configs, or train*/test* files).
     path: Optional[str] = None
     # Real sets: hub id, its config name, and the split to train on.
     hub_id: Optional[str] = None
@@ -98,11 +99,12 @@ class DataConfig:
     levels: Optional[list[int]] = None
     # Answer form of math sets: gsm8k ("#### 42"), math ("\\boxed{42}") or mixed.
     answer_format: str = "mixed"
-    # A real set whose malformed rows exceed this fraction fails the run.
+    # A real set whose malformed rows exceed this fraction (of the rows read) fails before the run;
+    # below it they are skipped and counted on stderr.
     max_bad_fraction: float = 0.01
 
     def __post_init__(self) -> None:
-        from lora_lab.data import DATASETS  # registry lives next to the loaders
+        from lora_lab.data import DATASETS, REAL_SETS  # registry lives next to the loaders
 
         _check(self.name in DATASETS, "data.name", self.name, f"unknown data set; choose one of {', '.join(sorted(DATASETS))}")
         _check(self.num_examples is None or self.num_examples > 0, "data.num_examples", self.num_examples, "must be > 0 (or null for all)")
@@ -113,6 +115,9 @@ class DataConfig:
         _check(0 <= self.max_bad_fraction <= 1, "data.max_bad_fraction", self.max_bad_fraction, "must be in [0, 1]")
         if self.path is not None:
             _check(Path(self.path).expanduser().exists(), "data.path", self.path, "no such file or directory")
+        elif self.name in REAL_SETS:
+            _check(bool(self.hub_id and _HUB_ID.match(self.hub_id)), "data.hub_id", self.hub_id,
+                   f"data={self.name} needs a hub id (org/name) or data.path=<local jsonl/parquet file or directory>")
 
 
 @dataclass

@@ -1,21 +1,48 @@
-"""Post-training data: data set registry, chat tokenization with assistant-only labels, and the
-deterministic batch order shared by every run of a sweep.
+"""Post-training data: data set registry, real data set loaders, chat conversion, tokenization with
+assistant-only labels, and the deterministic batch order shared by every run of a sweep.
 
 A data set is a function `DataConfig -> (train_rows, eval_rows)`; rows are dicts in the schema of
-the real data set they stand for (tiny-tulu: allenai/tulu-3-sft-mixture's `messages`). Batches are
-drawn in an order that depends only on `train.seed` and the data config, so LoRA and FullFT runs of
-one sweep see the same sequences at the same step.
+the real data set they stand for. Generated sets live in tiny_world.py; the real ones load here
+through `datasets.load_dataset`, from the hub (`data.hub_id`, `data.hub_config`, `data.split`) or
+from local files (`data.path`: a .jsonl/.json/.parquet file or a directory of them):
 
-    python -m lora_lab.data   # prints a few tiny-tulu examples with their assistant masks
+    tulu3          allenai/tulu-3-sft-mixture       {"id", "messages": [{"role", "content"}], "source"}
+    openthoughts3  open-thoughts/OpenThoughts3-1.2M {"conversations": [{"from": "human"|"gpt", "value"}], ...}
+    math           DigitalLearningGmbH/MATH-lighteval {"problem", "solution" (with \\boxed), "level", "type"}
+    gsm8k          openai/gsm8k (main)              {"question", "answer" (ending "#### <number>")}
+    deepmath       zwhe99/DeepMath-103K             {"question", "final_answer", "difficulty", "topic", "r1_solution_1..3"}
+
+Rows become chat messages by schema (the keys a row has), never by set name, so a generated set in
+a real set's schema trains the same way. A real set is read lazily: a seeded permutation of row
+indices, the first `eval_size` usable rows held out (unless `data.eval_split` names a split), the
+next `num_examples` usable rows trained on; so the held-out rows never depend on num_examples.
+Malformed rows are counted, reported on stderr and skipped; above `data.max_bad_fraction` the load
+fails with a DataError. Truncation to `data.max_seq_len` keeps the head and drops the tail; a row
+left with no assistant token is dropped and counted. Batches are drawn in an order that depends only
+on `train.seed` and the data config, so LoRA and FullFT runs of one sweep see the same sequences at
+the same step.
+
+    python -m lora_lab.data                                    # a few tiny-tulu examples with their targets
+    python -m lora_lab.data data=gsm8k data.path=tests/fixtures/gsm8k.jsonl
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import re
+import socket
+import sys
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+import numpy as np
 import torch
 
 from lora_lab.tiny_world import TINY_DATASETS
@@ -25,23 +52,350 @@ if TYPE_CHECKING:
 
 IGNORE_INDEX = -100
 
+
+class DataError(ValueError):
+    """A data set that cannot be used as configured (not available offline, wrong schema, too many
+    malformed rows, too few rows); the message is one line naming the key and the fix. Raised before
+    the run directory is written or any model is loaded; the CLI exits 2, like a ConfigError."""
+
+
+class BadRow(ValueError):
+    """One malformed row; the message is a short reason ("no assistant turn")."""
+
+
+# ----------------------------------------------------------------------------- rows -> chat messages
+
+_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+# GSM8K's answer format: the worked solution, then a last line "#### 72" that graders parse.
+_GSM8K_FINAL = re.compile(r"####\s*-?[\d,]*\.?\d+\s*$")
+# MATH's answer format: the final answer inside \boxed{...} (a few MATH solutions use \fbox).
+_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+
+
+def _text(row: dict, key: str) -> str:
+    value = row.get(key)
+    if value is None:
+        raise BadRow(f"no {key!r}")
+    if not isinstance(value, str):
+        raise BadRow(f"{key!r} is {type(value).__name__}, not a string")
+    if not value.strip():
+        raise BadRow(f"empty {key!r}")
+    return value
+
+
+def _turns(turns: Any, field: str, role_key: str, text_key: str) -> list[dict]:
+    """messages ({role, content}) or ShareGPT conversations ({from, value}) -> messages."""
+    if not isinstance(turns, list) or not turns:
+        raise BadRow(f"no {field!r}" if turns is None else f"{field!r} is not a non-empty list")
+    out = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise BadRow(f"{field}[{i}] is not an object")
+        role = _ROLES.get(turn.get(role_key)) if isinstance(turn.get(role_key), str) else None
+        if role is None:
+            raise BadRow(f"{field}[{i}] has unknown {role_key} {turn.get(role_key)!r}")
+        text = turn.get(text_key)
+        if not isinstance(text, str):
+            raise BadRow(f"{field}[{i}].{text_key} is {type(text).__name__}, not a string")
+        if not text.strip():
+            if role == "system":  # an empty system prompt says nothing: drop the turn, keep the row
+                continue
+            raise BadRow(f"{field}[{i}] ({role}) has empty {text_key}")
+        out.append({"role": role, "content": text})
+    return out
+
+
+def _qa(question: str, answer: str) -> list[dict]:
+    return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+
+
+def _messages(row: dict) -> list[dict]:
+    """The chat messages of one row, chosen by the keys it has (not by data set name):
+
+    - messages (Tulu 3): as they are, empty system turns dropped;
+    - conversations (OpenThoughts3, ShareGPT): human -> user, gpt -> assistant, system -> system;
+    - problem + solution (MATH): user problem, assistant solution (must contain \\boxed{...});
+    - question + final_answer (DeepMath): user question, assistant r1_solution_1, or when it is
+      absent a short answer "The final answer is $\\boxed{...}$.";
+    - question + answer (GSM8K): user question, assistant answer with its "#### <number>" line kept
+      (the answer format the model must learn).
+
+    Raises BadRow for a malformed row: missing keys, wrong types, empty content, no assistant turn,
+    a GSM8K answer without "#### <number>", a MATH solution without \\boxed."""
+    if not isinstance(row, dict):
+        raise BadRow(f"row is {type(row).__name__}, not an object")
+    if "messages" in row:
+        msgs = _turns(row["messages"], "messages", "role", "content")
+    elif "conversations" in row:
+        msgs = _turns(row["conversations"], "conversations", "from", "value")
+    elif "problem" in row or "solution" in row:
+        problem, solution = _text(row, "problem"), _text(row, "solution")
+        if not _BOXED.search(solution):
+            raise BadRow("'solution' has no \\boxed{...} answer")
+        msgs = _qa(problem, solution)
+    elif "final_answer" in row or "r1_solution_1" in row:
+        question, final = _text(row, "question"), _text(row, "final_answer")
+        r1 = row.get("r1_solution_1")
+        if r1 is not None and not isinstance(r1, str):
+            raise BadRow(f"'r1_solution_1' is {type(r1).__name__}, not a string")
+        msgs = _qa(question, r1 if r1 and r1.strip() else f"The final answer is $\\boxed{{{final}}}$.")
+    elif "question" in row or "answer" in row:
+        question, answer = _text(row, "question"), _text(row, "answer")
+        if not _GSM8K_FINAL.search(answer):
+            raise BadRow("'answer' does not end with '#### <number>'")
+        msgs = _qa(question, answer)
+    else:
+        raise BadRow(f"no known schema (keys {sorted(row)})")
+    if not any(m["role"] == "assistant" for m in msgs):
+        raise BadRow("no assistant turn")
+    return msgs
+
+
+def _level(row: dict) -> int | None:
+    """MATH's "Level 3" -> 3 (None for "Level ?" or no level)."""
+    m = re.fullmatch(r"Level (\d+)", str(row.get("level") or ""))
+    return int(m.group(1)) if m else None
+
+
+# ----------------------------------------------------------------------------- real data sets
+
+# name -> the columns that identify its schema: a file in another schema is refused, not guessed at.
+REAL_SETS: dict[str, tuple[str, ...]] = {
+    "tulu3": ("messages",),
+    "openthoughts3": ("conversations",),
+    "math": ("problem", "solution"),
+    "gsm8k": ("question", "answer"),
+    "deepmath": ("question", "final_answer"),
+}
+_FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+_OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+_CHUNK = 1024  # rows decoded per Arrow read
+
+
+class Rows(Sequence):
+    """Rows of an Arrow-backed data set at some indices: reads like a list of dicts but holds only
+    the indices, so a subset of a 1M-row set costs its indices, not its text."""
+
+    def __init__(self, ds: Any, indices: list[int]):
+        self.ds, self.indices = ds, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return Rows(self.ds, self.indices[i])
+        return self.ds[int(self.indices[i])]
+
+    def __iter__(self) -> Iterator[dict]:
+        for start in range(0, len(self.indices), _CHUNK):
+            yield from self.ds.select(self.indices[start:start + _CHUNK])
+
+
+@dataclass
+class _Tally:
+    """Malformed rows met while reading a set: reported on stderr, fatal above a fraction."""
+
+    name: str
+    seen: int = 0
+    bad: int = 0
+    first: str = ""
+
+    def add_bad(self, where: str, why: BadRow) -> None:
+        self.bad += 1
+        self.first = self.first or f"{where}: {why}"
+
+    def check(self, max_fraction: float) -> None:
+        if not self.bad:
+            return
+        if self.bad > max_fraction * self.seen:
+            raise DataError(f"data.{self.name}: {self.bad} of {self.seen} rows are malformed, more than "
+                            f"data.max_bad_fraction={max_fraction} (first: {self.first}); fix the data or raise data.max_bad_fraction")
+        print(f"data.{self.name}: skipped {self.bad} of {self.seen} malformed rows (first: {self.first})", file=sys.stderr)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _where(cfg: "DataConfig") -> str:
+    return f"data.path={cfg.path}" if cfg.path else f"{cfg.hub_id}" + (f" ({cfg.hub_config})" if cfg.hub_config else "")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub's host (or the https proxy in front of it) takes a TCP connection within
+    `timeout` s. Without this check an air-gapped node spends ~25 s in datasets' retries first."""
+    url = urllib.parse.urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    proxy = urllib.request.getproxies().get(url.scheme)
+    if proxy and not urllib.request.proxy_bypass(host):
+        p = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = p.hostname or host, p.port or 80
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _offline() -> bool:
+    if any(os.environ.get(k, "").strip().upper() in ("1", "ON", "YES", "TRUE") for k in _OFFLINE_VARS):
+        return True
+    return not _hub_reachable()
+
+
+@contextlib.contextmanager
+def _hub_offline(on: bool) -> Iterator[None]:
+    """datasets and huggingface_hub read HF_HUB_OFFLINE once, at import: set their flags for one
+    load, so that an unreachable hub goes straight to the local cache instead of retrying."""
+    import datasets.config as ds_config
+    from huggingface_hub import constants as hub_constants
+
+    saved = ds_config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE
+    if on:
+        ds_config.HF_HUB_OFFLINE = hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        ds_config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE = saved
+
+
+def _offline_message(cfg: "DataConfig") -> str:
+    return (f"data={cfg.name}: {_where(cfg)} is not available offline (no network, not in the datasets cache); "
+            f"on a machine with network run `hf download --repo-type dataset {cfg.hub_id} --local-dir <dir>` "
+            f"and set data.path=<dir>, or set data.path=<local jsonl/parquet in the same schema>")
+
+
+def _open_hub(cfg: "DataConfig", split: str, key: str) -> Any:
+    import datasets
+
+    offline = _offline()
+    try:
+        with _hub_offline(offline):
+            return datasets.load_dataset(cfg.hub_id, cfg.hub_config, split=split)
+    except ValueError as exc:  # an unknown config or split name
+        bad = f"{key}={split!r}" if "split" in str(exc).lower() else f"data.hub_config={cfg.hub_config!r}"
+        raise DataError(f"{bad}: {_first_line(exc)} ({cfg.hub_id})") from None
+    except Exception as exc:  # noqa: BLE001 - every hub failure becomes one line with the way out
+        if offline:
+            raise DataError(_offline_message(cfg)) from None
+        from datasets.exceptions import DatasetNotFoundError
+
+        if isinstance(exc, DatasetNotFoundError):
+            raise DataError(f"data.hub_id={cfg.hub_id!r}: {_first_line(exc)}") from None
+        raise DataError(f"data={cfg.name}: cannot load {_where(cfg)} ({type(exc).__name__}: {_first_line(exc)}); "
+                        f"retry, or set data.path=<local jsonl/parquet in the same schema>") from None
+
+
+def _open_local(cfg: "DataConfig", split: str, key: str) -> Any:
+    """A file is one split (the training split); a directory reads like a hub repository: the
+    configs of its README (an `hf download` snapshot; data.hub_config picks one), or else files
+    named by split (train-*.parquet, test.jsonl), any other files being the train split."""
+    import datasets
+
+    path = Path(cfg.path).expanduser().resolve()
+    if path.is_file():
+        if path.suffix not in _FILE_FORMATS:
+            raise DataError(f"data.path={cfg.path}: expected a .jsonl, .json or .parquet file, or a directory of them")
+        if key == "data.eval_split":
+            raise DataError(f"data.eval_split={split!r}: data.path is a single file, one split; set data.eval_split=null "
+                            f"(hold out data.eval_size rows) or point data.path at a directory with {split} files")
+        args, kwargs = (_FILE_FORMATS[path.suffix],), dict(data_files=str(path), split="train")
+    else:
+        readme = path / "README.md"
+        has_configs = readme.is_file() and "config_name:" in readme.read_text(errors="replace")
+        args, kwargs = (str(path), cfg.hub_config if has_configs else None), dict(split=split)
+    try:
+        with _hub_offline(True):  # local files need no network: never wait on it
+            return datasets.load_dataset(*args, **kwargs)
+    except ValueError as exc:
+        bad = f"{key}={split!r}" if "split" in str(exc).lower() else f"data.path={cfg.path}"
+        raise DataError(f"{bad}: {_first_line(exc)}") from None
+    except Exception as exc:  # noqa: BLE001 - unreadable JSON, no data files, ...
+        raise DataError(f"data.path={cfg.path}: cannot read it ({type(exc).__name__}: {_first_line(exc)})") from None
+
+
+def _open(cfg: "DataConfig", split: str, key: str) -> Any:
+    """One split as a datasets.Dataset: memory-mapped Arrow, nothing read into Python yet."""
+    ds = _open_local(cfg, split, key) if cfg.path else _open_hub(cfg, split, key)
+    missing = [c for c in REAL_SETS[cfg.name] if c not in ds.column_names]
+    if missing:
+        raise DataError(f"data={cfg.name}: {_where(cfg)} has columns {ds.column_names}, not {cfg.name}'s schema "
+                        f"(no {', '.join(missing)}); point data.path at {cfg.name} data or pick the data= preset of its schema")
+    if cfg.levels and "level" not in ds.column_names:
+        raise DataError(f"data.levels={cfg.levels}: {cfg.name} rows have no 'level' column; set data.levels=null")
+    return ds
+
+
+def _walk(ds: Any, order: np.ndarray, start: int, want: int | None, cfg: "DataConfig", tally: _Tally,
+          split: str) -> tuple[list[int], int]:
+    """The first `want` usable rows (all if None) of ds in `order` from position `start`, and the
+    position after the last row looked at. Malformed rows go to the tally; rows outside
+    data.levels are passed over."""
+    keep, pos = [], start
+    while pos < len(order) and (want is None or len(keep) < want):
+        idx = order[pos:pos + _CHUNK]
+        for i, row in zip(idx, ds.select(idx)):
+            pos += 1
+            tally.seen += 1
+            try:
+                _messages(row)
+            except BadRow as why:
+                tally.add_bad(f"{split} row {i}", why)
+                continue
+            if cfg.levels and _level(row) not in cfg.levels:
+                continue
+            keep.append(int(i))
+            if want is not None and len(keep) == want:
+                break
+    return keep, pos
+
+
+def load_real(cfg: "DataConfig") -> tuple[Rows, Rows]:
+    """A real data set: a seeded training subset and held-out rows, both in the set's own schema.
+
+    One seeded permutation of the training split; the first data.eval_size usable rows are held
+    out (or drawn from data.eval_split), the next data.num_examples usable rows train (all if null,
+    or if fewer are left: then a note on stderr). The held-out rows are fixed before the training
+    rows are drawn, so num_examples never changes them, and a smaller num_examples trains on a
+    prefix of a larger one."""
+    train_ds = _open(cfg, cfg.split, "data.split")
+    order = np.random.default_rng(cfg.seed).permutation(len(train_ds))
+    tally = _Tally(cfg.name)
+    if cfg.eval_split:
+        eval_ds = _open(cfg, cfg.eval_split, "data.eval_split")
+        eval_order = np.random.default_rng(cfg.seed).permutation(len(eval_ds))
+        held, _ = _walk(eval_ds, eval_order, 0, cfg.eval_size, cfg, tally, cfg.eval_split)
+        start = 0
+    else:
+        eval_ds = train_ds
+        held, start = _walk(train_ds, order, 0, cfg.eval_size, cfg, tally, cfg.split)
+    train, _ = _walk(train_ds, order, start, cfg.num_examples, cfg, tally, cfg.split)
+    tally.check(cfg.max_bad_fraction)
+    if len(held) < cfg.eval_size:
+        raise DataError(f"data.eval_size={cfg.eval_size}: {_where(cfg)} has only {len(held)} usable rows to hold out; lower it")
+    if not train:
+        raise DataError(f"data.eval_size={cfg.eval_size}: {_where(cfg)} has no usable rows left to train on; lower it")
+    if cfg.num_examples and len(train) < cfg.num_examples:
+        # A cap, not a demand: a preset's paper-scale size still runs on a small local file.
+        print(f"data.{cfg.name}: data.num_examples={cfg.num_examples} but {_where(cfg)} has {len(train)} usable training rows "
+              f"after the held-out ones; training on {len(train)}", file=sys.stderr)
+    return Rows(train_ds, train), Rows(eval_ds, held)
+
+
 # name -> loader(DataConfig) -> (train_rows, eval_rows), rows in the schema of the real set.
-DATASETS: dict[str, Callable[["DataConfig"], tuple[list[dict], list[dict]]]] = {**TINY_DATASETS}
+DATASETS: dict[str, Callable[["DataConfig"], tuple[Sequence[dict], Sequence[dict]]]] = {
+    **TINY_DATASETS, **{name: load_real for name in REAL_SETS},
+}
+
 
 # ----------------------------------------------------------------------------- tokenization
 
 
-def _messages(row: dict) -> list[dict]:
-    if "messages" in row:
-        return row["messages"]
-    if "conversations" in row:  # OpenThoughts/ShareGPT: {"from": "human"|"gpt", "value": ...}
-        role = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
-        return [{"role": role[t["from"]], "content": t["value"]} for t in row["conversations"]]
-    raise KeyError(f"row has neither 'messages' nor 'conversations': keys {sorted(row)}")
-
-
-def encode_chat(tokenizer, messages: list[dict], max_len: int) -> tuple[list[int], list[int]]:
-    """Token ids and labels (IGNORE_INDEX outside assistant turns) of one conversation.
+def encode_chat(tokenizer, messages: list[dict], max_len: int | None) -> tuple[list[int], list[int]]:
+    """Token ids and labels (IGNORE_INDEX outside assistant turns) of one conversation, cut to its
+    first max_len tokens (None: not cut).
 
     Uses the template's {% generation %} blocks when it has them; otherwise marks each assistant
     turn by rendering the conversation before it (with the generation prompt) and after it, which
@@ -81,15 +435,26 @@ class TokenizedSplit:
         return len(self.ids)
 
 
-def tokenize(rows: list[dict], tokenizer, max_len: int) -> TokenizedSplit:
+def tokenize(rows: Sequence[dict], tokenizer, max_len: int, label: str = "data") -> TokenizedSplit:
+    """Rows -> token ids and assistant-only labels. Truncation policy: keep the first max_len tokens
+    and drop the tail, as SFT recipes do: the prompt survives whole where it fits, a long answer
+    loses its end. A row left with no assistant token after position 0 (the next-token loss has no
+    target) is dropped. Both counts go to stderr, prefixed by `label`."""
     ids, labels = [], []
+    cut = dropped = 0
     for row in rows:
-        i, l = encode_chat(tokenizer, _messages(row), max_len)
-        # The next-token loss needs a target after position 0; drop rows truncated to no target.
+        full_ids, full_labels = encode_chat(tokenizer, _messages(row), None)
+        i, l = full_ids[:max_len], full_labels[:max_len]
+        cut += len(full_ids) > max_len
         if sum(x != IGNORE_INDEX for x in l[1:]) == 0:
+            dropped += 1
             continue
         ids.append(torch.tensor(i, dtype=torch.long))
         labels.append(torch.tensor(l, dtype=torch.long))
+    if cut:
+        gone = f"; dropped {dropped} left with no assistant token" if dropped else ""
+        print(f"{label}: truncated {cut} of {len(ids) + dropped} rows to data.max_seq_len={max_len} tokens (tail dropped){gone}",
+              file=sys.stderr)
     return TokenizedSplit(ids, labels)
 
 
@@ -122,7 +487,7 @@ class BatchOrder:
 
     def __init__(self, n: int, batch_size: int, seed: int):
         if n < batch_size:
-            raise ValueError(f"optim.batch_size={batch_size} is larger than the {n} training examples; lower it or raise data.size")
+            raise ValueError(f"optim.batch_size={batch_size} is larger than the {n} training examples; lower it or raise data.num_examples")
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.steps_per_epoch = n // batch_size
         self._perm: dict[int, list[int]] = {}
@@ -143,17 +508,31 @@ class BatchOrder:
         return perm[k * self.batch_size : (k + 1) * self.batch_size]
 
 
-def load_data(cfg: "Config", tokenizer) -> tuple[TokenizedSplit, TokenizedSplit]:
-    train_rows, eval_rows = DATASETS[cfg.data.name](cfg.data)
-    return tokenize(train_rows, tokenizer, cfg.data.max_seq_len), tokenize(eval_rows, tokenizer, cfg.data.max_seq_len)
+def load_rows(data: "DataConfig") -> tuple[Sequence[dict], Sequence[dict]]:
+    """Training and held-out rows of the configured set; raises DataError (one line) when it cannot
+    be used. Cheap enough to run before any model is loaded."""
+    return DATASETS[data.name](data)
+
+
+def load_data(cfg: "Config", tokenizer, rows: tuple[Sequence[dict], Sequence[dict]] | None = None
+              ) -> tuple[TokenizedSplit, TokenizedSplit]:
+    train_rows, eval_rows = rows if rows is not None else load_rows(cfg.data)
+    name, n = cfg.data.name, cfg.data.max_seq_len
+    train, held = tokenize(train_rows, tokenizer, n, f"data.{name} train"), tokenize(eval_rows, tokenizer, n, f"data.{name} eval")
+    for split, what in ((train, "training"), (held, "held-out")):
+        if not len(split):
+            raise DataError(f"data.max_seq_len={n}: no {what} row of {name} has an assistant token within its first {n} tokens; raise it")
+    return train, held
 
 
 if __name__ == "__main__":
+    from lora_lab.config import compose
     from lora_lab.models import load_tokenizer
-    from lora_lab.tiny_world import tiny_tulu_rows
 
+    data = compose(sys.argv[1:]).data
     tok = load_tokenizer("tiny-llama")
-    for row in tiny_tulu_rows(3, 0):
-        ids, labels = encode_chat(tok, row["messages"], 256)
+    train_rows, _ = load_rows(data)
+    for row in list(train_rows[:3]):
+        ids, labels = encode_chat(tok, _messages(row), data.max_seq_len)
         print(repr(tok.decode(ids)))
         print("  target:", repr(tok.decode([t for t in labels if t != IGNORE_INDEX])))

@@ -34,14 +34,11 @@ from lora_lab.tokenizer import ASSETS, CHAT_TEMPLATE, train_tokenizer
 
 SEQ_LEN = 256
 
-_NAMES = "Anna Ben Carla David Emma Felix Grace Hugo Ines Jonas Kira Leo Mara Nils Olga Paul Rosa Sam Tara Umar Vera Will".split()
-_ANIMALS = "cat dog horse bird fox owl goat sheep mouse bear frog duck".split()
-_OBJECTS = "book lamp chair table cup box ball key coat hat bag clock door road tree boat".split()
-_ADJ = "small large old new red blue green quiet bright dark warm cold heavy light round".split()
-_PLACES = "village market school river hill station park farm library".split()
-_VERBS = [("sees", "saw"), ("finds", "found"), ("carries", "carried"), ("paints", "painted"), ("opens", "opened"),
-          ("cleans", "cleaned"), ("moves", "moved"), ("buys", "bought")]
-_WORDS = "water music garden window silver planet orange yellow summer winter morning evening letter number pencil castle".split()
+from lora_lab.corpus_words import (ADJECTIVES, ANIMALS, COLOURS, CONTAINERS, FRENCH, NAMES, OBJECTS, OPENERS,
+                                   OPPOSITES, PLACES, SENTENCES, TIMES, TOWNS, VERBS)
+
+_NAMES, _ANIMALS, _OBJECTS, _ADJ, _PLACES, _VERBS = NAMES, ANIMALS, OBJECTS, ADJECTIVES, PLACES, VERBS
+_WORDS = OBJECTS + ANIMALS + PLACES
 
 
 def _place(r: random.Random) -> str:
@@ -134,10 +131,97 @@ def _lists(r: random.Random) -> str:
     return f"The sum of {', '.join(map(str, xs))} is {sum(xs)}. There are {len(xs)} numbers."
 
 
+def _sentence(r: random.Random) -> str:
+    a, b = r.sample(NAMES, 2)
+    n, m = r.randint(2, 40), r.randint(1, 12)
+    even = 2 * r.randint(2, 20)
+    return r.choice(SENTENCES).format(
+        a=a, b=b, n=n, m=m, obj=r.choice(OBJECTS), obj2=r.choice(OBJECTS), colour=r.choice(COLOURS),
+        place=r.choice(PLACES), town=r.choice(TOWNS), sum=n + m, diff=n - m, prod=n * m, q=n // m, r=n % m,
+        older="older" if n > m else "younger", half=even // 2, even=even, even2=even + 2, next=n + 1)
+
+
+def _general(r: random.Random) -> str:
+    """Questions and answers in prose, general knowledge, and the connectives of explanations."""
+    out = []
+    for _ in range(r.randint(3, 6)):
+        a, b = r.sample(NAMES, 2)
+        obj, n = r.choice(OBJECTS), r.randint(2, 30)
+        kind = r.randrange(14)
+        if kind >= 10:
+            out.append(_sentence(r))
+        elif kind == 0:
+            out.append(f"Where does {a} live? {a} lives in {r.choice(TOWNS)}. {a}'s home is near the {r.choice(PLACES)}.")
+        elif kind == 1:
+            out.append(f"What colour is the {obj}? The {obj} is {r.choice(COLOURS)}.")
+        elif kind == 2:
+            k = r.randint(1, n)
+            out.append(f"How many {obj}s does {a} have? {a} has {n}. If {a} gives {k} to {b}, then {a} has {n - k} left.")
+        elif kind == 3:
+            x, y = r.choice(sorted(OPPOSITES.items()))
+            out.append(f"The opposite of {x} is {y}, and the opposite of {y} is {x}.")
+        elif kind == 4:
+            en, fr = r.choice(sorted(FRENCH.items()))
+            out.append(f"In French, the colour {en} is called {fr}.")
+        elif kind == 5:
+            c = r.choice(CONTAINERS)
+            m = r.randint(2, 9)
+            out.append(f"Each {c} holds {n} {obj}s. {a} fills {m} of them, so {a} has {n} * {m} = {n * m} {obj}s in all.")
+        elif kind == 6:
+            t, d = r.randint(-5, 25), r.randint(1, 9)
+            out.append(f"At {r.choice(TIMES)} the temperature is {t} degrees. Later it falls {d} degrees, so it is {t - d} degrees.")
+        elif kind == 7:
+            out.append(f"{r.choice(OPENERS)} {a} {r.choice(VERBS)[1]} the {r.choice(ADJECTIVES)} {obj}. Which one? The {r.choice(COLOURS)} one.")
+        elif kind == 8:
+            p, q = r.randint(2, 20), r.randint(2, 20)
+            out.append(f"{a} pays {p} coins and gets {q} coins back in change, so the cost was {p - q} coins." if p > q
+                       else f"{a} saves {p} coins every day for {q} days. The total is {p * q} coins.")
+        else:
+            out.append(f"Tell me about {a}. {a} is {r.choice(ADJECTIVES)} and always {r.choice(VERBS)[0]} {obj}s at the {r.choice(PLACES)}.")
+    return " ".join(out)
+
+
+def _code(r: random.Random) -> str:
+    """Short Python programs with their exact output."""
+    kind = r.randrange(4)
+    xs = [r.randint(0, 20) for _ in range(r.randint(2, 6))]
+    if kind == 0:
+        return f"xs = {xs}\nprint(sorted(xs))\n# Output: {sorted(xs)}"
+    if kind == 1:
+        w = r.choice(OBJECTS)
+        return f"s = \"{w}\"\nprint(s[::-1], len(s))\n# Output: {w[::-1]} {len(w)}"
+    if kind == 2:
+        total = 0
+        for x in xs:
+            total += x
+        return f"total = 0\nfor x in {xs}:\n    total += x\nprint(total)\n# Output: {total}"
+    a, b = r.randint(10, 99), r.randint(2, 9)
+    return f"a = {a}\nb = {b}\nprint(a // b, a % b)\n# Output: {a // b} {a % b}\nWhen {a} is divided by {b}, the remainder is {a % b}."
+
+
+def _logic(r: random.Random) -> str:
+    a, b = r.sample(NAMES, 2)
+    truthful = r.random() < 0.5
+    said = "always tells the truth" if truthful else "always lies"
+    return (f"A knight always tells the truth and a knave always lies. {a} {said}, so {a} is a "
+            f"{'knight' if truthful else 'knave'}. If {a} says that {b} is a knave, then {b} is a "
+            f"{'knave' if truthful else 'knight'}.")
+
+
 def _chat(r: random.Random) -> list[dict]:
     turns = []
     for _ in range(r.randint(1, 3)):
-        kind = r.randrange(4)
+        kind = r.randrange(6)
+        if kind == 4:
+            obj = r.choice(OBJECTS)
+            turns += [{"role": "user", "content": f"Is a {obj} bigger than a {r.choice(OBJECTS)}? Answer yes or no."},
+                      {"role": "assistant", "content": r.choice(["Yes.", "No."])}]
+            continue
+        if kind == 5:
+            a = r.choice(NAMES)
+            turns += [{"role": "user", "content": f"Where does {a} live?"},
+                      {"role": "assistant", "content": f"I do not know where {a} lives."}]
+            continue
         if kind == 0:
             a, b = r.randint(0, 20), r.randint(0, 20)
             turns += [{"role": "user", "content": f"{a} + {b} = ?"}, {"role": "assistant", "content": str(a + b)}]
@@ -157,7 +241,7 @@ def _chat(r: random.Random) -> list[dict]:
 def corpus_docs(n: int, seed: int) -> list[str | list[dict]]:
     """n documents: plain text, or a conversation (list of messages) for the chat template."""
     r = random.Random(seed)
-    gens = (_language, _arithmetic, _arithmetic, _lists, _chat)
+    gens = (_language, _general, _general, _arithmetic, _arithmetic, _lists, _code, _logic, _chat, _chat)
     return [r.choice(gens)(r) for _ in range(n)]
 
 

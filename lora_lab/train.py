@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from lora_lab import lora as lora_mod
 from lora_lab.config import Config, ConfigError, run_dir, run_id
-from lora_lab.data import IGNORE_INDEX, BatchOrder, collate, load_data, order_seed
+from lora_lab.data import IGNORE_INDEX, BatchOrder, collate, load_data, load_rows, order_seed
 from lora_lab.models import build_model, count_params, model_config, resolve_device, set_threads_from_env
 from lora_lab.runs import RunDir
 
@@ -133,14 +133,17 @@ def train(cfg: Config) -> dict:
         print(f"{rid}: already {done['status']} (final train loss {done.get('final_train_loss')}); skipping", file=sys.stderr)
         return done
     preflight(cfg)
+    # A data set that cannot be used (not available offline, wrong schema, too many malformed rows)
+    # raises DataError here: before the run directory is written or the model loaded (CLI exit 2).
+    rows = load_rows(cfg.data)
     rd.lock()
     try:
-        return _train_locked(cfg, rid, rd)
+        return _train_locked(cfg, rid, rd, rows)
     finally:
         rd.unlock()
 
 
-def _train_locked(cfg: Config, rid: str, rd: RunDir) -> dict:
+def _train_locked(cfg: Config, rid: str, rd: RunDir, rows: tuple) -> dict:
     t_launch = time.monotonic()
     rd.write_config(cfg)
     rd.clear_summary()
@@ -164,7 +167,7 @@ def _train_locked(cfg: Config, rid: str, rd: RunDir) -> dict:
         opt = torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
                                 eps=cfg.optim.adam_eps, weight_decay=cfg.optim.weight_decay)
 
-        train_split, eval_split = load_data(cfg, tok)
+        train_split, eval_split = load_data(cfg, tok, rows)
         order = BatchOrder(len(train_split), cfg.optim.batch_size, order_seed(cfg))
         total = cfg.train.max_steps or cfg.train.epochs * order.steps_per_epoch
         micro, pad_id = cfg.optim.micro, tok.pad_token_id
