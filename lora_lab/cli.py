@@ -51,10 +51,10 @@ def _pair(overrides: list[str]) -> int:
 
     lora_keys = [o for o in overrides if o.lstrip("+~").startswith("lora.")]
     common = [o for o in overrides if o not in lora_keys and not o.startswith("method=")]
-    # Each method at its own LR unless given: the paper's ~10x LoRA/FullFT ratio (claim C2).
+    # Each method at its best LR of a coarse sweep on this default (experiments/LOG.md, 2026-11-23).
     has_lr = any(o.startswith("optim.lr=") for o in common)
-    lora_cfg = compose(["method=lora", *lora_keys, *common] + ([] if has_lr else ["optim.lr=2e-3"]))
-    full_cfg = compose(["method=full", *common] + ([] if has_lr else ["optim.lr=2e-4"]))
+    lora_cfg = compose(["method=lora", *lora_keys, *common] + ([] if has_lr else ["optim.lr=3e-3"]))
+    full_cfg = compose(["method=full", *common] + ([] if has_lr else ["optim.lr=1e-3"]))
     results = []
     for cfg in (lora_cfg, full_cfg):
         s = train(cfg)

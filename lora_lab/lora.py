@@ -18,7 +18,6 @@ train K runs of a sweep on one frozen base.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path

@@ -12,7 +12,6 @@ unless `model.trust_remote_code=true`.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch

@@ -208,10 +208,41 @@ def _logic(r: random.Random) -> str:
             f"{'knave' if truthful else 'knight'}.")
 
 
+def _chat_math(r: random.Random) -> list[dict]:
+    """Arithmetic questions and one-step word problems answered with the working and, sometimes,
+    an answer convention: the school-maths a base model has seen before any post-training."""
+    who, obj = r.choice(NAMES), r.choice(OBJECTS)
+    if r.random() < 0.5:
+        op = r.choice("+-*")
+        a, b = (r.randint(0, 12), r.randint(0, 12)) if op == "*" else (r.randint(0, 50), r.randint(0, 50))
+        if op == "-" and b > a:
+            a, b = b, a
+        c = _OPS[op](a, b)
+        q = r.choice(["What is {a} {op} {b}?", "How much is {a} {op} {b}?", "Compute {a} {op} {b}.", "Calculate {a} {op} {b}."])
+        return [{"role": "user", "content": q.format(a=a, op=op, b=b)},
+                {"role": "assistant", "content": f"{a} {op} {b} = {c}.{_answer(r, c)}"}]
+    n, m = r.randint(2, 30), r.randint(1, 12)
+    kind = r.randrange(3)
+    if kind == 0:
+        q, w = f"{who} has {n} {obj}s and gets {m} more. How many {obj}s does {who} have now?", f"{n} + {m} = {n + m}"
+        c = n + m
+    elif kind == 1:
+        n = n + m
+        q, w = f"{who} has {n} {obj}s and gives away {m}. How many are left?", f"{n} - {m} = {n - m}"
+        c = n - m
+    else:
+        q, w = f"There are {m} boxes with {n} {obj}s in each. How many {obj}s are there in total?", f"{m} * {n} = {m * n}"
+        c = m * n
+    return [{"role": "user", "content": q}, {"role": "assistant", "content": f"{w}.{_answer(r, c)}"}]
+
+
 def _chat(r: random.Random) -> list[dict]:
     turns = []
     for _ in range(r.randint(1, 3)):
-        kind = r.randrange(6)
+        kind = r.randrange(9)
+        if kind >= 6:
+            turns += _chat_math(r)
+            continue
         if kind == 4:
             obj = r.choice(OBJECTS)
             turns += [{"role": "user", "content": f"Is a {obj} bigger than a {r.choice(OBJECTS)}? Answer yes or no."},
@@ -241,7 +272,7 @@ def _chat(r: random.Random) -> list[dict]:
 def corpus_docs(n: int, seed: int) -> list[str | list[dict]]:
     """n documents: plain text, or a conversation (list of messages) for the chat template."""
     r = random.Random(seed)
-    gens = (_language, _general, _general, _arithmetic, _arithmetic, _lists, _code, _logic, _chat, _chat)
+    gens = (_language, _general, _general, _arithmetic, _arithmetic, _lists, _code, _logic, _chat, _chat, _chat)
     return [r.choice(gens)(r) for _ in range(n)]
 
 

@@ -1,5 +1,4 @@
 import json
-import os
 import signal
 import subprocess
 import time
@@ -215,3 +214,21 @@ def test_pair_prints_both_final_losses(tmp_path):
     for method, cols in lines.items():
         summary = next((tmp_path / "default").glob(f"*_{'lora-r2-' if method == 'lora' else 'full_'}*/summary.json"))
         assert f"{json.loads(summary.read_text())['final_train_loss']:.4f}" in cols
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-moe"])
+def test_the_default_run_fine_tunes_the_shipped_base_model(tmp_path, model):
+    """`lora-lab train` on tiny-tulu from the shipped pretrained weights: the loss falls well below
+    the base model's starting loss within one short epoch."""
+    from lora_lab.config import compose
+    from lora_lab.tokenizer import ASSETS
+
+    assert (ASSETS / model / "model.safetensors").exists(), "pretrained tiny weights are shipped"
+    cfg = compose([f"model={model}", "data.num_examples=640", "optim.lr=3e-3", "logger.progress=none",
+                   f"run.root={tmp_path}"])
+    s = train(cfg)
+    rows = [r for r in read_metrics(run_dir(cfg) / "metrics.jsonl") if "train_loss" in r]
+    assert s["status"] == "completed" and len(rows) == 20
+    first, last = rows[0]["train_loss"], s["final_train_loss"]
+    assert last < 0.6 * first, (first, last)
