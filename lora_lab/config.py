@@ -150,7 +150,7 @@ class OptimConfig:
     lr: float = 1e-3
     # Sequences per optimizer step.
     batch_size: int = 32
-    # Sequences per forward/backward; null: the whole batch at once.
+    # Sequences per forward/backward (gradient accumulation); null: automatic (see `micro`).
     micro_batch_size: Optional[int] = None
     beta1: float = 0.9
     beta2: float = 0.999
@@ -174,7 +174,16 @@ class OptimConfig:
 
     @property
     def micro(self) -> int:
-        return self.micro_batch_size or self.batch_size
+        """Sequences per forward/backward. null: the largest divisor of batch_size up to 8.
+
+        Each step's sequences are sorted by length before they are split, so a micro-batch pads
+        only to its own longest sequence: on the 2-core CPU the forward and backward of a tiny-tulu
+        step of 32 took 272 ms in sorted micro-batches of 8 against 334 ms as one batch (median
+        ratio 0.81, experiments/bench_micro_batches.py). The step's loss and gradient are the same
+        up to float summation order."""
+        if self.micro_batch_size:
+            return self.micro_batch_size
+        return max(d for d in range(1, min(8, self.batch_size) + 1) if self.batch_size % d == 0)
 
 
 @dataclass

@@ -55,8 +55,9 @@ def batch_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]
 def evaluate(model, split, micro: int, pad_id: int, device) -> float:
     model.eval()
     total, count = 0.0, 0
+    by_length = sorted(range(len(split)), key=lambda i: len(split.ids[i]))
     for i in range(0, len(split), micro):
-        batch = {k: v.to(device) for k, v in collate(split, list(range(i, min(i + micro, len(split)))), pad_id).items()}
+        batch = {k: v.to(device) for k, v in collate(split, by_length[i:i + micro], pad_id).items()}
         nll, n = batch_nll(model, batch)
         total, count = total + nll.item(), count + n
     model.train()
@@ -199,7 +200,8 @@ def _train_locked(cfg: Config, rid: str, rd: RunDir, rows: tuple) -> dict:
         loss_value, eval_loss, status = math.nan, None, "completed"
         while step < total:
             t0 = time.perf_counter()
-            idx = order.batch(step)
+            # Length-sorted micro-batches pad less; the step's set of sequences is unchanged.
+            idx = sorted(order.batch(step), key=lambda i: len(train_split.ids[i]))
             micro_batches = [collate(train_split, idx[i:i + micro], pad_id) for i in range(0, len(idx), micro)]
             n_target = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro_batches)
             opt.zero_grad(set_to_none=True)

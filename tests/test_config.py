@@ -81,3 +81,9 @@ def test_cli_rejects_bad_input_before_loading_anything(tmp_path):
         lines = [l for l in p.stderr.splitlines() if l.strip()]
         assert len(lines) == 1 and lines[0].startswith("lora-lab: config error:"), p.stderr
         assert not any(Path(tmp_path).iterdir()), "nothing may be written for a rejected config"
+
+
+def test_automatic_micro_batch_is_the_largest_divisor_up_to_8():
+    for batch, micro in ((32, 8), (12, 6), (7, 7), (4, 4), (9, 3)):
+        assert compose([f"optim.batch_size={batch}"]).optim.micro == micro
+    assert compose(["optim.batch_size=32", "optim.micro_batch_size=32"]).optim.micro == 32
