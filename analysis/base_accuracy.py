@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--show", type=int, default=3, help="print this many completions")
     a = p.parse_args(argv)
+    if a.max_new_tokens <= 0:
+        p.error(f"--max-new-tokens={a.max_new_tokens}: must be > 0")
     cfg = compose(a.overrides)
     model, tok = build_model(cfg.model)
     model.eval()
