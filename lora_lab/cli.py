@@ -35,18 +35,20 @@ def _parser() -> argparse.ArgumentParser:
 
 def _train(overrides: list[str]) -> int:
     from lora_lab.config import compose
+    from lora_lab.runs import FINAL_STATUSES
     from lora_lab.train import train
 
     cfg = compose(overrides)
     summary = train(cfg)
     print(f"{summary['run_id']}: {summary['status']} after {summary.get('steps')} steps, "
           f"final train loss {_f(summary.get('final_train_loss'))}, eval loss {_f(summary.get('final_eval_loss'))}")
-    return 0 if summary["status"] in ("completed", "diverged") else EXIT_FAILED
+    return 0 if summary["status"] in FINAL_STATUSES else EXIT_FAILED
 
 
 def _pair(overrides: list[str]) -> int:
     """The main job until `lora-lab reproduce` exists: LoRA vs FullFT on the tiny default."""
     from lora_lab.config import compose, run_dir
+    from lora_lab.runs import FINAL_STATUSES
     from lora_lab.train import train
 
     lora_keys = [o for o in overrides if o.lstrip("+~").startswith("lora.")]
@@ -67,7 +69,7 @@ def _pair(overrides: list[str]) -> int:
               f"{_f(s.get('final_train_loss')):>12}{_f(s.get('final_eval_loss')):>11}  {s['status']}")
     for cfg, _ in results:
         print(f"  {run_dir(cfg)}")
-    return 0 if all(s["status"] in ("completed", "diverged") for _, s in results) else EXIT_FAILED
+    return 0 if all(s["status"] in FINAL_STATUSES for _, s in results) else EXIT_FAILED
 
 
 def _show(overrides: list[str]) -> int:

@@ -261,11 +261,3 @@ def load_peft_tensors(sites: list[Site], adapter_dir: str | Path, index: int = 0
                 e, r = s.experts, s.rank
                 s.module.lora_A.copy_(a.reshape(e, r, s.d_in))
                 s.module.lora_B.copy_(b.reshape(s.d_out, r, e).permute(2, 0, 1))
-
-
-def adapter_summary(sites: list[Site]) -> dict:
-    return {
-        "sites": len(sites),
-        "trainable_params": sum(s.num_params() for s in sites),
-        "ranks": sorted({s.rank for s in sites}),
-    }

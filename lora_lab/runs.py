@@ -126,10 +126,6 @@ class RunDir:
     def summary(self) -> dict | None:
         return read_json(self.summary_path)
 
-    def is_final(self) -> bool:
-        s = self.summary()
-        return bool(s) and s.get("status") in FINAL_STATUSES
-
     def lock(self) -> None:
         """One process per run directory; the lock dies with the process (also on SIGKILL)."""
         self.path.mkdir(parents=True, exist_ok=True)

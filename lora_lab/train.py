@@ -26,7 +26,7 @@ from lora_lab import lora as lora_mod
 from lora_lab.config import Config, ConfigError, run_dir, run_id
 from lora_lab.data import IGNORE_INDEX, BatchOrder, collate, load_data, load_rows, order_seed
 from lora_lab.models import build_model, count_params, model_config, resolve_device, set_threads_from_env
-from lora_lab.runs import RunDir
+from lora_lab.runs import FINAL_STATUSES, RunDir
 
 
 def preflight(cfg: Config) -> None:
@@ -130,7 +130,7 @@ def train(cfg: Config) -> dict:
     a failure is recorded in summary.json and re-raised."""
     rid, rd = run_id(cfg), RunDir(run_dir(cfg))
     done = rd.summary()
-    if done and done.get("status") in ("completed", "diverged"):
+    if done and done.get("status") in FINAL_STATUSES:
         print(f"{rid}: already {done['status']} (final train loss {done.get('final_train_loss')}); skipping", file=sys.stderr)
         return done
     preflight(cfg)
