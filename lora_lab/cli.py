@@ -5,6 +5,8 @@
     lora-lab show-config [key=value ...]   the resolved config and the run directory it maps to
     lora-lab build-tiny [--models ...]     rebuild the tiny tokenizer and pretrained base models
 
+    lora-lab sweep | status | analyze | reproduce | plan | fit-lr   see `lora-lab <command> --help`
+
 Overrides use Hydra's syntax: `method=full`, `lora.rank=4`, `model=tiny-moe`, `optim.lr=3e-4`.
 Bad keys or values stop with exit code 2 and a one-line message, before any model is loaded; so
 does a data set that cannot be used (not available offline, wrong schema, too many malformed rows).
@@ -21,15 +23,28 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 EXIT_FAILED, EXIT_CONFIG = 1, 2
 
+# name -> (module, function, help). The function takes the argument list after the command name and
+# returns an exit code; it is imported only when its command runs (keeps `lora-lab --help` fast).
+EXTERNAL = {
+    "build-tiny": ("lora_lab.pretrain", "main", "rebuild the tiny tokenizer and base models"),
+    "sweep": ("lora_lab.sweep", "sweep_main", "run an experiment's grid (local or SLURM), skipping finished runs"),
+    "status": ("lora_lab.sweep", "status_main", "table of an experiment's runs by state"),
+    "analyze": ("lora_lab.analysis", "analyze_main", "figures, tables and the claims scorecard from run directories"),
+    "reproduce": ("lora_lab.reproduce", "reproduce_main", "run every experiment of a scale, then analyze"),
+    "plan": ("lora_lab.theory", "plan_main", "parameter counts, FLOPs, recommended LRs and capacity for a config"),
+    "fit-lr": ("lora_lab.theory", "fit_lr_main", "refit the LR law from your own sweeps' optimal LRs"),
+}
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lora-lab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    for name, text in (("train", "one SFT run"), ("pair", "LoRA and FullFT runs, both final losses"),
-                       ("show-config", "print the resolved config and run directory"),
-                       ("build-tiny", "rebuild the tiny tokenizer and base models (see build-tiny --help)")):
+    for name, text in (("train", "one run (SFT, or RL with task=rl)"), ("pair", "LoRA and FullFT runs, both final losses"),
+                       ("show-config", "print the resolved config and run directory")):
         s = sub.add_parser(name, help=text)
         s.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. method=full lora.rank=4")
+    for name, (_, _, text) in EXTERNAL.items():
+        sub.add_parser(name, help=f"{text} (see {name} --help)", add_help=False)
     return p
 
 
@@ -91,14 +106,17 @@ def main(argv: list[str] | None = None) -> int:
     from lora_lab.runs import RunBusy
 
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["build-tiny"]:  # its own argparse flags (not Hydra overrides)
-        from lora_lab.pretrain import main as build_main
-
-        return build_main(argv[1:])
-    args = _parser().parse_args(argv)
     handlers = {"train": _train, "pair": _pair, "show-config": _show}
+    if argv[:1] and argv[0] in EXTERNAL:  # its own argument parser
+        import importlib
+
+        module, func, _ = EXTERNAL[argv[0]]
+        handler, args_list = getattr(importlib.import_module(module), func), argv[1:]
+    else:
+        args = _parser().parse_args(argv)
+        handler, args_list = handlers[args.command], args.overrides
     try:
-        return handlers[args.command](args.overrides)
+        return handler(args_list)
     except ConfigError as exc:
         print(f"lora-lab: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
