@@ -19,11 +19,12 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 from omegaconf import OmegaConf
 
 CONF_DIR = Path(os.environ.get("LORA_LAB_CONF", Path(__file__).resolve().parent.parent / "conf"))
+EXPERIMENTS_DIR = Path(os.environ.get("LORA_LAB_EXPERIMENTS", Path(__file__).resolve().parent.parent / "experiments"))
 
 # Built-in models that build from a config shipped with the package (no download).
 TINY_PRESETS = ("tiny-llama", "tiny-moe")
@@ -267,10 +268,26 @@ class Config:
         return dataclasses.asdict(self)
 
 
+@dataclass
+class SweepGridConfig:
+    """`hydra.sweeper` of an experiment file (experiments/<scale>/<figure>.yaml), expanded by
+    `lora-lab sweep` (lora_lab/sweep.py): the runs are the union over `grids` (named arms, e.g. a
+    LoRA arm and a FullFT arm with their own LR grids) of the Cartesian product of the arm's axes and
+    the shared `params`, in Hydra's sweep syntax (`optim.lr: 1e-4,3e-4`). With no grids, `params`
+    alone is the grid, as with Hydra's basic sweeper."""
+
+    _target_: str = "lora_lab.sweep.expand"
+    params: Optional[Dict[str, str]] = None
+    grids: Dict[str, Dict[str, str]] = field(default_factory=dict)
+    max_batch_size: Optional[int] = None
+
+
 def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(name="config_schema", node=Config)
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+    cs.store(group="hydra/sweeper", name="lora_lab", node=SweepGridConfig, provider="lora_lab")
 
 
 def _identity(cfg: Config) -> dict:
@@ -331,10 +348,17 @@ def _one_line(exc: BaseException) -> str:
     return f"{m.group(1)}: {first}" if m else first
 
 
-def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "config") -> Config:
-    """Compose conf/<config_name>.yaml with command-line style overrides into a validated Config.
+def search_path_overrides(overrides: list[str] | tuple[str, ...]) -> list[str]:
+    """Experiment files live outside conf/ (experiments/<scale>/<figure>.yaml, selected with
+    `+experiments=<scale>/<figure>`): put their parent directory on Hydra's search path."""
+    if any(o.lstrip("+~").startswith("experiments=") for o in overrides):
+        return [f"hydra.searchpath=[file://{EXPERIMENTS_DIR.parent}]"]
+    return []
 
-    Raises ConfigError (one line naming the key) for any bad key or value."""
+
+def compose_dict(overrides: list[str] | tuple[str, ...] = (), config_name: str = "config",
+                 return_hydra_config: bool = False) -> Any:
+    """The composed DictConfig (with the `hydra` node if asked); ConfigError on any bad override."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -345,12 +369,19 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "con
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            dcfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+            return hydra_compose(config_name=config_name, overrides=[*search_path_overrides(overrides), *overrides],
+                                 return_hydra_config=return_hydra_config)
     except ConfigError:
         raise
     except Exception as exc:  # hydra's override grammar, missing groups, type errors
         raise ConfigError(_one_line(exc)) from None
-    return from_dictconfig(dcfg)
+
+
+def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "config") -> Config:
+    """Compose conf/<config_name>.yaml with command-line style overrides into a validated Config.
+
+    Raises ConfigError (one line naming the key) for any bad key or value."""
+    return from_dictconfig(compose_dict(overrides, config_name))
 
 
 def from_dictconfig(dcfg: Any) -> Config:

@@ -1,0 +1,421 @@
+"""Sweeps: an experiment's grid -> one Config per run -> launched through Hydra's submitit launcher.
+
+An experiment is a Hydra config file, experiments/<scale>/<figure>.yaml (package _global_): the
+fixed settings of a paper figure plus its grid in `hydra.sweeper` (shared `params` and named
+`grids`, the arms; see SweepGridConfig in lora_lab/config.py). `lora-lab sweep` expands the grid,
+finds each run's directory (the run_id comes from the resolved config), skips runs that completed or
+diverged, relaunches failed or unfinished ones (they resume from their checkpoints) and sends the
+rest to Hydra's submitit launcher: `submitit_local` on this machine (at most `max_parallel` runs at
+a time), `submitit_slurm` on a cluster whose profile is slurm/<cluster>.yaml.
+
+    lora-lab sweep tiny/rank --dry-run                    # the runs and their states, nothing launched
+    lora-lab sweep tiny/rank                              # local; a second call launches nothing
+    lora-lab sweep tiny/rank 'lora.rank=1,4' optim.lr=3e-3 train.max_steps=8   # shrink the grid
+    lora-lab sweep tiny/rank launcher=slurm cluster=local # SLURM (slurm/local_cluster.sh up)
+    lora-lab status tiny/rank      # or a directory: lora-lab status runs/tiny/rank
+
+Overrides on the command line that name a grid axis replace that axis in the arms that have it
+(`lora.rank=1,4` shrinks the LoRA arm and leaves the FullFT arm alone); other overrides apply to
+every run, and one in sweep syntax (`train.seed=0,1`) adds an axis to every arm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import fcntl
+import itertools
+import json
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from lora_lab.config import CONF_DIR, EXPERIMENTS_DIR, Config, ConfigError, compose_dict, from_dictconfig, run_dir, run_id
+from lora_lab.runs import FINAL_STATUSES, read_json
+
+SLURM_DIR = Path(os.environ.get("LORA_LAB_SLURM", CONF_DIR.parent / "slurm"))
+LAUNCHERS = ("local", "slurm")
+STATES = ("completed", "diverged", "failed", "running", "unfinished", "pending")
+# Runs that a launch skips; everything else (failed, unfinished, pending) is (re)launched.
+DONE = FINAL_STATUSES
+
+
+@dataclass
+class Job:
+    overrides: list[str]  # the grid point: what the launcher adds to the experiment's overrides
+    cfg: Config
+
+    @property
+    def path(self) -> Path:
+        return run_dir(self.cfg)
+
+    @property
+    def run_id(self) -> str:
+        return run_id(self.cfg)
+
+
+# -- experiments and their grids ---------------------------------------------------------------
+
+def experiment_names() -> list[str]:
+    return sorted(str(p.relative_to(EXPERIMENTS_DIR).with_suffix("")) for p in EXPERIMENTS_DIR.glob("*/*.yaml"))
+
+
+def check_experiment(name: str) -> None:
+    if not (EXPERIMENTS_DIR / f"{name}.yaml").is_file():
+        names = experiment_names()
+        raise ConfigError(f"experiment {name!r}: no file experiments/{name}.yaml; choose one of {', '.join(names)}")
+
+
+def _parse(overrides: Sequence[str]) -> list[Any]:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return OverridesParser.create().parse_overrides(list(overrides))
+    except Exception as exc:
+        raise ConfigError(str(exc).strip().splitlines()[0]) from None
+
+
+def _axis(override: Any) -> tuple[str, list[str]]:
+    """key and its values as override strings (`optim.lr=1e-3`), for a plain or a sweep override."""
+    key = override.get_key_element()
+    if override.is_sweep_override():
+        if not override.is_discrete_sweep():
+            raise ConfigError(f"{key}: only discrete sweeps (a,b,c / choice / range) can be expanded")
+        return key.lstrip("+~"), [f"{key}={v}" for v in override.sweep_string_iterator()]
+    return key.lstrip("+~"), [override.input_line]
+
+
+def grid_points(grid: Any, overrides: Sequence[str]) -> tuple[list[str], list[list[str]]]:
+    """(overrides for every run, one override list per grid point) from `hydra.sweeper` and the
+    command line; see the module docstring for how command-line overrides combine with the arms."""
+    shared = dict(grid.get("params") or {})
+    arms = {name: dict(axes or {}) for name, axes in (grid.get("grids") or {}).items()} or {"grid": {}}
+    axis_keys = set(shared) | {k for axes in arms.values() for k in axes}
+    fixed, replace, added = [], {}, {}
+    for o in _parse(overrides):
+        key, values = _axis(o)
+        if key in axis_keys:
+            replace[key] = values
+        elif o.is_sweep_override():
+            added[key] = values
+        else:
+            fixed.append(o.input_line)
+    points = []
+    for axes in arms.values():
+        merged = {**shared, **axes}
+        expanded = [replace.get(k) or _axis(_parse([f"{k}={v}"])[0])[1] for k, v in merged.items()]
+        expanded += list(added.values())
+        points += [list(p) for p in itertools.product(*expanded)]
+    return fixed, points
+
+
+def expand_jobs(experiment: str, overrides: Sequence[str] = ()) -> tuple[list[str], list[Job]]:
+    """(the overrides every run shares, the grid's runs without duplicates), before any compute."""
+    check_experiment(experiment)
+    base = [f"+experiments={experiment}"]
+    grid = compose_dict(base, return_hydra_config=True).hydra.sweeper
+    fixed, points = grid_points(grid, overrides)
+    master = base + fixed
+    jobs, seen = [], {}
+    for point in points:
+        try:
+            cfg = from_dictconfig(compose_dict(master + point))
+        except ConfigError as exc:
+            raise ConfigError(f"{experiment} [{' '.join(point)}]: {exc}") from None
+        path = run_dir(cfg)
+        if path in seen:  # e.g. a FullFT run repeated across a LoRA-only axis
+            continue
+        seen[path] = True
+        jobs.append(Job(point, cfg))
+    return master, jobs
+
+
+def expand(experiment: str, overrides: Sequence[str] = ()) -> list[Config]:
+    """The resolved Configs of an experiment's grid (what `lora-lab sweep` would run)."""
+    return [j.cfg for j in expand_jobs(experiment, overrides)[1]]
+
+
+# -- run states ----------------------------------------------------------------------------------
+
+def _last_metrics(path: Path) -> dict:
+    """Steps done and the last training value, from the tail of metrics.jsonl."""
+    f = path / "metrics.jsonl"
+    if not f.exists():
+        return {}
+    with open(f, "rb") as fh:
+        fh.seek(max(0, f.stat().st_size - 8192))
+        lines = fh.read().decode(errors="replace").splitlines()
+    out: dict = {}
+    for line in reversed(lines):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a truncated last line, or the cut-off first line of the tail
+        for key in ("train_loss", "reward"):
+            if key in row and "last" not in out:
+                out["last"], out["last_key"], out["step"] = row[key], key, row.get("step")
+        if "last" in out:
+            break
+    return out
+
+
+def _locked(path: Path) -> bool:
+    lock = path / ".lock"
+    if not lock.exists():
+        return False
+    with open(lock, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
+
+
+def run_state(path: Path) -> dict:
+    """{state, step, last, error} of one run directory (state in STATES)."""
+    info = {"path": path, **_last_metrics(path)}
+    summary = read_json(path / "summary.json")
+    if summary and summary.get("status") in ("completed", "diverged", "failed"):
+        info["state"] = summary["status"]
+        info["step"] = summary.get("steps", info.get("step"))
+        if summary.get("error"):
+            info["error"] = str(summary["error"]).strip().splitlines()[-1]
+    elif not path.exists():
+        info["state"] = "pending"
+    elif _locked(path):
+        info["state"] = "running"
+    else:
+        info["state"] = "unfinished" if (path / "metrics.jsonl").exists() else "pending"
+    return info
+
+
+def status_table(infos: list[dict], names: list[str]) -> str:
+    counts = {s: sum(i["state"] == s for i in infos) for s in STATES}
+    lines = [f"{len(infos)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)]
+    width = max([len(n) for n in names] + [6])
+    lines.append(f"{'run':<{width}}  {'state':<10} {'steps':>6} {'last':>9}  note")
+    for name, i in sorted(zip(names, infos), key=lambda t: (STATES.index(t[1]["state"]), t[0])):
+        last = i.get("last")
+        last_s = "" if last is None else f"{last:.4f}"
+        note = i.get("error", "")
+        if i["state"] == "unfinished":
+            note = f"resumes from its last checkpoint (step {i.get('step')} logged)"
+        lines.append(f"{name:<{width}}  {i['state']:<10} {i.get('step') or '':>6} {last_s:>9}  {note}")
+    return "\n".join(lines)
+
+
+def find_run_dirs(root: Path) -> list[Path]:
+    return sorted(p.parent for p in root.rglob("config.yaml") if not any(part.startswith(".") for part in p.parts[len(root.parts):]))
+
+
+# -- launching -----------------------------------------------------------------------------------
+
+def run_job(dcfg: Any) -> dict:
+    """Hydra task function: one run of the grid, in a submitit job. Never raises (a failed run is
+    recorded in its summary.json), so that one bad run does not stop the rest of a batch."""
+    import torch
+
+    from lora_lab.train import train
+
+    if "SLURM_CPUS_PER_TASK" not in os.environ:
+        from hydra.core.hydra_config import HydraConfig
+
+        threads = HydraConfig.get().launcher.get("cpus_per_task")
+        if threads:
+            torch.set_num_threads(int(threads))
+    cfg = from_dictconfig(dcfg)
+    try:
+        summary = train(cfg)
+        return {"run_id": run_id(cfg), "status": summary.get("status")}
+    except Exception as exc:  # recorded by train() in summary.json
+        return {"run_id": run_id(cfg), "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+
+
+def cluster_overrides(cluster: str) -> list[str]:
+    """slurm/<cluster>.yaml (keys of hydra-submitit-launcher's submitit_slurm) -> hydra.launcher.* overrides."""
+    from omegaconf import OmegaConf
+
+    path = SLURM_DIR / f"{cluster}.yaml"
+    if not path.is_file():
+        names = sorted(p.stem for p in SLURM_DIR.glob("*.yaml"))
+        raise ConfigError(f"cluster={cluster}: no profile slurm/{cluster}.yaml; choose one of {', '.join(names)} "
+                          "or write one (README: cluster profiles)")
+    profile = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    out = []
+    for key, value in (profile or {}).items():
+        out.append(f"++hydra.launcher.{key}={json.dumps(value) if not isinstance(value, str) else value}")
+    return out
+
+
+def launcher_overrides(launcher: str, cluster: str | None, max_parallel: int, sweep_dir: Path) -> list[str]:
+    common = [f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=${hydra.job.num}"]
+    if launcher == "local":
+        # One thread per run and as many runs as cores: best throughput for the tiny models here.
+        threads = max(1, (os.cpu_count() or 1) // max_parallel)
+        return ["hydra/launcher=submitit_local", f"hydra.launcher.cpus_per_task={threads}",
+                "hydra.launcher.timeout_min=10080", *common]
+    return ["hydra/launcher=submitit_slurm", f"hydra.launcher.array_parallelism={max_parallel}",
+            *cluster_overrides(cluster or "local"), *common]
+
+
+def launch(master: list[str], jobs: list[Job], launcher_args: list[str], batch_size: int) -> list[str]:
+    """Send the jobs through Hydra's submitit launcher, `batch_size` at a time (the launcher blocks
+    until a batch ends). Returns one line per job that did not end completed or diverged."""
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.plugins import Plugins
+    from hydra.core.utils import JobStatus
+    from hydra.types import HydraContext, RunMode
+
+    from lora_lab.config import register_configs, search_path_overrides
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    hydra = Hydra.create_main_hydra2("lora-lab", create_config_search_path(str(CONF_DIR)))
+    overrides = [*search_path_overrides(master), *master, *launcher_args]
+    cfg = hydra.compose_config("config", overrides=overrides, run_mode=RunMode.MULTIRUN, with_log_configuration=True)
+    HydraConfig.instance().set_config(cfg)
+    from hydra._internal.callbacks import Callbacks
+
+    context = HydraContext(config_loader=hydra.config_loader, callbacks=Callbacks(cfg))
+    hlauncher = Plugins.instance().instantiate_launcher(config=cfg, hydra_context=context, task_function=run_job)
+    problems = []
+    for start in range(0, len(jobs), batch_size):
+        batch = jobs[start:start + batch_size]
+        try:
+            # As Hydra's own sweepers do: each job's overrides are the task's followed by its grid point.
+            results = hlauncher.launch([[*master, *j.overrides] for j in batch], initial_job_idx=start)
+        except Exception as exc:  # e.g. a SLURM job cancelled: submitit cannot return its result
+            problems.append(f"batch of {len(batch)} from job {start}: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}")
+            continue
+        for job, res in zip(batch, results):
+            if res.status != JobStatus.COMPLETED:
+                problems.append(f"{job.run_id}: {res._return_value!r}")
+            elif res.return_value.get("status") not in DONE:
+                problems.append(f"{job.run_id}: {res.return_value.get('status')}: {res.return_value.get('error', '')}")
+    return problems
+
+
+class _Watch(threading.Thread):
+    """Progress of the whole sweep while the launcher blocks: a line whenever the counts change."""
+
+    def __init__(self, jobs: list[Job], every_s: float = 5.0):
+        super().__init__(daemon=True)
+        self.jobs, self.every_s, self.stop = jobs, every_s, threading.Event()
+
+    def run(self) -> None:
+        last, t0 = None, time.monotonic()
+        while not self.stop.wait(self.every_s):
+            counts = {}
+            for j in self.jobs:
+                s = run_state(j.path)["state"]
+                counts[s] = counts.get(s, 0) + 1
+            line = ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda t: STATES.index(t[0])))
+            if line != last:
+                print(f"[sweep {time.monotonic() - t0:6.0f}s] {line}", file=sys.stderr, flush=True)
+                last = line
+
+
+# -- commands ------------------------------------------------------------------------------------
+
+def _split_args(argv: list[str], prog: str, doc: str) -> tuple[argparse.Namespace, list[str]]:
+    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("experiment", help="<scale>/<figure> (a file under experiments/), or for status a directory")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides; launcher=local|slurm, cluster=<profile>, max_parallel=N")
+    if prog.endswith("sweep"):
+        p.add_argument("--dry-run", action="store_true", help="list the runs and their states; launch nothing")
+    args = p.parse_intermixed_args(argv)
+    rest, args.launcher, args.cluster, args.max_parallel = [], "local", None, None
+    for o in args.overrides:
+        key, _, value = o.partition("=")
+        if key == "launcher":
+            if value not in LAUNCHERS:
+                raise ConfigError(f"launcher={value}: choose one of {', '.join(LAUNCHERS)}")
+            args.launcher = value
+        elif key == "cluster":
+            args.cluster = value
+        elif key == "max_parallel":
+            if not value.isdigit() or int(value) < 1:
+                raise ConfigError(f"max_parallel={value}: expected a positive integer")
+            args.max_parallel = int(value)
+        else:
+            rest.append(o)
+    if args.cluster and args.launcher != "slurm":
+        args.launcher = "slurm"
+    return args, rest
+
+
+def sweep(experiment: str, overrides: Sequence[str] = (), launcher: str = "local", cluster: str | None = None,
+          max_parallel: int | None = None, dry_run: bool = False, progress: bool = True) -> int:
+    """Expand, report, launch what is not done. Returns an exit code (0: every run completed or diverged)."""
+    if launcher == "slurm":
+        cluster_overrides(cluster or "local")  # a bad profile stops here, before anything runs
+    master, jobs = expand_jobs(experiment, overrides)
+    infos = [run_state(j.path) for j in jobs]
+    todo = [j for j, i in zip(jobs, infos) if i["state"] not in DONE]
+    running = [j for j, i in zip(jobs, infos) if i["state"] == "running"]
+    counts = {s: sum(i["state"] == s for i in infos) for s in STATES}
+    print(f"{experiment}: {len(jobs)} runs; " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+          + f"; {len(todo) - len(running)} to launch", flush=True)
+    if dry_run:
+        print(status_table(infos, [j.run_id for j in jobs]))
+        for j in todo:
+            print("  " + " ".join(j.overrides))
+        return 0
+    if running:
+        print(f"{len(running)} runs are running in another process; not launching them again", file=sys.stderr)
+        todo = [j for j in todo if j not in running]
+    if not todo:
+        return 0 if counts["failed"] == 0 else 1
+    cores = os.cpu_count() or 1
+    cap = max_parallel or (cores if launcher == "local" else 256)
+    stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    sweep_dir = Path(todo[0].cfg.run.root) / experiment / ".sweeps" / stamp
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    (sweep_dir / "jobs.json").write_text(json.dumps({"experiment": experiment, "overrides": list(overrides),
+                                                     "jobs": [{"run_id": j.run_id, "overrides": j.overrides} for j in todo]}, indent=1))
+    print(f"launching {len(todo)} runs ({launcher}, at most {cap} at a time); launcher files in {sweep_dir}", flush=True)
+    watch = _Watch(jobs) if progress else None
+    if watch:
+        watch.start()
+    try:
+        problems = launch(master, todo, launcher_overrides(launcher, cluster, cap, sweep_dir),
+                          batch_size=cap if launcher == "local" else len(todo))
+    finally:
+        if watch:
+            watch.stop.set()
+    final = [run_state(j.path) for j in jobs]
+    counts = {s: sum(i["state"] == s for i in final) for s in STATES}
+    print(f"{experiment}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n), flush=True)
+    for line in problems:
+        print(f"  not done: {line}", file=sys.stderr)
+    return 0 if all(i["state"] in DONE for i in final) else 1
+
+
+def sweep_main(argv: list[str]) -> int:
+    args, overrides = _split_args(argv, "lora-lab sweep", __doc__)
+    return sweep(args.experiment, overrides, args.launcher, args.cluster, args.max_parallel, args.dry_run)
+
+
+def status_main(argv: list[str]) -> int:
+    """`lora-lab status <experiment [overrides] | directory>`: exit 1 while any run failed."""
+    args, overrides = _split_args(argv, "lora-lab status", "Runs of an experiment's grid, or of a directory, by state.")
+    target = Path(args.experiment)
+    if target.is_dir():
+        paths = find_run_dirs(target)
+        if not paths:
+            raise ConfigError(f"{target}: no run directories (config.yaml) below it")
+        names = [str(p.relative_to(target)) for p in paths]
+    else:
+        _, jobs = expand_jobs(args.experiment, overrides)
+        paths, names = [j.path for j in jobs], [j.run_id for j in jobs]
+    infos = [run_state(p) for p in paths]
+    print(status_table(infos, names))
+    return 1 if any(i["state"] == "failed" for i in infos) else 0
