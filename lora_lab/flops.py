@@ -1,0 +1,291 @@
+"""Architectures and training FLOPs: the model lookup behind `lora-lab plan`, matmul FLOPs per token
+of a LoRA or FullFT training step (claim C6), and GPU peak throughput.
+
+A model is named as anything `lora-lab train` accepts (a tiny preset, a conf/model preset such as
+llama-3.1-8b, a hub id, a local directory or config.json) or given as a transformers config.
+Hub ids of the paper's models work offline: when the hub cannot be reached (or refuses, as for
+gated Llama repositories without a token) and the id is not in the local cache, the config.json
+shipped in lora_lab/assets/hf_configs/<org>__<name>/ is used (public architecture numbers).
+
+FLOPs count the matmuls of one training step, per token, split into forward, input-gradient and
+weight-gradient parts (2 FLOPs per multiply-add). A linear d_in -> d_out costs 2 d_in d_out forward,
+the same again for the gradient of its input and for the gradient of its weight. LoRA of rank r on
+it adds 2 r (d_in + d_out) forward and, backward, dB (2 r d_out), the gradient into x A (2 r d_out),
+dA (2 r d_in) and the gradient into x through A (2 r d_in); the frozen base still pays its
+input-gradient but no weight-gradient. For square N x N matrices with LoRA on all of them that gives
+the paper's ratio (2N^2 + 6NR) / 3N^2 ("LoRA Without Regret", section on compute efficiency):
+`paper_flops_ratio`. A part of the network with no trainable parameter upstream needs no input
+gradient (autograd skips it: with LoRA, the first layer before the first adapter), as counted here.
+Attention scores and values cost 4 s h d_head per token forward (s: sequence length, every query
+against all s keys, the convention of PaLM's MFU, Chowdhery et al. 2022, appendix B; causal kernels
+skip about half) and twice that backward. MoE layers count the router and the active experts; expert
+LoRA is counted as applied per token, with per-expert rank = rank / active experts.
+
+    python -m lora_lab.flops llama-3.1-8b 256 2048     # FLOPs per token: LoRA r=256 vs FullFT
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+from lora_lab.config import CONF_DIR, ConfigError, ModelConfig
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+HF_CONFIGS = Path(__file__).resolve().parent / "assets" / "hf_configs"
+
+# Dense bf16 tensor-core peak (without 2:4 sparsity), TFLOPS, from NVIDIA's data sheets: H100 SXM5
+# 989 (NVIDIA H100 Tensor Core GPU data sheet, "BF16 Tensor Core 1,979 teraFLOPS*", *with sparsity),
+# H200 SXM 989 (H200 data sheet, same 1,979 with sparsity), A100 SXM 312 (A100 data sheet, 624 with
+# sparsity).
+GPU_PEAK_TFLOPS = {"h100": 989.0, "h200": 989.0, "a100": 312.0}
+
+ModelLike = Union["PretrainedConfig", ModelConfig, str, Path]
+
+
+# ----------------------------------------------------------------------------- model lookup
+
+
+def shipped_config(hub_id: str) -> Path | None:
+    """lora_lab/assets/hf_configs/<org>__<name>/config.json for a hub id, if shipped."""
+    path = HF_CONFIGS / hub_id.replace("/", "__") / "config.json"
+    return path if path.exists() else None
+
+
+def _preset_name(name: str) -> str | None:
+    """conf/model/<name>.yaml -> its `name` (a hub id), for `model=llama-3.1-8b` style names."""
+    path = CONF_DIR / "model" / f"{name}.yaml"
+    if "/" in name or not path.exists():
+        return None
+    from omegaconf import OmegaConf
+
+    return str(OmegaConf.load(path).get("name") or "") or None
+
+
+def hf_config(model: ModelLike) -> "PretrainedConfig":
+    """The transformers config of a model, without weights and, where possible, without network."""
+    from transformers import PretrainedConfig
+
+    if isinstance(model, PretrainedConfig):
+        return model
+    if isinstance(model, ModelConfig):
+        return _lookup(model.name, model.trust_remote_code, model.revision)
+    return _lookup(str(model), False, None)
+
+
+@lru_cache(maxsize=64)
+def _lookup(name: str, trust_remote_code: bool, revision: str | None) -> "PretrainedConfig":
+    from transformers import AutoConfig
+
+    from lora_lab.models import TINY_CONFIGS, model_config
+
+    if name in TINY_CONFIGS:
+        return model_config(ModelConfig(name=name))
+    path = Path(name).expanduser()
+    if path.is_file():
+        if path.suffix != ".json":
+            raise ConfigError(f"model={name}: not a config.json; give a config.json, a model directory or a hub id")
+        return AutoConfig.from_pretrained(str(path))
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ConfigError(f"model={name}: directory has no config.json")
+        return AutoConfig.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    preset = _preset_name(name)
+    if preset:
+        return _lookup(preset, trust_remote_code, revision)
+    ModelConfig(name=name)  # validates the hub-id form with the usual one-line message
+    shipped = shipped_config(name)
+    from lora_lab.data import _offline  # the project's one reachability check (no 30 s of retries)
+
+    try:
+        if _offline():
+            return AutoConfig.from_pretrained(name, revision=revision, local_files_only=True,
+                                              trust_remote_code=trust_remote_code)
+        return AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        if shipped is not None:
+            return AutoConfig.from_pretrained(str(shipped))
+        raise ConfigError(f"model={name}: config not available ({str(exc).splitlines()[0][:120]}); "
+                          f"give a local config.json or model directory") from None
+
+
+# ----------------------------------------------------------------------------- architecture
+
+
+@dataclass(frozen=True)
+class Arch:
+    """The matmul shapes of a decoder-only transformer, read from its config."""
+
+    model_type: str
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    experts: int = 0  # 0: dense MLP
+    active: int = 0  # experts per token
+    expert_intermediate: int = 0
+    moe_layers: tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, model: ModelLike) -> "Arch":
+        c = hf_config(model)
+        c = getattr(c, "text_config", None) or c
+        try:
+            hidden, heads = int(c.hidden_size), int(c.num_attention_heads)
+            kw: dict[str, Any] = dict(
+                model_type=str(c.model_type), hidden=hidden, layers=int(c.num_hidden_layers), heads=heads,
+                kv_heads=int(getattr(c, "num_key_value_heads", None) or heads),
+                head_dim=int(getattr(c, "head_dim", None) or hidden // heads),
+                intermediate=int(c.intermediate_size), vocab=int(c.vocab_size))
+        except (AttributeError, TypeError) as exc:
+            raise ConfigError(f"model_type={getattr(c, 'model_type', '?')}: not a Llama/Qwen-style decoder ({exc})") from None
+        experts = int(getattr(c, "num_experts", None) or getattr(c, "num_local_experts", None) or 0)
+        if experts:
+            step = int(getattr(c, "decoder_sparse_step", 1) or 1)
+            dense = set(getattr(c, "mlp_only_layers", None) or [])
+            kw.update(experts=experts, active=int(c.num_experts_per_tok),
+                      expert_intermediate=int(getattr(c, "moe_intermediate_size", None) or kw["intermediate"]),
+                      moe_layers=tuple(i for i in range(kw["layers"]) if i not in dense and (i + 1) % step == 0))
+        return cls(**kw)
+
+    @property
+    def family(self) -> str:
+        """llama or qwen (the LR law's exponent depends on it), else the model_type."""
+        for fam in ("llama", "qwen"):
+            if self.model_type.startswith(fam):
+                return fam
+        return self.model_type
+
+
+# ----------------------------------------------------------------------------- FLOPs
+
+
+@dataclass(frozen=True)
+class Flops:
+    """Matmul FLOPs (per token, or per whatever the caller multiplies by)."""
+
+    forward: float = 0.0
+    input_grad: float = 0.0
+    weight_grad: float = 0.0
+
+    @property
+    def backward(self) -> float:
+        return self.input_grad + self.weight_grad
+
+    @property
+    def total(self) -> float:
+        return self.forward + self.input_grad + self.weight_grad
+
+    def __add__(self, o: "Flops") -> "Flops":
+        return Flops(self.forward + o.forward, self.input_grad + o.input_grad, self.weight_grad + o.weight_grad)
+
+    def __mul__(self, k: float) -> "Flops":
+        return Flops(self.forward * k, self.input_grad * k, self.weight_grad * k)
+
+    __rmul__ = __mul__
+
+
+def linear_flops(d_in: int, d_out: int, *, trainable: bool = False, rank: int = 0,
+                 input_grad: bool = True) -> tuple[Flops, bool]:
+    """One linear layer per token: FullFT (trainable), frozen, or frozen with a rank-`rank` LoRA.
+    `input_grad`: whether its input needs a gradient. Returns the FLOPs and whether its output
+    needs one."""
+    base = 2 * d_in * d_out
+    fwd, ig, wg = base, 0, 0
+    if input_grad:
+        ig += base
+    if trainable:
+        wg += base
+    if rank:
+        fwd += 2 * rank * (d_in + d_out)
+        ig += 2 * rank * d_out + (2 * rank * d_in if input_grad else 0)  # into x A, and into x
+        wg += 2 * rank * (d_out + d_in)  # dB, dA
+    return Flops(fwd, ig, wg), input_grad or trainable or rank > 0
+
+
+def paper_flops_ratio(n: int, r: int) -> float:
+    """C6 for one N x N matrix with rank-r LoRA: (2N^2 + 6NR) / 3N^2."""
+    return (2 * n * n + 6 * n * r) / (3 * n * n)
+
+
+def flops_per_token(config: ModelLike, method: str = "lora", rank: int = 8, layers: str = "all",
+                    seq_len: int = 2048, unembed: bool = False) -> Flops:
+    """Matmul FLOPs of one training step per token (see the module docstring for what is counted)."""
+    if method not in ("lora", "full"):
+        raise ConfigError(f"method={method!r}: choose lora or full")
+    if layers not in ("attn", "mlp", "all"):
+        raise ConfigError(f"lora.layers={layers!r}: choose attn, mlp or all")
+    if seq_len < 0 or rank < 1:
+        raise ConfigError(f"seq_len={seq_len}, rank={rank}: need seq_len >= 0 and rank >= 1")
+    a = Arch.of(config)
+    full = method == "full"
+    r_attn = rank if not full and layers in ("attn", "all") else 0
+    r_mlp = rank if not full and layers in ("mlp", "all") else 0
+    if r_mlp and a.experts and a.moe_layers and rank % a.active:
+        raise ConfigError(f"lora.rank={rank}: must be a multiple of the {a.active} active experts (per-expert rank = rank / active experts)")
+    h, q, kv = a.hidden, a.heads * a.head_dim, a.kv_heads * a.head_dim
+    total, grad = Flops(), full  # grad: the residual stream needs a gradient (embeddings train in FullFT)
+
+    def lin(d_in: int, d_out: int, r: int, g: bool) -> bool:
+        nonlocal total
+        f, out = linear_flops(d_in, d_out, trainable=full, rank=r, input_grad=g)
+        total += f
+        return out
+
+    for layer in range(a.layers):
+        qkv = [lin(h, d, r_attn, grad) for d in (q, kv, kv)]
+        g_attn = any(qkv)
+        s = 4 * a.heads * a.head_dim * seq_len  # scores and weighted values, every query vs s keys
+        total += Flops(s, 2 * s if g_attn else 0, 0)
+        grad = lin(q, h, r_attn, g_attn) or grad
+        if layer in a.moe_layers:
+            routed = lin(h, a.experts, 0, grad)  # the router: trained in FullFT, never adapted
+            r_e = r_mlp // a.active if r_mlp else 0
+            for _ in range(a.active):
+                g_up = lin(h, 2 * a.expert_intermediate, r_e, grad)
+                routed = lin(a.expert_intermediate, h, r_e, g_up) or routed
+            grad = routed or grad
+        else:
+            g_up = any([lin(h, a.intermediate, r_mlp, grad) for _ in range(2)])
+            grad = lin(a.intermediate, h, r_mlp, g_up) or grad
+    lin(h, a.vocab, rank if (unembed and not full) else 0, grad)
+    return total
+
+
+def flops_ratio(config: ModelLike, rank: int = 8, layers: str = "all", seq_len: int = 2048,
+                unembed: bool = False) -> float:
+    """LoRA / FullFT FLOPs per training token for a whole model (C6; about 2/3 at small rank)."""
+    lora = flops_per_token(config, "lora", rank, layers, seq_len, unembed)
+    return lora.total / flops_per_token(config, "full", rank, layers, seq_len).total
+
+
+def gpu_hours(flops: float, gpu: str = "h100", mfu: float = 0.4) -> float:
+    """GPU-hours to execute `flops` at a model-FLOPs utilisation `mfu` of the bf16 dense peak."""
+    if gpu not in GPU_PEAK_TFLOPS:
+        raise ConfigError(f"gpu={gpu}: choose one of {', '.join(GPU_PEAK_TFLOPS)}")
+    if not 0 < mfu <= 1:
+        raise ConfigError(f"mfu={mfu}: must be in (0, 1]")
+    return flops / (GPU_PEAK_TFLOPS[gpu] * 1e12 * mfu) / 3600
+
+
+def main(argv: list[str]) -> int:
+    model, rank, seq = argv[0], int(argv[1]) if len(argv) > 1 else 8, int(argv[2]) if len(argv) > 2 else 2048
+    for method in ("lora", "full"):
+        f = flops_per_token(model, method, rank, "all", seq)
+        print(json.dumps({"method": method, "forward": f.forward, "input_grad": f.input_grad,
+                          "weight_grad": f.weight_grad, "total": f.total}))
+    print(f"ratio {flops_ratio(model, rank, 'all', seq):.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
