@@ -274,11 +274,14 @@ class SweepGridConfig:
     `lora-lab sweep` (lora_lab/sweep.py): the runs are the union over `grids` (named arms, e.g. a
     LoRA arm and a FullFT arm with their own LR grids) of the Cartesian product of the arm's axes and
     the shared `params`, in Hydra's sweep syntax (`optim.lr: 1e-4,3e-4`). With no grids, `params`
-    alone is the grid, as with Hydra's basic sweeper."""
+    alone is the grid, as with Hydra's basic sweeper. `quick` holds the overrides of
+    `lora-lab sweep --quick` / `reproduce --quick` (a smaller grid, fewer steps), applied before the
+    command line's."""
 
     _target_: str = "lora_lab.sweep.expand"
     params: Optional[Dict[str, str]] = None
     grids: Dict[str, Dict[str, str]] = field(default_factory=dict)
+    quick: Dict[str, str] = field(default_factory=dict)
     max_batch_size: Optional[int] = None
 
 

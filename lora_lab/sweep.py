@@ -113,11 +113,14 @@ def grid_points(grid: Any, overrides: Sequence[str]) -> tuple[list[str], list[li
     return fixed, points
 
 
-def expand_jobs(experiment: str, overrides: Sequence[str] = ()) -> tuple[list[str], list[Job]]:
-    """(the overrides every run shares, the grid's runs without duplicates), before any compute."""
+def expand_jobs(experiment: str, overrides: Sequence[str] = (), quick: bool = False) -> tuple[list[str], list[Job]]:
+    """(the overrides every run shares, the grid's runs without duplicates), before any compute.
+    quick: apply the experiment's `hydra.sweeper.quick` overrides first (the command line's win)."""
     check_experiment(experiment)
     base = [f"+experiments={experiment}"]
     grid = compose_dict(base, return_hydra_config=True).hydra.sweeper
+    if quick:
+        overrides = [f"{k}={v}" for k, v in (grid.get("quick") or {}).items()] + list(overrides)
     fixed, points = grid_points(grid, overrides)
     master = base + fixed
     jobs, seen = [], {}
@@ -134,9 +137,9 @@ def expand_jobs(experiment: str, overrides: Sequence[str] = ()) -> tuple[list[st
     return master, jobs
 
 
-def expand(experiment: str, overrides: Sequence[str] = ()) -> list[Config]:
+def expand(experiment: str, overrides: Sequence[str] = (), quick: bool = False) -> list[Config]:
     """The resolved Configs of an experiment's grid (what `lora-lab sweep` would run)."""
-    return [j.cfg for j in expand_jobs(experiment, overrides)[1]]
+    return [j.cfg for j in expand_jobs(experiment, overrides, quick)[1]]
 
 
 # -- run states ----------------------------------------------------------------------------------
@@ -252,15 +255,20 @@ def cluster_overrides(cluster: str) -> list[str]:
     return out
 
 
-def launcher_overrides(launcher: str, cluster: str | None, max_parallel: int, sweep_dir: Path) -> list[str]:
+def local_parallel(max_parallel: int | None) -> int:
+    # Default: one single-threaded run per core, the best throughput for the tiny models here.
+    return max_parallel or (os.cpu_count() or 1)
+
+
+def launcher_overrides(launcher: str, cluster: str | None, max_parallel: int | None, sweep_dir: Path) -> list[str]:
     common = [f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=${hydra.job.num}"]
     if launcher == "local":
-        # One thread per run and as many runs as cores: best throughput for the tiny models here.
-        threads = max(1, (os.cpu_count() or 1) // max_parallel)
+        threads = max(1, (os.cpu_count() or 1) // local_parallel(max_parallel))
         return ["hydra/launcher=submitit_local", f"hydra.launcher.cpus_per_task={threads}",
                 "hydra.launcher.timeout_min=10080", *common]
-    return ["hydra/launcher=submitit_slurm", f"hydra.launcher.array_parallelism={max_parallel}",
-            *cluster_overrides(cluster or "local"), *common]
+    # The profile's array_parallelism, unless max_parallel is given on the command line.
+    cap = [f"hydra.launcher.array_parallelism={max_parallel}"] if max_parallel else []
+    return ["hydra/launcher=submitit_slurm", *cluster_overrides(cluster or "local"), *cap, *common]
 
 
 def launch(master: list[str], jobs: list[Job], launcher_args: list[str], batch_size: int) -> list[str]:
@@ -331,6 +339,7 @@ def _split_args(argv: list[str], prog: str, doc: str) -> tuple[argparse.Namespac
     p.add_argument("overrides", nargs="*", help="Hydra overrides; launcher=local|slurm, cluster=<profile>, max_parallel=N")
     if prog.endswith("sweep"):
         p.add_argument("--dry-run", action="store_true", help="list the runs and their states; launch nothing")
+    p.add_argument("--quick", action="store_true", help="the experiment's smaller quick grid (hydra.sweeper.quick)")
     args = p.parse_intermixed_args(argv)
     rest, args.launcher, args.cluster, args.max_parallel = [], "local", None, None
     for o in args.overrides:
@@ -353,11 +362,11 @@ def _split_args(argv: list[str], prog: str, doc: str) -> tuple[argparse.Namespac
 
 
 def sweep(experiment: str, overrides: Sequence[str] = (), launcher: str = "local", cluster: str | None = None,
-          max_parallel: int | None = None, dry_run: bool = False, progress: bool = True) -> int:
+          max_parallel: int | None = None, dry_run: bool = False, progress: bool = True, quick: bool = False) -> int:
     """Expand, report, launch what is not done. Returns an exit code (0: every run completed or diverged)."""
     if launcher == "slurm":
         cluster_overrides(cluster or "local")  # a bad profile stops here, before anything runs
-    master, jobs = expand_jobs(experiment, overrides)
+    master, jobs = expand_jobs(experiment, overrides, quick)
     infos = [run_state(j.path) for j in jobs]
     todo = [j for j, i in zip(jobs, infos) if i["state"] not in DONE]
     running = [j for j, i in zip(jobs, infos) if i["state"] == "running"]
@@ -374,20 +383,20 @@ def sweep(experiment: str, overrides: Sequence[str] = (), launcher: str = "local
         todo = [j for j in todo if j not in running]
     if not todo:
         return 0 if counts["failed"] == 0 else 1
-    cores = os.cpu_count() or 1
-    cap = max_parallel or (cores if launcher == "local" else 256)
+    cap = local_parallel(max_parallel) if launcher == "local" else len(todo)
     stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     sweep_dir = Path(todo[0].cfg.run.root) / experiment / ".sweeps" / stamp
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / "jobs.json").write_text(json.dumps({"experiment": experiment, "overrides": list(overrides),
                                                      "jobs": [{"run_id": j.run_id, "overrides": j.overrides} for j in todo]}, indent=1))
-    print(f"launching {len(todo)} runs ({launcher}, at most {cap} at a time); launcher files in {sweep_dir}", flush=True)
+    where = f"at most {cap} at a time" if launcher == "local" else f"cluster profile {cluster or 'local'}"
+    print(f"launching {len(todo)} runs ({launcher}, {where}); launcher files in {sweep_dir}", flush=True)
     watch = _Watch(jobs) if progress else None
     if watch:
         watch.start()
     try:
         problems = launch(master, todo, launcher_overrides(launcher, cluster, cap, sweep_dir),
-                          batch_size=cap if launcher == "local" else len(todo))
+                          batch_size=cap)
     finally:
         if watch:
             watch.stop.set()
@@ -401,7 +410,7 @@ def sweep(experiment: str, overrides: Sequence[str] = (), launcher: str = "local
 
 def sweep_main(argv: list[str]) -> int:
     args, overrides = _split_args(argv, "lora-lab sweep", __doc__)
-    return sweep(args.experiment, overrides, args.launcher, args.cluster, args.max_parallel, args.dry_run)
+    return sweep(args.experiment, overrides, args.launcher, args.cluster, args.max_parallel, args.dry_run, quick=args.quick)
 
 
 def status_main(argv: list[str]) -> int:
@@ -414,7 +423,7 @@ def status_main(argv: list[str]) -> int:
             raise ConfigError(f"{target}: no run directories (config.yaml) below it")
         names = [str(p.relative_to(target)) for p in paths]
     else:
-        _, jobs = expand_jobs(args.experiment, overrides)
+        _, jobs = expand_jobs(args.experiment, overrides, args.quick)
         paths, names = [j.path for j in jobs], [j.run_id for j in jobs]
     infos = [run_state(p) for p in paths]
     print(status_table(infos, names))
