@@ -55,8 +55,12 @@ def _train(overrides: list[str]) -> int:
 
     cfg = compose(overrides)
     summary = train(cfg)
-    print(f"{summary['run_id']}: {summary['status']} after {summary.get('steps')} steps, "
-          f"final train loss {_f(summary.get('final_train_loss'))}, eval loss {_f(summary.get('final_eval_loss'))}")
+    if cfg.task == "rl":
+        result = (f"final reward {_f(summary.get('final_reward'))}, eval accuracy {_f(summary.get('base_eval_accuracy'))}"
+                  f" -> {_f(summary.get('final_eval_accuracy'))}")
+    else:
+        result = f"final train loss {_f(summary.get('final_train_loss'))}, eval loss {_f(summary.get('final_eval_loss'))}"
+    print(f"{summary['run_id']}: {summary['status']} after {summary.get('steps')} steps, {result}")
     return 0 if summary["status"] in FINAL_STATUSES else EXIT_FAILED
 
 

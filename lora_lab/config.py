@@ -30,7 +30,7 @@ EXPERIMENTS_DIR = Path(os.environ.get("LORA_LAB_EXPERIMENTS", Path(__file__).res
 TINY_PRESETS = ("tiny-llama", "tiny-moe")
 LAYER_SETS = ("all", "attn", "mlp")
 METHODS = ("lora", "full")
-TASKS = ("sft",)
+TASKS = ("sft", "rl")
 WANDB_MODES = ("disabled", "offline", "online")
 PROGRESS_MODES = ("auto", "bar", "lines", "none")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -211,6 +211,43 @@ class TrainConfig:
 
 
 @dataclass
+class RLConfig:
+    """Policy-gradient RL (task=rl, lora_lab/rl.py). One RL step samples group_size completions for
+    each of prompts_per_step training problems, then takes updates_per_batch optimizer steps on it."""
+
+    # Completions per prompt; their mean reward is the baseline of the prompt's advantages.
+    group_size: int = 8
+    prompts_per_step: int = 8
+    max_new_tokens: int = 48
+    # Sampling temperature; the learner's log-probs use the same temperature, so on-policy ratios are 1.
+    temperature: float = 1.0
+    # Optimizer steps per sampled batch: it is split into this many slices of whole groups, one step
+    # each; the importance ratio corrects for the slices sampled by an older policy.
+    updates_per_batch: int = 1
+    # Divide advantages by the group's reward std (GRPO); off: the paper's plain group centring.
+    normalize_std: bool = False
+    # PPO-style clipping of the ratio to [1 - eps, 1 + eps]; null: off (the paper's objective).
+    clip_eps: Optional[float] = None
+    # Greedy decoding length for eval_accuracy on data.eval_size held-out problems; null: max_new_tokens.
+    eval_max_new_tokens: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        _check(self.group_size >= 2, "rl.group_size", self.group_size,
+               "must be >= 2 (a group of one has a zero advantage: nothing to learn)")
+        _check(self.prompts_per_step > 0, "rl.prompts_per_step", self.prompts_per_step, "must be > 0")
+        _check(self.max_new_tokens > 0, "rl.max_new_tokens", self.max_new_tokens, "must be > 0")
+        _check(self.temperature > 0 and math.isfinite(self.temperature), "rl.temperature", self.temperature,
+               "must be a finite number > 0 (sampling needs spread; eval decodes greedily)")
+        _check(self.updates_per_batch > 0 and self.prompts_per_step % self.updates_per_batch == 0,
+               "rl.updates_per_batch", self.updates_per_batch,
+               f"must be > 0 and divide rl.prompts_per_step={self.prompts_per_step} (each update takes whole groups)")
+        _check(self.clip_eps is None or 0 < self.clip_eps < 1, "rl.clip_eps", self.clip_eps,
+               "must be in (0, 1), or null for no clipping")
+        _check(self.eval_max_new_tokens is None or self.eval_max_new_tokens > 0, "rl.eval_max_new_tokens",
+               self.eval_max_new_tokens, "must be > 0 (or null for rl.max_new_tokens)")
+
+
+@dataclass
 class RunConfig:
     # Run directories go to <root>/<experiment>/<run_id>/.
     root: str = "runs"
@@ -252,10 +289,19 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
 
     def __post_init__(self) -> None:
         _check(self.method in METHODS, "method", self.method, f"choose one of {', '.join(METHODS)}")
         _check(self.task in TASKS, "task", self.task, f"choose one of {', '.join(TASKS)}")
+        if self.task == "rl":
+            from lora_lab.rewards import TASKS as REWARD_TASKS
+
+            _check(self.data.name in REWARD_TASKS, "data.name", self.data.name,
+                   f"task=rl needs a data set with a verifiable reward: {', '.join(REWARD_TASKS)}")
+            default_bs = OptimConfig.__dataclass_fields__["batch_size"].default
+            _check(self.optim.batch_size == default_bs, "optim.batch_size", self.optim.batch_size,
+                   f"is unused with task=rl (a step is rl.prompts_per_step x rl.group_size completions); drop it (default {default_bs})")
         if self.method == "full":
             # LoRA keys would be silently ignored by a full fine-tuning run; a sweep that varies
             # lora.rank must not produce several identical FullFT runs under different names.
@@ -299,6 +345,9 @@ def _identity(cfg: Config) -> dict:
     d = cfg.to_dict()
     for k in ("run", "logger"):
         d.pop(k)
+    if cfg.task != "rl":
+        # rl.* does not affect an SFT run: leaving it out keeps SFT run ids as they were before it existed.
+        d.pop("rl")
     if cfg.method == "full":
         d.pop("lora")
     return d
@@ -324,7 +373,8 @@ def run_id(cfg: Config) -> str:
         parts += [f"lora-r{cfg.lora.rank}-{cfg.lora.layers}" + ("-unembed" if cfg.lora.unembed else "")]
     else:
         parts += ["full"]
-    parts += [f"lr{_fmt(cfg.optim.lr)}", f"bs{cfg.optim.batch_size}", f"s{cfg.train.seed}", config_hash(cfg)]
+    batch = f"rl{cfg.rl.prompts_per_step}x{cfg.rl.group_size}" if cfg.task == "rl" else f"bs{cfg.optim.batch_size}"
+    parts += [f"lr{_fmt(cfg.optim.lr)}", batch, f"s{cfg.train.seed}", config_hash(cfg)]
     return "_".join(parts)
 
 

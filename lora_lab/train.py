@@ -1,4 +1,5 @@
-"""The SFT loop: one run, LoRA or FullFT, from a Config to a finished run directory.
+"""The SFT loop: one run, LoRA or FullFT, from a Config to a finished run directory (task=rl runs
+go to lora_lab/rl.py, which shares this file's learner, checkpoint and logging helpers).
 
 LoRA and FullFT differ only in which parameters train. AdamW with a constant LR and no warmup
 (the paper's setting); loss = mean NLL in nats over the assistant tokens of the whole optimizer
@@ -17,6 +18,8 @@ import random
 import sys
 import time
 import traceback
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -86,11 +89,12 @@ def _seed_all(seed: int) -> None:
 class Progress:
     """A tqdm bar on a terminal, plain periodic lines otherwise (logs of batch jobs)."""
 
-    def __init__(self, cfg: Config, total: int, start: int, name: str):
+    def __init__(self, cfg: Config, total: int, start: int, name: str, metric: str = "train_loss"):
         mode = cfg.logger.progress
         if mode == "auto":
             mode = "bar" if sys.stderr.isatty() else "lines"
         self.mode, self.total, self.name, self.every = mode, total, name, cfg.logger.progress_every_s
+        self.metric = metric
         self.last = 0.0
         self.bar = None
         if mode == "bar":
@@ -101,10 +105,10 @@ class Progress:
     def update(self, step: int, loss: float, force: bool = False) -> None:
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{loss:.4f}")
+            self.bar.set_postfix({self.metric: f"{loss:.4f}"})
         elif self.mode == "lines" and (force or time.monotonic() - self.last >= self.every):
             self.last = time.monotonic()
-            print(f"[{self.name}] step {step}/{self.total} train_loss {loss:.4f}", file=sys.stderr, flush=True)
+            print(f"[{self.name}] step {step}/{self.total} {self.metric} {loss:.4f}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -126,12 +130,13 @@ def _wandb(cfg: Config, rid: str, rd: RunDir):
 
 
 def train(cfg: Config) -> dict:
-    """Run (or resume, or skip) one SFT run; returns its summary. Never raises for a diverged run;
-    a failure is recorded in summary.json and re-raised."""
+    """Run (or resume, or skip) one run, SFT or (task=rl) RL; returns its summary. Never raises for
+    a diverged run; a failure is recorded in summary.json and re-raised."""
     rid, rd = run_id(cfg), RunDir(run_dir(cfg))
     done = rd.summary()
     if done and done.get("status") in FINAL_STATUSES:
-        print(f"{rid}: already {done['status']} (final train loss {done.get('final_train_loss')}); skipping", file=sys.stderr)
+        final = ("final reward", done.get("final_reward")) if cfg.task == "rl" else ("final train loss", done.get("final_train_loss"))
+        print(f"{rid}: already {done['status']} ({final[0]} {final[1]}); skipping", file=sys.stderr)
         return done
     preflight(cfg)
     # A data set that cannot be used (not available offline, wrong schema, too many malformed rows)
@@ -139,9 +144,87 @@ def train(cfg: Config) -> dict:
     rows = load_rows(cfg.data)
     rd.lock()
     try:
+        if cfg.task == "rl":
+            from lora_lab.rl import train_rl
+
+            return train_rl(cfg, rid, rd, rows)
         return _train_locked(cfg, rid, rd, rows)
     finally:
         rd.unlock()
+
+
+@dataclass
+class Learner:
+    """The model being trained, its trainable parameters and their optimizer."""
+
+    model: torch.nn.Module
+    tok: Any
+    device: torch.device
+    sites: list  # LoRA sites (empty for FullFT)
+    trainable: list[torch.nn.Parameter]
+    opt: torch.optim.Optimizer
+    total_params: int
+
+    @property
+    def trainable_params(self) -> int:
+        return sum(p.numel() for p in self.trainable)
+
+
+def build_learner(cfg: Config) -> Learner:
+    """Seeded model with LoRA (or every parameter trainable for FullFT) and AdamW: constant LR,
+    no warmup (the paper's setting). Shared by SFT and RL."""
+    set_threads_from_env()
+    device = resolve_device(cfg.train.device)
+    _seed_all(cfg.train.seed)
+    model, tok = build_model(cfg.model, device)
+    total_params = count_params(model)
+    if cfg.method == "lora":
+        sites = lora_mod.apply_lora(model, cfg.lora)
+        groups = lora_mod.param_groups(model, cfg.optim.lr, cfg.lora.lr_a_mult, cfg.lora.lr_b_mult)
+    else:
+        sites = []
+        model.requires_grad_(True)
+        groups = [{"params": [p for p in model.parameters()], "lr": cfg.optim.lr, "name": "all"}]
+    trainable = [p for g in groups for p in g["params"]]
+    opt = torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
+                            eps=_adam_eps(cfg.optim.adam_eps), weight_decay=cfg.optim.weight_decay)
+    return Learner(model, tok, device, sites, trainable, opt, total_params)
+
+
+def resume(cfg: Config, rid: str, rd: RunDir, learner: Learner) -> dict | None:
+    """Restore weights, optimizer and RNG from an unfinished run's checkpoint; its state, or None."""
+    state = rd.load_checkpoint()
+    if state is None or state.get("final"):
+        return None
+    trainable_state = state["trainable"]
+    (learner.model.load_state_dict(trainable_state) if cfg.method == "full"
+     else _load_named(learner.model, trainable_state))
+    learner.opt.load_state_dict(state["optimizer"])
+    _set_rng_state(state["rng"])
+    print(f"{rid}: resuming from step {state['step']}", file=sys.stderr)
+    return state
+
+
+def save_checkpoint(cfg: Config, rd: RunDir, learner: Learner, final: bool, **counters: Any) -> None:
+    """Atomically write what resume needs: `counters` (step, wall_s, ...), weights, optimizer, RNG."""
+    rd.save_checkpoint({
+        **counters, "final": final, "trainable": _trainable_state(learner.model, cfg),
+        # A finished run needs no optimizer state (for an 8B FullFT run it is 64 GB).
+        "optimizer": None if final else learner.opt.state_dict(), "rng": _rng_state(),
+    })
+
+
+def start_logging(cfg: Config, rid: str, rd: RunDir, device: torch.device, step: int, keep_upto_step: int | None = None):
+    """metrics.jsonl cut back to the checkpoint's step (or keep_upto_step), meta.json, and the wandb
+    run (or None)."""
+    rd.open_metrics(keep_upto_step=step if keep_upto_step is None else keep_upto_step)
+    rd.write_meta(device, resumed_from=step)
+    return _wandb(cfg, rid, rd)
+
+
+def record_failure(rd: RunDir, summary: dict, exc: BaseException) -> None:
+    summary.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-4000:])
+    rd.write_summary(summary)
 
 
 def _train_locked(cfg: Config, rid: str, rd: RunDir, rows: tuple) -> dict:
@@ -151,22 +234,10 @@ def _train_locked(cfg: Config, rid: str, rd: RunDir, rows: tuple) -> dict:
     summary = {"run_id": rid, "method": cfg.method, "status": "failed", "steps": 0}
     run = None
     try:
-        set_threads_from_env()
-        device = resolve_device(cfg.train.device)
-        _seed_all(cfg.train.seed)
-        model, tok = build_model(cfg.model, device)
-        total_params = count_params(model)
-        if cfg.method == "lora":
-            sites = lora_mod.apply_lora(model, cfg.lora)
-            groups = lora_mod.param_groups(model, cfg.optim.lr, cfg.lora.lr_a_mult, cfg.lora.lr_b_mult)
-        else:
-            sites = []
-            model.requires_grad_(True)
-            groups = [{"params": [p for p in model.parameters()], "lr": cfg.optim.lr, "name": "all"}]
-        trainable = [p for g in groups for p in g["params"]]
-        summary.update(trainable_params=sum(p.numel() for p in trainable), total_params=total_params)
-        opt = torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
-                                eps=cfg.optim.adam_eps, weight_decay=cfg.optim.weight_decay)
+        learner = build_learner(cfg)
+        model, tok, device, sites, trainable, opt = (learner.model, learner.tok, learner.device, learner.sites,
+                                                     learner.trainable, learner.opt)
+        summary.update(trainable_params=learner.trainable_params, total_params=learner.total_params)
 
         train_split, eval_split = load_data(cfg, tok, rows)
         order = BatchOrder(len(train_split), cfg.optim.batch_size, order_seed(cfg))
@@ -174,27 +245,14 @@ def _train_locked(cfg: Config, rid: str, rd: RunDir, rows: tuple) -> dict:
         micro, pad_id = cfg.optim.micro, tok.pad_token_id
 
         step, wall, tokens, examples = 0, 0.0, 0, 0
-        state = rd.load_checkpoint()
-        if state is not None and not state.get("final"):
-            trainable_state = state["trainable"]
-            (model.load_state_dict(trainable_state) if cfg.method == "full"
-             else _load_named(model, trainable_state))
-            opt.load_state_dict(state["optimizer"])
-            _set_rng_state(state["rng"])
+        state = resume(cfg, rid, rd, learner)
+        if state is not None:
             step, wall, tokens, examples = state["step"], state["wall_s"], state["tokens"], state["examples"]
-            print(f"{rid}: resuming from step {step}", file=sys.stderr)
-        rd.open_metrics(keep_upto_step=step)
-        rd.write_meta(device, resumed_from=step)
-        run = _wandb(cfg, rid, rd)
+        run = start_logging(cfg, rid, rd, device, step)
         summary.update(max_steps=total, steps=step)
 
         def checkpoint(final: bool = False) -> None:
-            rd.save_checkpoint({
-                "step": step, "final": final, "wall_s": wall, "tokens": tokens, "examples": examples,
-                "trainable": _trainable_state(model, cfg),
-                # A finished run needs no optimizer state (for an 8B FullFT run it is 64 GB).
-                "optimizer": None if final else opt.state_dict(), "rng": _rng_state(),
-            })
+            save_checkpoint(cfg, rd, learner, final, step=step, wall_s=wall, tokens=tokens, examples=examples)
 
         progress = Progress(cfg, total, step, rid[:40])
         loss_value, eval_loss, status = math.nan, None, "completed"
@@ -254,13 +312,18 @@ def _train_locked(cfg: Config, rid: str, rd: RunDir, rows: tuple) -> dict:
         progress.update(step, loss_value, force=True)
         return summary
     except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised
-        summary.update(status="failed", error=f"{type(exc).__name__}: {exc}",
-                       traceback=traceback.format_exc()[-4000:])
-        rd.write_summary(summary)
+        record_failure(rd, summary, exc)
         raise
     finally:
         if run:
             run.finish()
+
+
+def _adam_eps(eps: float) -> float:
+    """adam_eps=0 (claim C8) as the limit eps -> 0+: torch computes 0 / (0 + 0) = NaN for an entry
+    whose gradients were all zero so far (LoRA's A at step 1, since B = 0), where the limit is no
+    update. The smallest normal float gives that and, added to any sqrt(v) above ~1e-30, rounds away."""
+    return eps if eps > 0 else torch.finfo(torch.float32).tiny
 
 
 def _trainable_state(model, cfg: Config) -> dict[str, torch.Tensor]:
