@@ -1,0 +1,397 @@
+"""Analysis: from run directories to the paper's figures, tables and the claims scorecard.
+
+    lora-lab analyze runs/                     # every experiment below runs/, report in runs/analysis/
+    lora-lab analyze runs/tiny/rank --out /tmp/a
+    lora-lab analyze tiny/rank tiny/batch      # experiment names: looked up under --root (default runs/)
+
+Python: `analyze(paths, out) -> dict` (what was written and the verdicts). Each experiment is
+analysed by its kind, read off the basename of its name `<scale>/<figure>` (`kind_of`): rank
+curves and LR U-curves (C1, C2, and the step times of C6), batch size (C3), layer placement (C4),
+RL (C5), early curves (C7), invariance (C8) and capacity (C9). The library functions below
+(`pointwise_min`, `departures`, `ucurves`, `fit_optimum`, `optimal_lrs`, `lr_ratios`, ...) are what
+the scripts in analysis/ and the notebooks call; the per-kind sections (lora_lab/sections.py) put
+them together with the figures (lora_lab/figures.py); the scorecard is lora_lab/report.py.
+
+Conventions (also stated in the report):
+- A run's final loss is its mean train loss over the last 10% of its steps (lora_lab/results.py);
+  a diverged run's is +inf at its LR; failed and unfinished runs are left out and counted.
+- Curves are smoothed with a trailing mean over 5% of the run's steps before any minimum is taken.
+- Two losses "match" when they differ by at most TOL_REL of the reference (or TOL_ABS nats).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from lora_lab.results import Results, ResultsError, load_results
+
+TOL_REL = 0.02
+TOL_ABS = 0.01
+SMOOTH = 0.05
+# Keys that make two runs different curves; the LR and the seed do not (a curve is min'd over LRs
+# and averaged over seeds).
+CURVE_KEYS = ("model.name", "data.name", "data.num_examples", "task", "method", "rank", "layers", "lora.unembed",
+              "lora.alpha", "lora.init_a_scale", "lora.lr_a_mult", "lora.lr_b_mult", "optim.batch_size",
+              "optim.adam_eps", "train.max_steps")
+# Keys on which a LoRA curve is paired with the FullFT curve it is compared with.
+CONTEXT_KEYS = ("model.name", "data.name", "data.num_examples", "task", "optim.batch_size", "train.max_steps")
+KINDS = ("early_rank", "rank", "batch", "layers", "rl", "invariance", "capacity")
+FULL = "FullFT"
+
+
+def kind_of(experiment: str) -> str | None:
+    """The figure kind of an experiment `<scale>/<figure>` by its basename's prefix
+    (early_rank is checked before rank); None for an experiment of no known kind."""
+    base = experiment.rstrip("/").rsplit("/", 1)[-1]
+    return next((k for k in KINDS if base.startswith(k)), None)
+
+
+def matches(value: float, reference: float) -> bool:
+    """value is no worse than reference beyond the stated tolerance (lower is better)."""
+    return bool(value <= reference + max(TOL_REL * abs(reference), TOL_ABS))
+
+
+# ----------------------------------------------------------------------------- curves and labels
+
+
+def label_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Add `rank` (NaN for FullFT), `layers` (None for FullFT), `lr` and `curve`: a readable label
+    unique per combination of CURVE_KEYS, naming only what varies among these runs ("LoRA r4",
+    "LoRA r4 mlp bs64", "FullFT")."""
+    runs = runs.copy()
+    full = runs["method"] == "full"
+    runs["rank"] = pd.to_numeric(runs.get("lora.rank"), errors="coerce").where(~full)
+    runs["layers"] = runs.get("lora.layers", pd.Series(None, index=runs.index)).where(~full, None)
+    runs["lr"] = pd.to_numeric(runs["optim.lr"], errors="coerce")
+    for k in CURVE_KEYS:
+        if k.startswith("lora.") and k in runs:
+            runs[k] = runs[k].astype(object).where(~full, None)
+    keys = [k for k in CURVE_KEYS if k in runs]
+    varying = [k for k in keys if k not in ("method", "rank") and runs[k].astype(str).nunique() > 1]
+    short = {"layers": "", "optim.batch_size": "bs", "data.num_examples": "N=", "lora.alpha": "alpha=",
+             "lora.init_a_scale": "initA=", "lora.lr_a_mult": "lrA x", "lora.lr_b_mult": "lrB x",
+             "optim.adam_eps": "eps=", "train.max_steps": "steps=", "lora.unembed": "unembed="}
+
+    def label(r: pd.Series) -> str:
+        parts = [FULL if r["method"] == "full" else f"LoRA r{int(r['rank'])}"]
+        for k in varying:
+            if r[k] is None or (isinstance(r[k], float) and math.isnan(r[k])):
+                continue
+            name = short.get(k, k.rsplit(".", 1)[-1] + "=")
+            parts.append(f"{name}{_short_value(r[k])}")
+        return " ".join(parts)
+
+    runs["curve"] = runs.apply(label, axis=1) if len(runs) else pd.Series(dtype=object)
+    return runs
+
+
+def _short_value(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v).rsplit("/", 1)[-1]
+
+
+def curve_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per curve: its label and keys, sorted FullFT last, LoRA by rank."""
+    keys = [k for k in ("curve", *CURVE_KEYS) if k in runs]
+    t = runs[keys].drop_duplicates("curve").copy()
+    t["_full"] = t["method"] == "full"
+    t = t.sort_values(["_full", "rank", "curve"], na_position="last").drop(columns="_full")
+    return t.reset_index(drop=True)
+
+
+def smoothed(res: Results, runs: pd.DataFrame, column: str = "train_loss", smooth: float = SMOOTH) -> pd.DataFrame:
+    """Long table (curve, lr, seed, run_dir, step, examples, value) of each run's `column`, smoothed by
+    a trailing mean over `smooth` of its logged points (at least 1)."""
+    frames = []
+    for _, r in runs.iterrows():
+        c = res.curve(r["run_dir"], column)
+        if not len(c):
+            continue
+        w = max(1, round(smooth * len(c)))
+        c = c.assign(value=c[column].rolling(w, min_periods=1).mean(), curve=r["curve"], lr=r["lr"],
+                     seed=r.get("train.seed", 0), run_dir=r["run_dir"])
+        c["examples"] = c["step"] * (r.get("optim.batch_size") or 1)
+        frames.append(c.drop(columns=column))
+    cols = ["step", "value", "curve", "lr", "seed", "run_dir", "examples"]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
+
+
+def seed_mean(long: pd.DataFrame) -> pd.DataFrame:
+    """Average over seeds at each (curve, lr, step)."""
+    if not len(long):
+        return long
+    return long.groupby(["curve", "lr", "step"], as_index=False).agg(value=("value", "mean"), examples=("examples", "first"))
+
+
+def pointwise_min(res: Results, runs: pd.DataFrame, column: str = "train_loss", smooth: float = SMOOTH,
+                  maximize: bool = False) -> pd.DataFrame:
+    """(curve, step, examples, value, lr): for each curve and step, the best over LRs of the
+    (smoothed, seed-averaged) `column`, and the LR that gave it (C1's min-loss curves)."""
+    long = seed_mean(smoothed(res, res.plotted(runs), column, smooth))
+    if not len(long):
+        return pd.DataFrame(columns=["curve", "step", "examples", "value", "lr"])
+    best = long.groupby(["curve", "step"])["value"].idxmax() if maximize else long.groupby(["curve", "step"])["value"].idxmin()
+    return long.loc[best.values, ["curve", "step", "examples", "value", "lr"]].reset_index(drop=True)
+
+
+def departures(curves: pd.DataFrame, reference: str = FULL) -> pd.DataFrame:
+    """For each curve, the first step from which it stays above the reference curve by more than the
+    tolerance (`matches`) until the end (None: it never leaves), and its largest relative gap."""
+    ref = curves[curves["curve"] == reference].set_index("step")["value"]
+    rows = []
+    for name, c in curves[curves["curve"] != reference].groupby("curve", sort=False):
+        c = c.set_index("step")["value"]
+        common = c.index.intersection(ref.index)
+        if not len(common):
+            continue
+        a, b = c.loc[common].to_numpy(), ref.loc[common].to_numpy()
+        off = np.array([not matches(x, y) for x, y in zip(a, b)])
+        # the last step that matches; everything after it is off the reference
+        last_ok = np.flatnonzero(~off)
+        start = 0 if not len(last_ok) else last_ok[-1] + 1
+        rows.append({"curve": name, "departs_at_step": int(common[start]) if start < len(common) else None,
+                     "max_rel_gap": float(np.max((a - b) / np.abs(b))), "final_rel_gap": float((a[-1] - b[-1]) / abs(b[-1])),
+                     "steps_compared": len(common)})
+    return pd.DataFrame(rows, columns=["curve", "departs_at_step", "max_rel_gap", "final_rel_gap", "steps_compared"])
+
+
+def value_at_step(res: Results, runs: pd.DataFrame, step: int, column: str = "train_loss",
+                  window: float = 0.1) -> pd.DataFrame:
+    """(value, sem) per run_dir: each run's mean `column` over the last `window` of its logged
+    points up to `step` (a constant-LR run stopped at `step` is a run of `step` steps); +inf for a
+    run that diverged by then, NaN for one that did not reach it."""
+    from lora_lab.results import final_value
+
+    out = {}
+    for _, r in runs.iterrows():
+        c = res.curve(r["run_dir"], column)
+        c = c[c["step"] <= step]
+        diverged_by = r.get("diverged_at_step")
+        if r["status"] == "diverged" and pd.notna(diverged_by) and diverged_by <= step:
+            out[r["run_dir"]] = (math.inf, 0.0)
+        elif len(c) and c["step"].iloc[-1] == step:
+            out[r["run_dir"]] = final_value(c[column].to_numpy(), window)
+        else:
+            out[r["run_dir"]] = (math.nan, math.nan)
+    return pd.DataFrame.from_dict(out, orient="index", columns=["value", "sem"])
+
+
+# ----------------------------------------------------------------------------- LR U-curves and optima
+
+
+def ucurves(runs: pd.DataFrame, value: str = "final_loss", sem: str | None = "final_loss_sem") -> pd.DataFrame:
+    """(curve, lr, value, sem, n_runs, diverged): the runs' `value` per curve and LR, averaged over
+    seeds (a diverged seed makes the point +inf, or -inf for a reward). The standard error is that
+    across seeds, or the single run's own (over its final window)."""
+    plotted = runs[runs["status"].isin(("completed", "diverged"))]
+    rows = []
+    for (name, lr), g in plotted.groupby(["curve", "lr"], sort=False):
+        v = g[value].astype(float)
+        if len(g) > 1:
+            s = float(v.std(ddof=1) / math.sqrt(len(g))) if np.isfinite(v).all() else 0.0
+        else:
+            s = float(g[sem].iloc[0]) if sem and sem in g and pd.notna(g[sem].iloc[0]) else 0.0
+        rows.append({"curve": name, "lr": float(lr), "value": float(v.mean()), "sem": s, "n_runs": len(g),
+                     "diverged": int((g["status"] == "diverged").sum())})
+    t = pd.DataFrame(rows, columns=["curve", "lr", "value", "sem", "n_runs", "diverged"])
+    return t.sort_values(["curve", "lr"]).reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class Optimum:
+    """An optimal LR: `best_lr` fitted around the best grid point, [low, high] its 90% interval
+    (NaN on a side where the grid ends: the interval is open there), `edge` "low"/"high" when the best
+    grid point is the grid's lowest/highest LR, "single" for a one-point grid, "none" when every point
+    diverged."""
+
+    best_lr: float
+    low: float
+    high: float
+    best_value: float
+    grid_lr: float
+    edge: str
+    fitted: bool
+
+
+def _vertex(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Vertex of the parabola through three points (rows of y: draws); the middle point's x where
+    the parabola is not convex; clipped to [x0, x2]."""
+    x0, x1, x2 = x
+    y0, y1, y2 = y[..., 0], y[..., 1], y[..., 2]
+    den = (x0 - x1) * (x0 - x2) * (x1 - x2)
+    a = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / den
+    b = (x2**2 * (y0 - y1) + x1**2 * (y2 - y0) + x0**2 * (y1 - y2)) / den
+    with np.errstate(divide="ignore", invalid="ignore"):
+        v = np.where(a > 0, -b / (2 * a), x[np.argmin(y, axis=-1)])
+    return np.clip(v, x0, x2)
+
+
+def fit_optimum(lrs: Iterable[float], values: Iterable[float], sems: Iterable[float] | None = None,
+                maximize: bool = False, draws: int = 4000, level: float = 0.9, seed: int = 0) -> Optimum:
+    """The optimal LR of one U-curve.
+
+    The best grid point and its two neighbours are fitted by a parabola in log10(LR); its vertex
+    is the estimate (it lies between the neighbours). The interval is the central `level` range
+    of the vertex when the three values are redrawn from normal distributions with their standard
+    errors (`sems`; 0 gives a point interval: it covers measurement noise, not the parabola's misfit).
+    At a grid edge the best grid LR is returned, with the interval open on the edge's side. A
+    neighbour that diverged (inf) cannot be fitted: the estimate is the best grid LR, the interval
+    its neighbours."""
+    lrs = np.asarray(list(lrs), dtype=float)
+    order = np.argsort(lrs)
+    lrs = lrs[order]
+    y = np.asarray(list(values), dtype=float)[order]
+    s = np.zeros_like(y) if sems is None else np.nan_to_num(np.asarray(list(sems), dtype=float)[order])
+    if maximize:
+        y = -y
+    y = np.where(np.isnan(y), np.inf, y)
+    if not len(y) or not np.isfinite(y).any():
+        return Optimum(math.nan, math.nan, math.nan, math.nan, math.nan, "none", False)
+    i = int(np.argmin(y))
+    best_value = float(-y[i] if maximize else y[i])
+    n = len(y)
+    if n == 1:
+        return Optimum(lrs[0], math.nan, math.nan, best_value, lrs[0], "single", False)
+    if i == 0:
+        return Optimum(lrs[0], math.nan, lrs[1], best_value, lrs[0], "low", False)
+    if i == n - 1:
+        return Optimum(lrs[-1], lrs[-2], math.nan, best_value, lrs[-1], "high", False)
+    x = np.log10(lrs[i - 1:i + 2])
+    yy, ss = y[i - 1:i + 2], s[i - 1:i + 2]
+    if not np.isfinite(yy).all():
+        return Optimum(lrs[i], lrs[i - 1], lrs[i + 1], best_value, lrs[i], "", False)
+    est = float(_vertex(x, yy[None, :])[0])
+    rng = np.random.default_rng(seed)
+    sample = _vertex(x, yy + rng.standard_normal((draws, 3)) * ss)
+    lo, hi = np.quantile(sample, [(1 - level) / 2, (1 + level) / 2])
+    return Optimum(10**est, 10 ** min(lo, est), 10 ** max(hi, est), best_value, lrs[i], "", True)
+
+
+def optimal_lrs(runs: pd.DataFrame, value: str = "final_loss", sem: str | None = "final_loss_sem",
+                maximize: bool = False) -> pd.DataFrame:
+    """One row per curve with at least one plotted run: the fitted optimum of its U-curve and its
+    keys (the columns of optimal_lr.csv, plus the curve label and the experiment)."""
+    uc = ucurves(runs, value, sem)
+    keys = curve_table(runs).set_index("curve")
+    rows = []
+    for name, g in uc.groupby("curve", sort=False):
+        o = fit_optimum(g["lr"], g["value"], g["sem"], maximize=maximize)
+        k = keys.loc[name]
+        full = k["method"] == "full"
+        rows.append({"method": k["method"], "rank": None if full else int(k["rank"]),
+                     "layers": None if full else k["layers"], "batch_size": k.get("optim.batch_size"),
+                     "best_lr": o.best_lr, "best_lr_low": o.low, "best_lr_high": o.high,
+                     "best_final_loss": o.best_value, "model": k.get("model.name"), "edge": o.edge,
+                     "n_lrs": len(g), "curve": name})
+    t = pd.DataFrame(rows)
+    if len(t):
+        t["rank"] = t["rank"].astype("Int64")
+    return t
+
+
+def lr_ratios(optimal: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """LoRA / FullFT optimal-LR ratio for each LoRA curve, against the FullFT curve of the same
+    context (model, data, batch size, steps); the interval combines both intervals (NaN: open)."""
+    keys = curve_table(runs).set_index("curve")
+    ctx = [k for k in CONTEXT_KEYS if k in keys]
+    opt = optimal.set_index("curve")
+    rows = []
+    for name, o in opt[opt["method"] == "lora"].iterrows():
+        here = keys.loc[name, ctx]
+        fulls = [f for f in opt.index[opt["method"] == "full"] if keys.loc[f, ctx].astype(str).equals(here.astype(str))]
+        if not fulls:
+            continue
+        f = opt.loc[fulls[0]]
+        rows.append({"curve": name, "rank": o["rank"], "layers": o["layers"], "lora_lr": o["best_lr"], "full_lr": f["best_lr"],
+                     "ratio": o["best_lr"] / f["best_lr"], "ratio_low": o["best_lr_low"] / f["best_lr_high"],
+                     "ratio_high": o["best_lr_high"] / f["best_lr_low"],
+                     "open": bool(o["edge"] or f["edge"])})
+    return pd.DataFrame(rows, columns=["curve", "rank", "layers", "lora_lr", "full_lr", "ratio", "ratio_low", "ratio_high", "open"])
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def _resolve(paths: list[str], root: str) -> list[Path]:
+    out = []
+    for p in paths:
+        path = Path(p)
+        if not path.exists() and (Path(root) / p).exists():
+            path = Path(root) / p  # an experiment name such as tiny/rank
+        if not path.exists():
+            raise ResultsError(f"{p}: no such directory (nor {Path(root) / p}); give a runs directory, an "
+                               "experiment directory or an experiment name under --root")
+        out.append(path)
+    return out
+
+
+def analyze(paths: list[Path], out: Path, progress: bool = True) -> dict:
+    """Figures (PNG and PDF), tables (CSV), optimal_lr.csv and the scorecard (report.md, report.html)
+    for every experiment found below `paths`, written to `out`.
+
+    Returns {"out", "files": [paths written], "verdicts": {claim id: [verdict dicts]},
+    "counts": runs per experiment and status (list of dicts)}. Raises ResultsError when the paths hold
+    no run directory."""
+    from lora_lab.report import write_report
+    from lora_lab.sections import run_sections
+
+    def say(msg: str) -> None:
+        if progress:
+            print(f"analyze: {msg}", file=sys.stderr, flush=True)
+
+    res = load_results(paths)
+    if not len(res.runs):
+        raise ResultsError(f"{', '.join(map(str, paths))}: no run directories (directories with a config.yaml) found")
+    counts = res.counts()
+    say(f"{len(res.runs)} runs in {len(counts)} experiments ({', '.join(f'{(res.runs.status == s).sum()} {s}' for s in ('completed', 'diverged', 'failed', 'unfinished'))})")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sections = run_sections(res, out, say)
+    files = [f for s in sections for f in s.files]
+    optimal = [s.tables["optimal_lr"] for s in sections if "optimal_lr" in s.tables and len(s.tables["optimal_lr"])]
+    if optimal:
+        path = out / "optimal_lr.csv"
+        pd.concat(optimal, ignore_index=True).to_csv(path, index=False)
+        files.append(path)
+    counts_path = out / "runs.csv"
+    counts.to_csv(counts_path, index=False)
+    files.append(counts_path)
+    written, verdicts = write_report(res, sections, out)
+    files += written
+    say(f"wrote {len(files)} files to {out}; scorecard: {out / 'report.md'}")
+    return {"out": out, "files": files, "verdicts": verdicts, "counts": counts.to_dict("records")}
+
+
+def analyze_main(argv: list[str]) -> int:
+    """`lora-lab analyze <runs dir or experiment ...> [--out DIR] [--root DIR]`."""
+    p = argparse.ArgumentParser(prog="lora-lab analyze", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="+", help="runs directories, experiment directories, run directories or experiment names")
+    p.add_argument("--out", help="output directory (default: <first path>/analysis)")
+    p.add_argument("--root", default="runs", help="where experiment names are looked up (run.root; default runs)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    args = p.parse_args(argv)
+    try:
+        paths = _resolve(args.paths, args.root)
+        out = Path(args.out) if args.out else paths[0] / "analysis"
+        result = analyze(paths, out, progress=not args.quiet)
+    except ResultsError as exc:
+        print(f"lora-lab analyze: {exc}", file=sys.stderr)
+        return 2
+    for claim, vs in result["verdicts"].items():
+        for v in vs:
+            print(f"{claim:<4}{v['verdict']:<16}{v.get('experiment') or '-':<28}{v['measured']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(analyze_main(sys.argv[1:]))

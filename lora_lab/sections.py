@@ -1,0 +1,464 @@
+"""The analysis of one experiment by its kind: its figures, its tables and the numbers the claims
+scorecard judges (lora_lab/report.py). One function per kind; each takes the experiment's Results
+and its runs labelled by curve (analysis.label_runs), and fills a Section.
+
+    from lora_lab.results import load_results
+    from lora_lab.sections import analyze_experiment
+    sec = analyze_experiment(load_results(["runs/tiny/rank"]), "tiny/rank", out_dir)
+    sec.tables["optimal_lr"], sec.measured["ratios"], sec.figures
+
+Figures and tables go to <out>/<experiment>/ (PNG, PDF, CSV).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from lora_lab import figures
+from lora_lab.analysis import (FULL, TOL_REL, curve_table, departures, kind_of, label_runs, lr_ratios, matches,
+                               optimal_lrs, pointwise_min, seed_mean, smoothed, ucurves, value_at_step)
+from lora_lab.results import Results
+
+SHORT_RUN_STEPS = 100  # the paper's ~15x LoRA/FullFT LR ratio is for runs of 100 steps or fewer
+EARLY = 0.1  # C7: the early part of a run, as a fraction of its steps (at least EARLY_MIN steps)
+EARLY_MIN = 5
+INVARIANCE_TOL = 1e-3  # C8: nats; fp32 trajectories that agree to this are "identical"
+
+
+@dataclass
+class Section:
+    experiment: str
+    kind: str | None
+    out: Path
+    files: list[Path] = field(default_factory=list)
+    figures: dict[str, Path] = field(default_factory=dict)  # name -> PNG, for the report
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    measured: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def figure(self, name: str, fig, caption: str = "") -> None:
+        paths = figures.save(fig, self.out, name)
+        self.files += paths
+        self.figures[name] = paths[0]
+        if caption:
+            self.measured.setdefault("captions", {})[name] = caption
+
+    def table(self, name: str, df: pd.DataFrame) -> pd.DataFrame:
+        path = self.out / f"{name}.csv"
+        self.out.mkdir(parents=True, exist_ok=True)
+        df.to_csv(path, index=False)
+        self.files.append(path)
+        self.tables[name] = df
+        return df
+
+
+def _steps(runs: pd.DataFrame) -> int:
+    """The runs' length: train.max_steps, or the steps the completed runs took."""
+    ms = pd.to_numeric(runs.get("train.max_steps"), errors="coerce").dropna()
+    if len(ms):
+        return int(ms.median())
+    done = pd.to_numeric(runs.loc[runs["status"] == "completed", "steps"], errors="coerce").dropna()
+    return int(done.median()) if len(done) else 0
+
+
+def _sft(runs: pd.DataFrame) -> pd.DataFrame:
+    return runs[runs.get("task", pd.Series("sft", index=runs.index)).fillna("sft") == "sft"]
+
+
+# ----------------------------------------------------------------------------- C1, C2, C6
+
+
+def rank_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
+    """Rank curves (C1), LR U-curves and optimal LRs (C2), step times (C6)."""
+    runs = _sft(runs)
+    table = curve_table(runs)
+    styles = figures.curve_styles(table)
+    curves = sec.table("min_loss_curves", pointwise_min(res, runs))
+    has_full = FULL in set(curves["curve"])
+    dep = None
+    if has_full:
+        dep = departures(curves)
+        dep.insert(1, "rank", dep["curve"].map(table.set_index("curve")["rank"]).astype("Int64"))
+        dep = sec.table("departures", dep.sort_values("rank").reset_index(drop=True))
+    marks = {} if dep is None else dict(zip(dep["curve"], dep["departs_at_step"]))
+    sec.figure("rank_curves", figures.curves_figure(
+        curves, styles, reference=FULL if has_full else None, band=TOL_REL, marks=marks,
+        title=f"{sec.experiment}: min over LR of train loss"),
+        "Train loss at each step, minimum over the LR grid (smoothed); lower panel: relative gap to FullFT, "
+        f"grey band +-{TOL_REL:.0%}, dot where the rank leaves FullFT for good.")
+    uc = sec.table("lr_sweep", ucurves(runs))
+    opt = optimal_lrs(runs)
+    opt.insert(len(opt.columns), "experiment", sec.experiment)
+    sec.table("optimal_lr", opt)
+    sec.figure("lr_ucurves", figures.ucurve_figure(uc, opt, styles, title=f"{sec.experiment}: final loss vs LR"),
+               "Final train loss (mean of the last 10% of steps) vs LR; crosses: diverged; diamonds: fitted optimum "
+               "with its 90% interval (arrow: open at a grid edge).")
+    ratios = sec.table("lr_ratios", lr_ratios(opt, runs))
+    steps = _steps(runs)
+    short = None
+    if steps > SHORT_RUN_STEPS:
+        v = value_at_step(res, runs, SHORT_RUN_STEPS).reindex(runs["run_dir"])
+        early = runs.assign(final_loss=v["value"].to_numpy(), final_loss_sem=v["sem"].to_numpy())
+        early = early[np.isfinite(early["final_loss"]) | (early["final_loss"] == math.inf)]
+        short = sec.table(f"lr_ratios_{SHORT_RUN_STEPS}_steps", lr_ratios(optimal_lrs(early), early))
+    sec.table("step_time", step_times(runs))
+    sec.measured.update(departures=dep, ratios=ratios, short_ratios=short, steps=steps, optimal=opt,
+                        step_time=sec.tables["step_time"], has_full=has_full,
+                        ranks=sorted(int(r) for r in table["rank"].dropna().unique()),
+                        model=runs["model.name"].iloc[0], seq_len=runs.get("data.max_seq_len", pd.Series([None])).iloc[0])
+
+
+def step_times(runs: pd.DataFrame) -> pd.DataFrame:
+    """Median seconds per optimizer step of each curve's completed runs, and the ratio to FullFT's
+    (measured on whatever device ran them: a wall-clock claim only where runs shared nothing)."""
+    done = runs[runs["status"] == "completed"].copy()
+    if not len(done):
+        return pd.DataFrame(columns=["curve", "rank", "layers", "step_time_s", "n_runs", "ratio_to_full"])
+    st = pd.to_numeric(done.get("step_time_s"), errors="coerce")
+    done["t"] = st.fillna(pd.to_numeric(done["wall_s"], errors="coerce") / pd.to_numeric(done["steps"], errors="coerce"))
+    t = done.groupby("curve", sort=False).agg(rank=("rank", "first"), layers=("layers", "first"),
+                                              step_time_s=("t", "median"), n_runs=("t", "size")).reset_index()
+    full = t.loc[t["curve"] == FULL, "step_time_s"]
+    t["ratio_to_full"] = t["step_time_s"] / float(full.iloc[0]) if len(full) else math.nan
+    return t
+
+
+# ----------------------------------------------------------------------------- C3
+
+
+def _family(runs: pd.DataFrame, drop: str) -> pd.Series:
+    """Curve labels without one key (e.g. the batch size): the family a curve belongs to."""
+    return label_runs(runs.drop(columns=[drop])).set_index("run_dir")["curve"].reindex(runs["run_dir"]).to_numpy()
+
+
+def batch_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
+    """Curves by batch size for each rank and FullFT, and final loss vs batch size (C3)."""
+    runs = _sft(runs).copy()
+    runs["family"] = _family(runs, "optim.batch_size")
+    curves = pointwise_min(res, runs)
+    sec.table("min_loss_curves", curves)
+    fam_of = runs.drop_duplicates("curve").set_index("curve")["family"]
+    bs_of = runs.drop_duplicates("curve").set_index("curve")["optim.batch_size"]
+    colors = figures.sequential_colors(list(bs_of.values))
+    bstyles = {c: {"color": colors[bs_of[c]], "label": f"batch {bs_of[c]}"} for c in bs_of.sort_values().index}
+    panels = {f: curves[curves["curve"].map(fam_of) == f] for f in _family_order(runs)}
+    sec.figure("batch_curves", figures.panels_figure(panels, bstyles, x="examples", title=f"{sec.experiment}: min over LR of train loss"),
+               "Train loss vs examples seen, minimum over LR, one panel per rank and FullFT, one line per batch size.")
+    opt = optimal_lrs(runs)
+    opt.insert(len(opt.columns), "experiment", sec.experiment)
+    sec.table("optimal_lr", opt)
+    fin = opt.assign(family=opt["curve"].map(fam_of))[["family", "batch_size", "best_final_loss", "best_lr"]]
+    order = {f: i for i, f in enumerate(_family_order(runs))}
+    fin = fin.sort_values(["family", "batch_size"], key=lambda c: c.map(order) if c.name == "family" else c)
+    fin = sec.table("final_vs_batch", fin.reset_index(drop=True))
+    ft = curve_table(runs.assign(curve=runs["family"]))
+    styles = figures.curve_styles(ft)
+    data = fin.rename(columns={"family": "curve", "best_final_loss": "value"})
+    sec.figure("batch_final", figures.lines_figure(data, styles, x="batch_size", xlabel="batch size",
+                                                    xticks=sorted(float(b) for b in fin["batch_size"].unique()),
+                                                    ylabel="final train loss at best LR (nats)", title=f"{sec.experiment}: final loss vs batch size"),
+               "Final train loss at the best LR of the grid vs batch size, per rank and FullFT.")
+    rows = []
+    for f, g in fin.groupby("family", sort=False):
+        g = g.sort_values("batch_size")
+        if len(g) >= 2:
+            small, large = g.iloc[0], g.iloc[-1]
+            rows.append({"family": f, "method": "full" if f == FULL else "lora", "batch_small": small["batch_size"],
+                         "batch_large": large["batch_size"], "loss_small": small["best_final_loss"],
+                         "loss_large": large["best_final_loss"], "penalty": large["best_final_loss"] - small["best_final_loss"]})
+    sec.measured["penalties"] = sec.table("batch_penalty", pd.DataFrame(
+        rows, columns=["family", "method", "batch_small", "batch_large", "loss_small", "loss_large", "penalty"]))
+
+
+def _family_order(runs: pd.DataFrame) -> list[str]:
+    t = runs.drop_duplicates("family").assign(_full=runs["method"] == "full").sort_values(["_full", "rank"])
+    return list(t["family"])
+
+
+# ----------------------------------------------------------------------------- C4
+
+
+def layers_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
+    """Curves and LR sweeps per layer set with trainable-parameter counts (C4)."""
+    runs = _sft(runs)
+    table = curve_table(runs)
+    params = runs.groupby("curve")["trainable_params"].median()
+    labels = {c: f"{c} ({_si(params.get(c))} params)" for c in table["curve"]}
+    styles = figures.curve_styles(table, labels)
+    curves = sec.table("min_loss_curves", pointwise_min(res, runs))
+    sec.figure("layers_curves", figures.curves_figure(curves, styles, title=f"{sec.experiment}: min over LR of train loss"),
+               "Train loss, minimum over LR, per layer set (solid: all, dashed: MLP, dotted: attention) and rank.")
+    uc = sec.table("lr_sweep", ucurves(runs))
+    opt = optimal_lrs(runs)
+    opt.insert(len(opt.columns), "experiment", sec.experiment)
+    sec.table("optimal_lr", opt)
+    sec.figure("layers_lr", figures.ucurve_figure(uc, opt, styles, title=f"{sec.experiment}: final loss vs LR"),
+               "Final train loss vs LR per layer set, with the fitted optima.")
+    best = opt[["curve", "method", "rank", "layers", "best_lr", "best_final_loss", "edge"]].copy()
+    best["trainable_params"] = best["curve"].map(params)
+    sec.measured["layers"] = sec.table("layers_best", best)
+
+
+def _si(n: float | None) -> str:
+    if n is None or not np.isfinite(n):
+        return "?"
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.3g}{unit}"
+    return f"{n:.0f}"
+
+
+# ----------------------------------------------------------------------------- C5
+
+
+def rl_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
+    """Final reward vs LR per rank and FullFT, and reward curves at each best LR (C5)."""
+    runs = runs.copy()
+    acc = pd.to_numeric(runs.get("final_eval_accuracy"), errors="coerce")
+    use_acc = acc[runs["status"] == "completed"].notna().any()
+    if use_acc:
+        n = pd.to_numeric(runs.get("data.eval_size"), errors="coerce")
+        runs["score"] = acc
+        runs["score_sem"] = np.sqrt(acc * (1 - acc) / n)
+        metric = "held-out accuracy (greedy)"
+    else:
+        runs["score"] = pd.to_numeric(runs["final_reward_smoothed"], errors="coerce")
+        runs["score_sem"] = runs["final_reward_sem"]
+        metric = "train reward (mean of the last 10% of steps)"
+    runs.loc[runs["status"] == "diverged", "score"] = -math.inf
+    table = curve_table(runs)
+    styles = figures.curve_styles(table)
+    uc = sec.table("lr_sweep", ucurves(runs, "score", "score_sem"))
+    opt = optimal_lrs(runs, "score", "score_sem", maximize=True).rename(columns={"best_final_loss": "best_score"})
+    opt.insert(len(opt.columns), "experiment", sec.experiment)
+    sec.table("optimal_lr_rl", opt)
+    sec.figure("rl_lr", figures.ucurve_figure(uc, opt.rename(columns={"best_score": "best_final_loss"}), styles,
+                                              ylabel=metric, title=f"{sec.experiment}: {metric} vs LR", maximize=True),
+               f"Final {metric} vs LR per rank and FullFT; diamonds: fitted optimum.")
+    at_best = []
+    for name, g in uc.groupby("curve", sort=False):
+        finite = g[np.isfinite(g["value"])]
+        if len(finite):
+            at_best.append(runs[(runs["curve"] == name) & (runs["lr"] == finite.loc[finite["value"].idxmax(), "lr"])])
+    best_runs = pd.concat(at_best) if at_best else runs.iloc[0:0]
+    rc = seed_mean(smoothed(res, best_runs, "reward"))
+    sec.table("reward_curves", rc)
+    sec.figure("rl_curves", figures.curves_figure(rc, styles, ylabel="reward (train batches)", logx=False,
+                                                  title=f"{sec.experiment}: reward at each best LR"),
+               "Mean reward of the training batches (smoothed) at each curve's best grid LR.")
+    base = pd.to_numeric(runs.get("base_eval_accuracy"), errors="coerce").median() if "base_eval_accuracy" in runs else math.nan
+    sec.measured.update(optimal=opt, metric=metric, base=base, uses_accuracy=bool(use_acc),
+                        eval_size=pd.to_numeric(runs.get("data.eval_size"), errors="coerce").median())
+
+
+# ----------------------------------------------------------------------------- C7
+
+
+def early_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
+    """Curves of several ranks at one LR and their differences to the largest rank (C7)."""
+    runs = _sft(runs)
+    lora = runs[runs["method"] == "lora"]
+    if not len(lora):
+        sec.notes.append("no LoRA runs")
+        return
+    per_lr = lora.groupby("lr")["rank"].nunique()
+    shared = per_lr[per_lr == per_lr.max()].index.sort_values()
+    lr = float(shared[len(shared) // 2])
+    at = runs[(runs["lr"] == lr) | (runs["method"] == "full")]
+    at = at[(at["method"] == "lora") | (at["lr"] == at.loc[at["method"] == "full", "lr"].median())] if (at["method"] == "full").any() else at
+    table = curve_table(at)
+    styles = figures.curve_styles(table)
+    curves = seed_mean(smoothed(res, res.plotted(at), smooth=0.0))
+    sec.table("early_curves", curves)
+    ranks = sorted(int(r) for r in table["rank"].dropna().unique())
+    top = table.loc[table["rank"] == ranks[-1], "curve"].iloc[0]
+    steps = _steps(lora)
+    window = max(EARLY_MIN, math.ceil(EARLY * steps))
+    ref = curves[curves["curve"] == top].set_index("step")["value"]
+    drop = float(ref.iloc[0] - ref.loc[:window].iloc[-1]) if len(ref) else math.nan
+    rows = []
+    for name in table.loc[(table["method"] == "lora") & (table["curve"] != top), "curve"]:
+        c = curves[curves["curve"] == name].set_index("step")["value"]
+        common = c.index.intersection(ref.index)
+        d = (c.loc[common] - ref.loc[common])
+        early = d.loc[:window].abs()
+        rows.append({"curve": name, "rank": int(table.set_index("curve").loc[name, "rank"]), "reference": top,
+                     "early_steps": window, "early_max_abs_diff": float(early.max()) if len(early) else math.nan,
+                     "early_loss_drop": drop, "early_rel_diff": float(early.max() / drop) if len(early) and drop > 0 else math.nan,
+                     "final_diff": float(d.iloc[-1]) if len(d) else math.nan})
+    diffs = sec.table("early_differences", pd.DataFrame(rows))
+    sec.figure("early_curves", figures.curves_figure(
+        curves, styles, reference=top, relative=False, diff_label=f"minus {top} (nats)",
+        title=f"{sec.experiment}: ranks at LR {lr:g}"),
+        f"Train loss of each rank at LR {lr:g} (no smoothing); lower panel: difference to the largest rank. "
+        f"The early part judged for C7 is the first {window} steps.")
+    pair = ("LoRA r16", "LoRA r256") if {16, 256} <= set(ranks) else (table.loc[table["rank"] == ranks[0], "curve"].iloc[0], top)
+    sec.measured.update(lr=lr, window=window, diffs=diffs, pair=pair, ranks=ranks)
+
+
+# ----------------------------------------------------------------------------- C8
+
+
+def invariance_class(r: pd.Series) -> tuple:
+    """Runs of one class should train identically under Adam with eps = 0: the map
+    (alpha, s, eta_A, eta_B) -> (alpha/(pq), p s, p eta_A, q eta_B) leaves s/eta_A and
+    alpha eta_A eta_B unchanged (s: init_a_scale, eta_A = lr * lr_a_mult, eta_B = lr * lr_b_mult),
+    and those two numbers, with everything else, determine the trajectory (DESIGN.md, C8)."""
+    eta_a, eta_b = r["lr"] * r["lora.lr_a_mult"], r["lr"] * r["lora.lr_b_mult"]
+    inv = (round(math.log(r["lora.init_a_scale"] / eta_a), 6), round(math.log(r["lora.alpha"] * eta_a * eta_b), 6))
+    keep = ("model.name", "data.name", "data.num_examples", "rank", "layers", "lora.unembed", "optim.batch_size",
+            "train.max_steps", "train.seed", "optim.adam_eps")
+    return tuple(str(r.get(k)) for k in keep) + inv
+
+
+def invariance_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
+    """Trajectories of (alpha, init_A, LR_A, LR_B) variants that should coincide (C8)."""
+    lora = _sft(runs)
+    lora = lora[(lora["method"] == "lora") & (lora["status"] == "completed")].copy()
+    if not len(lora):
+        sec.notes.append("no completed LoRA runs")
+        return
+    lora["variant"] = lora.apply(lambda r: f"alpha={r['lora.alpha']:g} initA={r['lora.init_a_scale']:g} "
+                                           f"lrA={r['lr'] * r['lora.lr_a_mult']:.2g} lrB={r['lr'] * r['lora.lr_b_mult']:.2g}", axis=1)
+    lora["class"] = pd.factorize(lora.apply(invariance_class, axis=1))[0]
+    traj = {r["variant"]: res.curve(r["run_dir"]).set_index("step")["train_loss"] for _, r in lora.iterrows()}
+    rows, lower, refs = [], [], {}
+    for cls, g in lora.groupby("class"):
+        default = (g["lora.alpha"] == 32) & (g["lora.init_a_scale"] == 1) & (g["lora.lr_a_mult"] == 1) & (g["lora.lr_b_mult"] == 1)
+        ref = g[default].iloc[0] if default.any() else g.iloc[0]
+        refs[cls] = traj[ref["variant"]]
+        for _, r in g.iterrows():
+            t = traj[r["variant"]]
+            common = t.index.intersection(refs[cls].index)
+            d = (t.loc[common] - refs[cls].loc[common]).abs()
+            rows.append({"class": cls, "variant": r["variant"], "reference": ref["variant"], "adam_eps": r["optim.adam_eps"],
+                         "steps": len(common), "max_abs_diff": float(d.max()) if len(d) else math.nan})
+            if r["variant"] != ref["variant"]:
+                lower.append(pd.DataFrame({"curve": r["variant"], "step": common, "value": d.clip(lower=1e-12).to_numpy()}))
+    table = sec.table("invariance", pd.DataFrame(rows))
+    between = math.nan
+    if len(refs) > 1:
+        ids = sorted(refs)
+        pairs = [(refs[a], refs[b]) for i, a in enumerate(ids) for b in ids[i + 1:]]
+        between = min(float((a.loc[a.index.intersection(b.index)] - b.loc[a.index.intersection(b.index)]).abs().max()) for a, b in pairs)
+    palette = figures.sequential_colors(list(lora["class"]), "tab10")
+    styles = {}
+    for _, r in lora.iterrows():
+        styles[r["variant"]] = {"color": palette[r["class"]], "linestyle": ["-", "--", ":", "-."][len(styles) % 4],
+                                "label": f"class {r['class']}: {r['variant']}"}
+    curves = pd.concat([pd.DataFrame({"curve": v, "step": t.index, "value": t.to_numpy()}) for v, t in traj.items()])
+    sec.figure("invariance", figures.curves_figure(
+        curves, styles, logx=False, lower=pd.concat(lower) if lower else None, lower_logy=True,
+        diff_label="|difference| to class reference", title=f"{sec.experiment}: equivalent parametrisations"),
+        "Train loss of each (alpha, init_A, LR_A, LR_B) variant (unsmoothed); runs of one class should coincide. "
+        "Lower panel: absolute difference to the class's reference run (0 drawn at 1e-12).")
+    sec.measured.update(table=table, between=between, classes=int(lora["class"].nunique()))
+
+
+# ----------------------------------------------------------------------------- C9
+
+
+def information_bits(row: pd.Series) -> float:
+    """Information content of a run's training set in bits, where it is known (tiny-facts); NaN otherwise."""
+    if not str(row.get("data.name", "")).startswith("tiny-facts") or pd.isna(row.get("data.num_examples")):
+        return math.nan
+    from lora_lab.tiny_facts import bits_per_fact
+
+    return float(row["data.num_examples"]) * bits_per_fact()
+
+
+def capacity_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
+    """Final loss vs LoRA parameters for facts sets of several known sizes, against FullFT (C9)."""
+    runs = _sft(runs).copy()
+    loss = pd.to_numeric(runs.get("final_eval_loss"), errors="coerce")
+    runs["score"] = loss.where(loss.notna(), runs["final_loss"])
+    runs.loc[runs["status"] == "diverged", "score"] = math.inf
+    runs["bits"] = runs.apply(information_bits, axis=1)
+    runs["family"] = _family(runs, "data.num_examples")
+    best = optimal_lrs(runs.assign(final_loss=runs["score"]), sem=None)
+    meta = runs.drop_duplicates("curve").set_index("curve")
+    best["num_examples"] = best["curve"].map(meta["data.num_examples"])
+    best["bits"] = best["curve"].map(meta["bits"])
+    best["trainable_params"] = best["curve"].map(runs.groupby("curve")["trainable_params"].median())
+    sec.table("optimal_lr_capacity", best)  # by eval loss: kept out of optimal_lr.csv (train loss) on purpose
+    points = []
+    for n, g in best.groupby("num_examples"):
+        full = g[g["method"] == "full"]
+        full_loss = float(full["best_final_loss"].iloc[0]) if len(full) else math.nan
+        for _, r in g[g["method"] == "lora"].iterrows():
+            points.append({"num_examples": n, "bits": r["bits"], "rank": r["rank"], "trainable_params": r["trainable_params"],
+                           "loss": r["best_final_loss"], "full_loss": full_loss,
+                           "matches_full": matches(r["best_final_loss"], full_loss) if np.isfinite(full_loss) else None,
+                           "predicted_fits": bool(r["bits"] <= 2 * r["trainable_params"]) if np.isfinite(r["bits"]) else None})
+    pts = sec.table("capacity", pd.DataFrame(points, columns=["num_examples", "bits", "rank", "trainable_params", "loss",
+                                                              "full_loss", "matches_full", "predicted_fits"]))
+    sizes = sorted(pts["num_examples"].unique())
+    colors = figures.sequential_colors(sizes, "plasma")
+    styles = {f"N={n:g}": {"color": colors[n], "label": f"{n:g} facts ({pts.loc[pts.num_examples == n, 'bits'].iloc[0]:,.0f} bits)"} for n in sizes}
+    data = pts.assign(curve=pts["num_examples"].map(lambda n: f"N={n:g}"))
+    hl = {f"N={n:g}": float(pts.loc[pts.num_examples == n, "full_loss"].iloc[0]) for n in sizes
+          if np.isfinite(pts.loc[pts.num_examples == n, "full_loss"].iloc[0])}
+    vl = {f"N={n:g}": float(pts.loc[pts.num_examples == n, "bits"].iloc[0]) / 2 for n in sizes
+          if np.isfinite(pts.loc[pts.num_examples == n, "bits"].iloc[0])}
+    sec.figure("capacity", figures.lines_figure(data, styles, x="trainable_params", y="loss", xlabel="LoRA trainable parameters",
+                                                ylabel="final eval loss at best LR (nats)", title=f"{sec.experiment}: loss vs LoRA size",
+                                                hlines=hl, vlines=vl),
+               "Final eval loss (re-asked training facts) at the best LR vs LoRA parameters, one line per data size; "
+               "dashed: FullFT at that size; dotted: the parameter count that holds the set at 2 bits per parameter.")
+    sec.measured["points"] = pts
+    sec.measured["bounds"] = capacity_bounds(pts)
+
+
+def capacity_bounds(pts: pd.DataFrame) -> dict:
+    """Bits per parameter implied by which LoRA sizes match FullFT: a LoRA of P parameters that
+    matches on a set of I bits stored it (c >= I/P); one that does not, did not (c < I/P). Combined
+    over data sets: the largest lower bound and the smallest upper bound (NaN: no such run)."""
+    lower, upper = [], []
+    for _, g in pts[np.isfinite(pts["bits"]) & pts["matches_full"].notna()].groupby("num_examples"):
+        ok, bad = g[g["matches_full"] == True], g[g["matches_full"] == False]  # noqa: E712
+        if len(ok):
+            p_match = ok["trainable_params"].min()
+            lower.append(g["bits"].iloc[0] / p_match)
+            bad = bad[bad["trainable_params"] < p_match]
+        if len(bad):
+            upper.append(g["bits"].iloc[0] / bad["trainable_params"].max())
+    return {"low": max(lower) if lower else math.nan, "high": min(upper) if upper else math.nan}
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+SECTIONS: dict[str, Callable[[Results, pd.DataFrame, Section], None]] = {
+    "rank": rank_section, "batch": batch_section, "layers": layers_section, "rl": rl_section,
+    "early_rank": early_section, "invariance": invariance_section, "capacity": capacity_section,
+}
+
+
+def analyze_experiment(res: Results, experiment: str, out: Path) -> Section:
+    """The section of one experiment (its kind from its name), figures and tables under out/<experiment>/."""
+    sub = res.of(experiment)
+    sec = Section(experiment, kind_of(experiment), Path(out) / experiment)
+    if sec.kind is None:
+        sec.notes.append(f"no analysis for this experiment name (kinds: {', '.join(SECTIONS)})")
+        return sec
+    labelled = label_runs(sub.runs)
+    plotted = labelled[labelled["status"].isin(("completed", "diverged"))]
+    if not len(plotted):
+        sec.notes.append("no completed or diverged runs yet")
+        return sec
+    SECTIONS[sec.kind](sub, plotted, sec)
+    return sec
+
+
+def run_sections(res: Results, out: Path, say: Callable[[str], None] = lambda m: None) -> list[Section]:
+    sections = []
+    for exp in res.experiments():
+        say(f"{exp}: {kind_of(exp) or 'unknown kind'}")
+        sections.append(analyze_experiment(res, exp, out))
+    return sections
+
