@@ -133,8 +133,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lora-lab: interrupted; relaunch the same command to resume", file=sys.stderr)
         return 130
-    except Exception as exc:  # the run recorded it in summary.json; keep the console to one line + hint
-        print(f"lora-lab: run failed: {type(exc).__name__}: {exc} (traceback in the run's summary.json)", file=sys.stderr)
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
+    except Exception as exc:
+        if handler in (_train, _pair):  # the run recorded it in summary.json; keep the console to one line + hint
+            print(f"lora-lab: run failed: {type(exc).__name__}: {exc} (traceback in the run's summary.json)", file=sys.stderr)
+        else:
+            print(f"lora-lab {argv[0]}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILED
 
 

@@ -166,6 +166,7 @@ class RunDir:
             "torch_threads": torch.get_num_threads(),
             "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
             "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
+            "slurm_array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID"),
             "argv": sys.argv,
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "resumed_from_step": resumed_from,

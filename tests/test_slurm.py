@@ -1,0 +1,114 @@
+"""Integration test on a real one-node SLURM (slurm/local_cluster.sh): a shrunk tiny grid through
+`lora-lab sweep ... launcher=slurm`, a job cancelled mid-run and completed by a relaunch, and a
+second launch that submits nothing (sacct).
+
+Needs root (it installs and starts the daemons). Skipped otherwise, unless LORA_LAB_REQUIRE_SLURM=1
+(CI sets it): then a cluster that cannot be brought up fails the test.
+"""
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import LORA_LAB
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+SHRINK = ["data.num_examples=64", "data.eval_size=8", "data.max_seq_len=64", "optim.batch_size=8",
+          "train.eval_every=0", "logger.progress=lines", "logger.progress_every_s=0"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    required = os.environ.get("LORA_LAB_REQUIRE_SLURM") == "1"
+    if os.geteuid() != 0 and not required:
+        pytest.skip("the local SLURM cluster needs root (set LORA_LAB_REQUIRE_SLURM=1 to make this a failure)")
+    res = subprocess.run(["bash", str(REPO / "slurm" / "local_cluster.sh"), "up"], capture_output=True, text=True,
+                         timeout=900)
+    if res.returncode != 0:
+        message = f"slurm/local_cluster.sh up failed:\n{res.stderr[-3000:]}"
+        if required:
+            pytest.fail(message)
+        pytest.skip(message)
+    yield
+
+
+def _sacct_jobs(since: str) -> list[str]:
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-S", since, "-o", "JobID,JobName,State"], capture_output=True,
+                         text=True, check=True).stdout
+    return [line for line in out.splitlines() if line.strip()]
+
+
+def _sweep(root: Path, *extra: str, background: bool = False):
+    args = [LORA_LAB, "sweep", "tiny/rank", "launcher=slurm", "cluster=local", f"run.root={root}", *SHRINK, *extra]
+    if background:
+        return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(args, capture_output=True, text=True, timeout=900)
+
+
+def _train_steps(run: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines() if "train_loss" in line]
+
+
+def test_sweep_on_slurm_cancel_relaunch_and_no_resubmission(cluster, tmp_path):
+    root = tmp_path / "runs"
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 1))
+    grid = ["lora.rank=1,4", "optim.lr=3e-3", "train.max_steps=3", "train.checkpoint_every=0"]
+
+    # 1. A shrunk tiny/rank grid (LoRA r1, r4, FullFT) completes through submitit_slurm.
+    res = _sweep(root, *grid)
+    assert res.returncode == 0, res.stdout + res.stderr[-3000:]
+    runs = sorted(p for p in (root / "tiny" / "rank").iterdir() if not p.name.startswith("."))
+    assert len(runs) == 3
+    for r in runs:
+        assert json.loads((r / "summary.json").read_text())["status"] == "completed"
+        assert _train_steps(r) == [1, 2, 3]
+        meta = json.loads((r / "meta.json").read_text())
+        assert meta["slurm_job_id"], "the run did not run under SLURM"
+        assert (r / "config.yaml").exists()
+    status = subprocess.run([LORA_LAB, "status", "tiny/rank", f"run.root={root}", *SHRINK, *grid],
+                            capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0 and "3 runs: 3 completed" in status.stdout
+    n_jobs = len(_sacct_jobs(since))
+    assert n_jobs >= 3
+
+    # 2. The same launch again submits no job.
+    res = _sweep(root, *grid)
+    assert res.returncode == 0 and "0 to launch" in res.stdout, res.stdout
+    assert len(_sacct_jobs(since)) == n_jobs
+
+    # 3. A longer run, cancelled after its first checkpoints; the relaunch resumes and completes it.
+    long = ["lora.rank=1", "optim.lr=3e-3", "train.max_steps=60", "train.checkpoint_every=3", "method=lora"]
+    proc = _sweep(root, *long, background=True)
+    run = None
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        done = [p for p in (root / "tiny" / "rank").iterdir() if p not in runs and not p.name.startswith(".")]
+        if done and (done[0] / "metrics.jsonl").exists() and len(_train_steps(done[0])) >= 7:
+            run = done[0]
+            break
+        time.sleep(0.5)
+    assert run is not None, "the long run did not start"
+    job = json.loads((run / "meta.json").read_text())
+    job_id = f"{job['slurm_array_job_id']}_{job['slurm_array_task_id']}" if job.get("slurm_array_job_id") else job["slurm_job_id"]
+    subprocess.run(["scancel", job_id], check=True)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0, "the sweep should report the cancelled run"
+    assert not (run / "summary.json").exists() or json.loads((run / "summary.json").read_text())["status"] != "completed"
+    steps_before = _train_steps(run)
+    assert len(steps_before) < 60
+    status = subprocess.run([LORA_LAB, "status", str(root / "tiny" / "rank")], capture_output=True, text=True, timeout=60)
+    assert "unfinished" in status.stdout or "failed" in status.stdout, status.stdout
+
+    res = _sweep(root, *long)
+    assert res.returncode == 0, res.stdout + res.stderr[-3000:]
+    assert "1 to launch" in res.stdout
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+    assert _train_steps(run) == list(range(1, 61))  # every step once: resumed, not restarted or doubled
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["resumed_from_step"] > 0

@@ -1,0 +1,172 @@
+"""Sweeps: experiment configs, grid expansion, skip/rerun logic, and local launches through submitit."""
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import LORA_LAB
+from lora_lab import sweep
+from lora_lab.config import ConfigError, compose_dict, from_dictconfig
+
+# Shrinks any tiny experiment to seconds per run.
+TINY_RUN = ["train.max_steps=2", "data.num_examples=64", "data.eval_size=8", "train.eval_every=0",
+            "train.checkpoint_every=0", "logger.progress=none"]
+
+
+def test_every_experiment_composes_at_both_scales():
+    names = sweep.experiment_names()
+    for required in ("tiny/rank", "tiny/batch", "tiny/layers", "tiny/early_rank", "tiny/invariance", "tiny/capacity",
+                     "paper/rank_tulu3_llama8b", "paper/rank_openthoughts3_llama8b", "paper/batch_openthoughts3",
+                     "paper/layers_llama8b", "paper/layers_qwen3_30b_a3b"):
+        assert required in names
+    for name in names:
+        master, jobs = sweep.expand_jobs(name)
+        assert jobs, name
+        assert len({j.path for j in jobs}) == len(jobs), name
+        assert all(j.cfg.run.experiment == name for j in jobs), name
+        quick = sweep.expand(name, quick=True)
+        assert 0 < len(quick) <= len(jobs), name
+        if name.startswith("paper/"):
+            assert all("/" in j.cfg.model.name for j in jobs), f"{name}: paper scale uses hub models"
+        else:
+            assert all(j.cfg.model.name.startswith("tiny-") for j in jobs), name
+
+
+def test_paper_grids_cover_ranks_1_to_512_and_fullft():
+    cfgs = sweep.expand("paper/rank_tulu3_llama8b")
+    ranks = {c.lora.rank for c in cfgs if c.method == "lora"}
+    assert ranks == {1, 2, 4, 8, 16, 32, 64, 128, 256, 512}
+    full_lrs = sorted(c.optim.lr for c in cfgs if c.method == "full")
+    lora_lrs = sorted({c.optim.lr for c in cfgs if c.method == "lora"})
+    assert len(full_lrs) >= 5 and len(lora_lrs) >= 5
+    # The grids are centred on a ~10x LoRA/FullFT LR ratio (C2).
+    mid = lambda xs: xs[len(xs) // 2]  # noqa: E731
+    assert 5 <= mid(lora_lrs) / mid(full_lrs) <= 20
+
+
+def test_grid_points_arms_and_command_line():
+    grid = OmegaConf.create({"params": {"optim.batch_size": "8,32"},
+                             "grids": {"lora": {"method": "lora", "lora.rank": "1,4"}, "full": {"method": "full"}}})
+    fixed, points = sweep.grid_points(grid, [])
+    assert fixed == []
+    assert [(a, p) for a, p in points] == [
+        ("lora", ["optim.batch_size=8", "method=lora", "lora.rank=1"]),
+        ("lora", ["optim.batch_size=8", "method=lora", "lora.rank=4"]),
+        ("lora", ["optim.batch_size=32", "method=lora", "lora.rank=1"]),
+        ("lora", ["optim.batch_size=32", "method=lora", "lora.rank=4"]),
+        ("full", ["optim.batch_size=8", "method=full"]),
+        ("full", ["optim.batch_size=32", "method=full"])]
+    # An axis named on the command line is replaced where it exists (the FullFT arm has no rank);
+    # a plain override of another key is fixed for all; a sweep of another key adds an axis.
+    fixed, points = sweep.grid_points(grid, ["lora.rank=16", "train.max_steps=3", "train.seed=0,1", "optim.batch_size=8"])
+    assert fixed == ["train.max_steps=3"]
+    assert points == [
+        ("lora", ["optim.batch_size=8", "method=lora", "lora.rank=16", "train.seed=0"]),
+        ("lora", ["optim.batch_size=8", "method=lora", "lora.rank=16", "train.seed=1"]),
+        ("full", ["optim.batch_size=8", "method=full", "train.seed=0"]),
+        ("full", ["optim.batch_size=8", "method=full", "train.seed=1"])]
+
+
+def test_fast_expansion_equals_hydra_compose():
+    for name in ("tiny/rank", "tiny/layers", "tiny/capacity", "paper/layers_qwen3_30b_a3b"):
+        master, jobs = sweep.expand_jobs(name, ["train.max_steps=5"])
+        assert [from_dictconfig(compose_dict(master + j.overrides)) for j in jobs] == [j.cfg for j in jobs]
+        assert all(j.cfg.train.max_steps == 5 for j in jobs)
+
+
+def test_fullft_is_not_repeated_across_lora_axes(tmp_path):
+    grid_file = tmp_path / "experiments" / "t" / "g.yaml"
+    grid_file.parent.mkdir(parents=True)
+    grid_file.write_text("# @package _global_\nrun:\n  experiment: t/g\nhydra:\n  sweeper:\n    params:\n"
+                         "      method: lora,full\n      lora.rank: 1,4\n")
+    old = sweep.EXPERIMENTS_DIR
+    import lora_lab.config as config
+
+    try:
+        sweep.EXPERIMENTS_DIR = config.EXPERIMENTS_DIR = tmp_path / "experiments"
+        with pytest.raises(ConfigError, match="lora.rank"):  # method=full with lora.rank=4 is rejected
+            sweep.expand("t/g")
+    finally:
+        sweep.EXPERIMENTS_DIR = config.EXPERIMENTS_DIR = old
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["sweep", "tiny/nope"], "experiment 'tiny/nope': no file experiments/tiny/nope.yaml; choose one of"),
+    (["sweep", "tiny/rank", "lora.rnak=4"], "lora.rnak"),
+    (["sweep", "tiny/rank", "launcher=pbs"], "launcher=pbs: choose one of local, slurm"),
+    (["sweep", "tiny/rank", "cluster=nowhere"], "cluster=nowhere: no profile slurm/nowhere.yaml"),
+    (["sweep", "tiny/rank", "max_parallel=0"], "max_parallel=0: expected a positive integer"),
+    (["status", "tiny/rank", "optim.lr=-1"], "optim.lr"),
+])
+def test_bad_input_one_line_exit_2(argv, message):
+    res = subprocess.run([LORA_LAB, *argv, "--dry-run"] if argv[0] == "sweep" else [LORA_LAB, *argv],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert message in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def _steps(run: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines() if "train_loss" in line]
+
+
+def test_local_sweep_skips_done_and_reruns_failed_or_unfinished(tmp_path):
+    root = tmp_path / "runs"
+    args = [LORA_LAB, "sweep", "tiny/rank", f"run.root={root}", "lora.rank=1", "optim.lr=3e-3",
+            "data.max_seq_len=64", "train.checkpoint_every=1", *TINY_RUN]
+    dry = subprocess.run([*args, "--dry-run"], capture_output=True, text=True, timeout=120)
+    assert dry.returncode == 0 and "tiny/rank: 2 runs; 2 pending; 2 to launch" in dry.stdout
+    assert not (root / "tiny" / "rank").exists()  # a dry run writes nothing
+
+    first = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    runs = sorted(p for p in (root / "tiny" / "rank").iterdir() if not p.name.startswith("."))
+    assert [r.name.split("_")[2] for r in runs] == ["full", "lora-r1-all"]
+    for r in runs:
+        assert json.loads((r / "summary.json").read_text())["status"] == "completed"
+        assert _steps(r) == [1, 2]
+    assert (runs[1] / "adapter" / "adapter_model.safetensors").exists()
+    sweeps = list((root / "tiny" / "rank" / ".sweeps").iterdir())
+
+    again = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "2 completed; 0 to launch" in again.stdout
+    assert list((root / "tiny" / "rank" / ".sweeps").iterdir()) == sweeps  # nothing launched
+
+    # One run failed, one was killed after step 1 (no summary, checkpoint at step 1).
+    full, lora = runs
+    summary = json.loads((full / "summary.json").read_text())
+    (full / "summary.json").write_text(json.dumps({**summary, "status": "failed", "error": "RuntimeError: boom"}))
+    (lora / "summary.json").unlink()
+    status = subprocess.run([LORA_LAB, "status", str(root / "tiny" / "rank")], capture_output=True, text=True, timeout=60)
+    assert status.returncode == 1
+    assert "failed" in status.stdout and "RuntimeError: boom" in status.stdout and "unfinished" in status.stdout
+
+    rerun = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "2 to launch" in rerun.stdout
+    for r in runs:
+        assert json.loads((r / "summary.json").read_text())["status"] == "completed"
+        assert _steps(r) == [1, 2]  # no step logged twice
+    status = subprocess.run([LORA_LAB, "status", "tiny/rank", f"run.root={root}", "lora.rank=1", "optim.lr=3e-3",
+                             "data.max_seq_len=64", "train.checkpoint_every=1", *TINY_RUN],
+                            capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0 and "2 runs: 2 completed" in status.stdout
+
+
+@pytest.mark.slow
+def test_each_tiny_experiment_runs_a_few_steps(tmp_path):
+    """One run per arm of every tiny experiment's quick grid, two steps each, in this process."""
+    from lora_lab.train import train
+
+    for name in [n for n in sweep.experiment_names() if n.startswith("tiny/")]:
+        _, jobs = sweep.expand_jobs(name, [f"run.root={tmp_path}", *TINY_RUN], quick=True)
+        by_arm = {}
+        for j in jobs:
+            by_arm.setdefault(j.arm, j)
+        for arm, job in by_arm.items():
+            summary = train(job.cfg)
+            assert summary["status"] in ("completed", "diverged"), (name, arm, summary.get("error"))
+            assert summary["steps"] <= 2
