@@ -26,6 +26,7 @@ LoRA is counted as applied per token, with per-expert rank = rank / active exper
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 from dataclasses import dataclass
@@ -33,10 +34,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-from lora_lab.config import CONF_DIR, ConfigError, ModelConfig
+from lora_lab.config import CONF_DIR, ConfigError, LoraConfig, ModelConfig
 
 if TYPE_CHECKING:
+    import torch
     from transformers import PretrainedConfig
+
+    from lora_lab.config import Config
 
 HF_CONFIGS = Path(__file__).resolve().parent / "assets" / "hf_configs"
 
@@ -68,7 +72,7 @@ def _preset_name(name: str) -> str | None:
     return str(OmegaConf.load(path).get("name") or "") or None
 
 
-def hf_config(model: ModelLike) -> "PretrainedConfig":
+def hf_config(model: ModelLike) -> PretrainedConfig:
     """The transformers config of a model, without weights and, where possible, without network."""
     from transformers import PretrainedConfig
 
@@ -80,7 +84,7 @@ def hf_config(model: ModelLike) -> "PretrainedConfig":
 
 
 @lru_cache(maxsize=64)
-def _lookup(name: str, trust_remote_code: bool, revision: str | None) -> "PretrainedConfig":
+def _lookup(name: str, trust_remote_code: bool, revision: str | None) -> PretrainedConfig:
     from transformers import AutoConfig
 
     from lora_lab.models import TINY_CONFIGS, model_config
@@ -101,7 +105,8 @@ def _lookup(name: str, trust_remote_code: bool, revision: str | None) -> "Pretra
         return _lookup(preset, trust_remote_code, revision)
     ModelConfig(name=name)  # validates the hub-id form with the usual one-line message
     shipped = shipped_config(name)
-    from lora_lab.data import _offline  # the project's one reachability check (no 30 s of retries)
+    # The project's one hub-reachability check: no 30 s of retries on an air-gapped node.
+    from lora_lab.data import _offline
 
     try:
         if _offline():
@@ -136,7 +141,7 @@ class Arch:
     moe_layers: tuple[int, ...] = ()
 
     @classmethod
-    def of(cls, model: ModelLike) -> "Arch":
+    def of(cls, model: ModelLike) -> Arch:
         c = hf_config(model)
         c = getattr(c, "text_config", None) or c
         try:
@@ -166,6 +171,45 @@ class Arch:
         return self.model_type
 
 
+# ----------------------------------------------------------------------------- parameter counts
+
+
+_META: dict[str, torch.nn.Module] = {}
+
+
+def _model(config: ModelLike) -> torch.nn.Module:
+    """A fresh copy of the model on the meta device: shapes only, no memory, no weights."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    conf = hf_config(config)
+    key = conf.to_json_string(use_diff=False)
+    if key not in _META:
+        with torch.device("meta"):
+            _META[key] = AutoModelForCausalLM.from_config(conf)
+    return copy.deepcopy(_META[key])
+
+
+def lora_param_count(config: ModelLike, rank: int, layers: str = "all", unembed: bool = False) -> int:
+    """Trainable parameters of rank-`rank` LoRA on `layers` (attn, mlp, all), with the lm_head
+    adapter if `unembed`: what lora_lab.lora.apply_lora creates on this model."""
+    from lora_lab.lora import apply_lora
+
+    cfg = LoraConfig(rank=rank, layers=layers, unembed=unembed)  # validates rank and layers
+    return sum(s.num_params() for s in apply_lora(_model(config), cfg))
+
+
+def full_param_count(config: ModelLike) -> int:
+    """All parameters (what FullFT trains), tied embeddings counted once."""
+    return sum(p.numel() for p in _model(config).parameters())
+
+
+def rank_unit(config: ModelLike, layers: str) -> int:
+    """Ranks must be multiples of this: the active experts when MoE experts are adapted, else 1."""
+    a = Arch.of(config)
+    return a.active if a.experts and a.moe_layers and layers in ("mlp", "all") else 1
+
+
 # ----------------------------------------------------------------------------- FLOPs
 
 
@@ -185,10 +229,10 @@ class Flops:
     def total(self) -> float:
         return self.forward + self.input_grad + self.weight_grad
 
-    def __add__(self, o: "Flops") -> "Flops":
+    def __add__(self, o: Flops) -> Flops:
         return Flops(self.forward + o.forward, self.input_grad + o.input_grad, self.weight_grad + o.weight_grad)
 
-    def __mul__(self, k: float) -> "Flops":
+    def __mul__(self, k: float) -> Flops:
         return Flops(self.forward * k, self.input_grad * k, self.weight_grad * k)
 
     __rmul__ = __mul__
@@ -218,7 +262,7 @@ def paper_flops_ratio(n: int, r: int) -> float:
 
 
 def flops_per_token(config: ModelLike, method: str = "lora", rank: int = 8, layers: str = "all",
-                    seq_len: int = 2048, unembed: bool = False) -> Flops:
+                    seq_len: float = 2048, unembed: bool = False) -> Flops:
     """Matmul FLOPs of one training step per token (see the module docstring for what is counted)."""
     if method not in ("lora", "full"):
         raise ConfigError(f"method={method!r}: choose lora or full")
@@ -255,17 +299,43 @@ def flops_per_token(config: ModelLike, method: str = "lora", rank: int = 8, laye
                 routed = lin(a.expert_intermediate, h, r_e, g_up) or routed
             grad = routed or grad
         else:
-            g_up = any([lin(h, a.intermediate, r_mlp, grad) for _ in range(2)])
+            g_up = any([lin(h, a.intermediate, r_mlp, grad) for _ in range(2)])  # a list: both must run
             grad = lin(a.intermediate, h, r_mlp, g_up) or grad
     lin(h, a.vocab, rank if (unembed and not full) else 0, grad)
     return total
 
 
-def flops_ratio(config: ModelLike, rank: int = 8, layers: str = "all", seq_len: int = 2048,
+def flops_ratio(config: ModelLike, rank: int = 8, layers: str = "all", seq_len: float = 2048,
                 unembed: bool = False) -> float:
     """LoRA / FullFT FLOPs per training token for a whole model (C6; about 2/3 at small rank)."""
     lora = flops_per_token(config, "lora", rank, layers, seq_len, unembed)
     return lora.total / flops_per_token(config, "full", rank, layers, seq_len).total
+
+
+def run_steps(cfg: Config, rows: int | None) -> int | None:
+    """Optimizer steps of a run: train.max_steps, else epochs x (rows // batch) (the train loop's count)."""
+    if cfg.train.max_steps:
+        return cfg.train.max_steps
+    return None if rows is None else cfg.train.epochs * (rows // cfg.optim.batch_size)
+
+
+def rl_episodes(cfg: Config, steps: int | None) -> int | None:
+    """Episodes (sampled completions) of an RL run: steps x prompts per step x group size."""
+    rl = getattr(cfg, "rl", None)
+    return None if steps is None or rl is None else steps * rl.prompts_per_step * rl.group_size
+
+
+def run_cost(cfg: Config, rows: int | None, mean_len: float, attn_len: float) -> tuple[int | None, float, float]:
+    """(steps, tokens, FLOPs) of one run. Tokens = steps x batch x mean tokens per row (RL: episodes x
+    mean row length, the trained tokens; sampling is not counted). Padding is not counted: model
+    FLOPs, the quantity MFU is defined on."""
+    steps = run_steps(cfg, rows)
+    if steps is None:
+        return None, float("nan"), float("nan")
+    seqs = (rl_episodes(cfg, steps) or 0) if cfg.task == "rl" else steps * cfg.optim.batch_size
+    tokens = seqs * mean_len
+    lc = cfg.lora
+    return steps, tokens, flops_per_token(cfg.model, cfg.method, lc.rank, lc.layers, attn_len, lc.unembed).total * tokens
 
 
 def gpu_hours(flops: float, gpu: str = "h100", mfu: float = 0.4) -> float:

@@ -1,0 +1,505 @@
+"""What a LoRA job costs and whether LoRA can match FullFT on it, before any GPU hour is spent:
+recommended learning rates, the capacity check (claim C9), the LR-law refit, and the commands
+`lora-lab plan` and `lora-lab fit-lr`. Parameter counts, FLOPs and the model lookup live in
+lora_lab/flops.py and are re-exported here.
+
+    lora-lab plan model=llama-3.1-8b data=tulu3 lora.rank=128 gpu=h100 mfu=0.4
+    lora-lab plan data=tiny-facts lora.rank=1 experiment=tiny/rank
+    lora-lab fit-lr runs/tiny/rank runs/paper/rank/optimal_lr.csv
+
+Learning rates (`recommended_lr`). The paper ("LoRA Without Regret", Schulman and Thinking Machines
+Lab, 2025, section "Optimal learning rate") fits LR = M_LoRA (2000 / hidden)^(model_pow + LoRA_pow)
+over 14 Llama and Qwen models on Tulu3 and finds M_LoRA = 9.8 (the LoRA / FullFT LR ratio) and
+LoRA_pow ~ 0, but prints neither the base LR nor model_pow. Those come from Thinking Machines' public
+tinker-cookbook (`tinker_cookbook.hyperparam_utils.get_lr`): FullFT LR = 5e-5 x (2000 / hidden)^p,
+LoRA LR = 10 x that, p = 0.781 for Llama and 0.0775 for Qwen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import textwrap
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from lora_lab.config import LAYER_SETS, MAX_RANK, Config, ConfigError
+
+# Re-exported: theory is the one import for planning (lora_lab.flops holds the model arithmetic).
+from lora_lab.flops import (  # noqa: F401
+    GPU_PEAK_TFLOPS,
+    Arch,
+    Flops,
+    ModelLike,
+    flops_per_token,
+    flops_ratio,
+    full_param_count,
+    gpu_hours,
+    hf_config,
+    lora_param_count,
+    paper_flops_ratio,
+    rank_unit,
+    rl_episodes,
+    run_cost,
+    run_steps,
+)
+
+# tinker-cookbook: FullFT LR at hidden size 2000, the LoRA multiplier, and the per-family exponents.
+BASE_LR = 5e-5
+LORA_MULTIPLIER = 10.0
+LR_EXPONENTS = {"llama": 0.781, "qwen": 0.0775}
+PAPER_LORA_MULTIPLIER = 9.8  # the paper's fit of the LoRA / FullFT ratio
+# C2: the ratio is about 15 rather than 10 for runs of 100 steps or fewer.
+SHORT_RUN_STEPS, SHORT_RUN_FACTOR = 100, 15 / 10
+# C9: ~2 bits stored per trained parameter; policy-gradient RL gives ~1 bit per episode.
+BITS_PER_PARAM = 2.0
+RL_BITS_PER_EPISODE = 1.0
+PAPER_RANKS = tuple(2**i for i in range(10))  # 1 .. 512
+
+
+def recommended_lr(config_or_name: ModelLike, method: str = "lora", steps: int | None = None) -> float:
+    """Constant Adam LR for SFT with alpha = 32 (the paper's setting).
+
+    FullFT: 5e-5 x (2000 / hidden_size)^p with p = 0.781 for Llama and 0.0775 for Qwen models (the
+    tinker-cookbook's numbers; the paper fits this form without printing p or the base). LoRA: 10x
+    FullFT's (the cookbook's 10; the paper's fit is 9.8, "about 10x", nearly rank-independent, rank 1
+    lower). Runs of <= 100 steps: LoRA at 15x FullFT's, i.e. x 15/10 (the paper, C2). The tiny presets
+    take their architecture's exponent: tiny-llama is a Llama (0.781), tiny-moe a Qwen3-MoE (0.0775);
+    at hidden sizes of 128-160, far below the fitted models', that is an extrapolation: check it with
+    an LR sweep and `lora-lab fit-lr`."""
+    if method not in ("lora", "full"):
+        raise ConfigError(f"method={method!r}: choose lora or full")
+    a = Arch.of(config_or_name)
+    if a.family not in LR_EXPONENTS:
+        raise ConfigError(f"model_type={a.model_type}: no published LR exponent (Llama and Qwen only); "
+                          f"fit one from your own sweeps with `lora-lab fit-lr`")
+    lr = BASE_LR * (2000 / a.hidden) ** LR_EXPONENTS[a.family]
+    if method == "lora":
+        lr *= LORA_MULTIPLIER * (SHORT_RUN_FACTOR if steps is not None and steps <= SHORT_RUN_STEPS else 1.0)
+    return lr
+
+
+# ----------------------------------------------------------------------------- the data and C9
+
+
+@dataclass
+class DataStats:
+    """Token counts of a training set and, where measured, the bits its targets hold."""
+
+    rows: int | None  # training rows (None: unknown)
+    mean_len: float  # tokens per row the model reads
+    attn_len: float  # E[len^2] / E[len]: the length that gives the mean attention FLOPs per token
+    target_per_row: float | None  # assistant (loss) tokens per row
+    note: str  # how the lengths were found
+    bits_per_row: float | None = None
+    bits_how: str = ""  # how the bits were found
+
+    @property
+    def bits(self) -> float | None:
+        return None if self.bits_per_row is None or self.rows is None else self.bits_per_row * self.rows
+
+    @property
+    def target_tokens(self) -> float | None:
+        return None if self.target_per_row is None or self.rows is None else self.target_per_row * self.rows
+
+
+def measure_data(cfg: Config, sample: int = 64, bits: bool = True) -> DataStats:
+    """Lengths from `sample` training rows tokenized as a run tokenizes them; with `bits`, also the
+    base model's summed NLL of their targets in bits (one forward pass, no training). Totals scale the
+    sample's means by the number of training rows. Where the data or the tokenizer cannot be read here,
+    every row is taken at data.max_seq_len (an upper bound)."""
+    import torch
+
+    from lora_lab.data import IGNORE_INDEX, DataError, collate, load_rows, tokenize
+    from lora_lab.models import build_model, load_tokenizer, resolve_device
+    from lora_lab.train import batch_nll
+
+    if sample < 1:
+        raise ConfigError(f"sample={sample}: must be >= 1")
+    try:
+        train_rows, _ = load_rows(cfg.data)
+        tok = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code, cfg.model.revision)
+    except (DataError, OSError, ValueError) as exc:
+        n = cfg.data.max_seq_len
+        return DataStats(cfg.data.num_examples, n, n, None, f"upper bound, every row at data.max_seq_len={n} "
+                         f"(not measured: {str(exc).splitlines()[0]})")
+    split = tokenize([train_rows[i] for i in range(min(sample, len(train_rows)))], tok, cfg.data.max_seq_len,
+                     f"plan: data.{cfg.data.name} sample")
+    lens = [len(x) for x in split.ids]
+    targets = sum(int((y[1:] != IGNORE_INDEX).sum()) for y in split.labels)
+    stats = DataStats(len(train_rows), sum(lens) / len(lens), sum(n * n for n in lens) / sum(lens), targets / len(lens),
+                      f"tokenized {len(lens)} of {len(train_rows):,} training rows")
+    if not bits:
+        return stats
+    try:
+        device = resolve_device(cfg.train.device)
+        model, _ = build_model(cfg.model, device)
+    except (OSError, ValueError) as exc:
+        stats.bits_how = f"no base-model pass ({str(exc).splitlines()[0]})"
+        return stats
+    model.eval()
+    order, nats = sorted(range(len(lens)), key=lens.__getitem__), 0.0
+    with torch.no_grad():
+        for i in range(0, len(order), 8):
+            batch = {k: v.to(device) for k, v in collate(split, order[i:i + 8], tok.pad_token_id).items()}
+            nats += batch_nll(model, batch)[0].item()
+    stats.bits_per_row = nats / math.log(2) / len(lens)
+    stats.bits_how = f"base-model NLL of the targets of {len(lens)} rows, an upper bound"
+    return stats
+
+
+def bits_from_run(path: str | Path) -> tuple[float, float, int]:
+    """(bits, target tokens, rows) of a run's first epoch: its summed train loss in bits, a
+    prequential code length of the rows it saw (each batch is scored before the model trains on it)."""
+    from lora_lab.config import load_config
+    from lora_lab.runs import read_metrics
+
+    lines = [r for r in read_metrics(Path(path) / "metrics.jsonl")
+             if "train_loss" in r and r.get("epoch", 0) == 0 and r.get("target_tokens")]
+    if not lines:
+        raise ConfigError(f"from_run={path}: no first-epoch train lines with target_tokens in its metrics.jsonl")
+    batch = load_config(Path(path) / "config.yaml").optim.batch_size
+    return (sum(r["train_loss"] * r["target_tokens"] for r in lines) / math.log(2),
+            float(sum(r["target_tokens"] for r in lines)), len(lines) * batch)
+
+
+@dataclass
+class Capacity:
+    """C9: the information the data holds against what the adapter can store."""
+
+    bits: float | None  # information to store (None: unknown)
+    how: str
+    params: int  # LoRA parameters of the configured rank and layers
+    min_rank: int | None  # smallest paper rank (a power of 2) whose capacity covers `bits`
+
+    @property
+    def capacity_bits(self) -> float:
+        return BITS_PER_PARAM * self.params
+
+    @property
+    def fits(self) -> bool | None:
+        return None if self.bits is None else self.bits <= self.capacity_bits
+
+
+def capacity_check(cfg: Config, *, bits: float | None = None, episodes: int | None = None,
+                   stats: DataStats | None = None, sample: int = 64) -> Capacity:
+    """Is LoRA of rank cfg.lora.rank on cfg.lora.layers (cfg.lora.unembed) big enough for the data?
+
+    The information to store: `bits` if given; for RL (task=rl, or `episodes` given) ~1 bit per
+    episode, the paper's estimate for policy gradient; otherwise the data's bits (`stats`, else
+    `measure_data`: the base model's summed NLL of the training targets from a sample, scaled to the
+    set). That NLL bounds from above what the data can teach: the targets' entropy given the prompts
+    is at most their cross-entropy under any model (Gibbs' inequality). It is loose where the base
+    model has not seen the chat format; a run's first-epoch loss (`bits_from_run`) is tighter.
+    Capacity: ~2 bits per LoRA parameter (the paper's figure, after Allen-Zhu and Li's knowledge-
+    capacity law, 2024)."""
+    model, lc = cfg.model, cfg.lora
+    if bits is not None:
+        how = "given"
+    elif episodes is not None or cfg.task == "rl":
+        if episodes is None:
+            episodes = rl_episodes(cfg, run_steps(cfg, (stats or measure_data(cfg, sample, bits=False)).rows))
+        bits = None if episodes is None else RL_BITS_PER_EPISODE * episodes
+        how = f"RL, ~1 bit x {episodes:,} episodes" if episodes else "RL, number of episodes unknown"
+    else:
+        stats = stats or measure_data(cfg, sample)
+        bits = stats.bits
+        how = (f"{bits / stats.target_tokens:.2f} bits/target token x {stats.target_tokens:,.0f} target tokens: "
+               f"{stats.bits_how}" if bits is not None and stats.target_tokens
+               else stats.bits_how or "the data or its tokenizer cannot be read here")
+    unit = rank_unit(model, lc.layers)
+    per_rank = lora_param_count(model, unit, lc.layers, lc.unembed) / unit  # counts are linear in rank
+    min_rank = None if bits is None else next(
+        (r for r in PAPER_RANKS if r % unit == 0 and BITS_PER_PARAM * per_rank * r >= bits), None)
+    return Capacity(bits, how, lora_param_count(model, lc.rank, lc.layers, lc.unembed), min_rank)
+
+
+# ----------------------------------------------------------------------------- the LR law fit
+
+
+@dataclass(frozen=True)
+class LRPoint:
+    hidden_size: int
+    lr: float
+    method: str = "lora"
+    model: str = ""
+
+
+@dataclass(frozen=True)
+class LRFit:
+    """LR = m (2000 / hidden)^p; with both methods, one p and LoRA's LR = multiplier x FullFT's."""
+
+    method: str  # lora, full or both (then m is LoRA's and m_full FullFT's)
+    m: float
+    m_se: float
+    p: float
+    p_se: float  # 0.0 when p was fixed
+    n: int
+    rms_log10: float  # residual scatter of log10 LR
+    m_full: float | None = None
+    multiplier: float | None = None  # LoRA / FullFT
+    multiplier_se: float | None = None
+
+
+def fit_lr_law(points: Iterable[LRPoint | tuple], p: float | None = None) -> LRFit:
+    """Least squares in log space: log LR = log m + p log(2000 / hidden) (+ log multiplier on LoRA
+    points when FullFT points are given too). Standard errors from the residual variance, by the
+    delta method for m and the multiplier; NaN with no residual degrees of freedom. `p` fixes the
+    exponent (needed when every point has the same hidden size)."""
+    import numpy as np
+
+    pts = [x if isinstance(x, LRPoint) else LRPoint(*x) for x in points]
+    if not pts:
+        raise ValueError("no points to fit")
+    for x in pts:
+        if not (x.lr > 0 and x.hidden_size > 0 and x.method in ("lora", "full")):
+            raise ValueError(f"bad point {x}: need lr > 0, hidden_size > 0 and method lora or full")
+    if p is None and len({x.hidden_size for x in pts}) < 2:
+        raise ValueError("every point has the same hidden size, so p cannot be fitted: give p")
+    xs = np.log(2000 / np.array([x.hidden_size for x in pts], dtype=float))
+    y = np.log(np.array([x.lr for x in pts])) - (p * xs if p is not None else 0.0)
+    is_lora = np.array([x.method == "lora" for x in pts], dtype=float)
+    both = 0 < is_lora.sum() < len(pts)
+    X = np.stack([np.ones_like(xs)] + ([xs] if p is None else []) + ([is_lora] if both else []), axis=1)
+    beta = np.linalg.lstsq(X, y, rcond=None)[0]
+    resid, dof = y - X @ beta, len(pts) - X.shape[1]
+    cov = (float(resid @ resid) / dof if dof > 0 else math.nan) * np.linalg.pinv(X.T @ X)
+    ref = np.zeros(X.shape[1])  # log m as a combination of the coefficients
+    ref[0] = 1.0
+    if both:
+        ref[-1] = 1.0  # m is LoRA's: intercept + log multiplier
+    m = math.exp(float(ref @ beta))
+    fit = LRFit("both" if both else pts[0].method, m, m * math.sqrt(float(ref @ cov @ ref)),
+                float(beta[1]) if p is None else float(p), math.sqrt(cov[1, 1]) if p is None else 0.0,
+                len(pts), float(np.sqrt(np.mean(resid**2))) / math.log(10))
+    if both:
+        mult = math.exp(beta[-1])
+        fit = LRFit(**{**vars(fit), "m_full": math.exp(beta[0]), "multiplier": mult,
+                       "multiplier_se": mult * math.sqrt(cov[-1, -1])})
+    return fit
+
+
+@lru_cache(maxsize=64)
+def _arch(model: str) -> Arch:
+    return Arch.of(model)
+
+
+def read_optimal_lr(paths: Sequence[str | Path], min_rank: int = 1, layers: str | None = None,
+                    batch_size: int | None = None) -> list[LRPoint]:
+    """LRPoints from optimal_lr.csv files written by `lora-lab analyze` (or directories holding one);
+    the hidden size comes from the model column through the model lookup."""
+    points = []
+    for path in map(Path, paths):
+        f = path / "optimal_lr.csv" if path.is_dir() else path
+        if not f.is_file():
+            raise ConfigError(f"{path}: no optimal_lr.csv there; run `lora-lab analyze` on the sweep first")
+        with open(f, newline="") as fh:
+            reader = csv.DictReader(fh)
+            missing = {"method", "best_lr", "model"} - set(reader.fieldnames or [])
+            if missing:
+                raise ConfigError(f"{f}: missing columns {', '.join(sorted(missing))}")
+            for row in reader:
+                if not row.get("best_lr") or row["method"] not in ("lora", "full"):
+                    continue
+                lora = row["method"] == "lora"
+                if (lora and row.get("rank") and int(float(row["rank"])) < min_rank
+                        or lora and layers and row.get("layers") and row["layers"] != layers
+                        or batch_size and row.get("batch_size") and int(float(row["batch_size"])) != batch_size):
+                    continue
+                points.append(LRPoint(_arch(row["model"]).hidden, float(row["best_lr"]), row["method"], row["model"]))
+    return points
+
+
+def _pm(x: float, se: float | None, fmt: str = ".2e") -> str:
+    return f"{x:{fmt}} ± {se:{fmt}}" if se is not None and math.isfinite(se) else f"{x:{fmt}} ± n/a"
+
+
+def fit_lr_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="lora-lab fit-lr", description="Refit LR = M (2000 / hidden_size)^p and the "
+                                 "LoRA/FullFT multiplier from the optimal LRs of your own sweeps, per model family.")
+    ap.add_argument("paths", nargs="+", help="sweep directories holding optimal_lr.csv, or the CSV files")
+    ap.add_argument("--min-rank", type=int, default=1, help="drop LoRA rows below this rank (the paper: rank 1 is lower)")
+    ap.add_argument("--layers", choices=LAYER_SETS, help="keep LoRA rows of this layer set only")
+    ap.add_argument("--batch-size", type=int, help="keep rows of this batch size only")
+    args = ap.parse_args(argv)
+    points = read_optimal_lr(args.paths, args.min_rank, args.layers, args.batch_size)
+    if not points:
+        raise ConfigError("no usable rows (method lora or full, with a best_lr) in " + ", ".join(args.paths))
+    print(f"{'family':<8}{'points':>7}{'models':>7}  {'M LoRA':<21}{'M FullFT':<21}{'p':<17}{'LoRA/FullFT':<13}rms log10")
+    for fam in sorted({_arch(x.model).family for x in points}):
+        pts = [x for x in points if _arch(x.model).family == fam]
+        fixed = LR_EXPONENTS.get(fam) if len({x.hidden_size for x in pts}) < 2 else None
+        if len({x.hidden_size for x in pts}) < 2 and fixed is None:
+            print(f"{fam:<8}{len(pts):>7}  one hidden size and no published exponent: p cannot be fitted")
+            continue
+        f = fit_lr_law(pts, p=fixed)
+        m_lora = _pm(f.m, f.m_se) if f.method != "full" else "-"
+        m_full = f"{f.m_full:.2e}" if f.m_full else _pm(f.m, f.m_se) if f.method == "full" else "-"
+        p_text = f"{f.p:.3f} (fixed)" if fixed is not None else _pm(f.p, f.p_se, ".3f")
+        ratio = _pm(f.multiplier, f.multiplier_se, ".1f") if f.multiplier else "-"
+        print(f"{fam:<8}{f.n:>7}{len({x.model for x in pts}):>7}  {m_lora:<21}{m_full:<21}{p_text:<17}{ratio:<13}"
+              f"{f.rms_log10:.3f}")
+    print(f"M is the LR at hidden size 2000. Published: M LoRA {BASE_LR * LORA_MULTIPLIER:.1e}, M FullFT {BASE_LR:.1e}, "
+          f"p llama {LR_EXPONENTS['llama']}, qwen {LR_EXPONENTS['qwen']} (tinker-cookbook); "
+          f"LoRA/FullFT {PAPER_LORA_MULTIPLIER} (the paper's fit)")
+    return 0
+
+
+# ----------------------------------------------------------------------------- lora-lab plan
+
+PLAN_USAGE = """usage: lora-lab plan [key=value ...]
+
+Trainable parameters per rank x layer set, recommended LRs, FLOPs per token, the capacity verdict
+(C9) and the cost of the run, or with experiment=<scale>/<figure> of that experiment's whole grid.
+Hydra overrides as for `lora-lab train` (model=llama-3.1-8b data=tulu3 lora.rank=16 ...), plus:
+  gpu=h100|h200|a100   GPU for GPU-hours (bf16 dense peak: h100 989, h200 989, a100 312 TFLOPS)
+  mfu=0.4              model-FLOPs utilisation assumed for GPU-hours
+  experiment=NAME      an experiment of experiments/ (e.g. tiny/rank): the cost of its grid
+  sample=64            training rows tokenized and passed through the base model for the estimates
+  ranks=1,4,16,64,256  ranks of the parameter table (lora.rank is always added)
+  from_run=DIR         data bits from a finished run's first-epoch train loss (tighter than the
+                       base model's NLL; take a FullFT run on the same data)
+  bits_per_token=B     information per target token, where no base-model pass is possible here
+"""
+_PLAN_KEYS = {"gpu": str.lower, "mfu": float, "experiment": str, "sample": int, "from_run": str,
+              "bits_per_token": float, "ranks": lambda v: tuple(int(r) for r in v.split(","))}
+
+
+def _plan_args(argv: Sequence[str]) -> tuple[dict, list[str]]:
+    o: dict = {"gpu": "h100", "mfu": 0.4, "experiment": None, "sample": 64, "ranks": (1, 4, 16, 64, 256),
+               "from_run": None, "bits_per_token": None}
+    rest = []
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if not eq or key not in _PLAN_KEYS:
+            rest.append(arg)
+            continue
+        try:
+            o[key] = _PLAN_KEYS[key](value)
+        except ValueError:
+            raise ConfigError(f"{arg}: not a valid {key} (see lora-lab plan --help)") from None
+    gpu_hours(0.0, o["gpu"], o["mfu"])  # validates gpu and mfu
+    if o["sample"] < 1:
+        raise ConfigError(f"sample={o['sample']}: must be >= 1")
+    if not o["ranks"] or any(not 1 <= r <= MAX_RANK for r in o["ranks"]):
+        raise ConfigError(f"ranks={','.join(map(str, o['ranks']))}: each must be in 1..{MAX_RANK}")
+    if o["bits_per_token"] is not None and not o["bits_per_token"] > 0:
+        raise ConfigError(f"bits_per_token={o['bits_per_token']}: must be > 0")
+    if o["from_run"] and not (Path(o["from_run"]) / "metrics.jsonl").is_file():
+        raise ConfigError(f"from_run={o['from_run']}: no metrics.jsonl there; give a run directory")
+    return o, rest
+
+
+def _si(x: float) -> str:
+    for unit, k in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= k:
+            return f"{x / k:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def _flops(f: Flops) -> str:
+    return f"{_si(f.total)} = {_si(f.forward)} fwd + {_si(f.input_grad)} input-grad + {_si(f.weight_grad)} weight-grad"
+
+
+def plan_main(argv: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in argv):
+        print(PLAN_USAGE, end="")
+        return 0
+    from transformers.utils import logging as hf_logging
+
+    from lora_lab.config import compose
+
+    hf_logging.disable_progress_bar()
+    o, overrides = _plan_args(argv)
+    grid: list[Config] = []
+    if o["experiment"]:
+        from lora_lab.sweep import expand
+
+        grid = expand(o["experiment"], overrides)
+    cfg = next((c for c in grid if c.method == "lora"), grid[0]) if grid else compose(overrides)
+    lc, arch, gpu, mfu = cfg.lora, Arch.of(cfg.model), o["gpu"], o["mfu"]
+    stats = measure_data(cfg, o["sample"], bits=cfg.task != "rl" and not o["from_run"])
+    if o["from_run"]:
+        bits, targets, seen = bits_from_run(o["from_run"])
+        stats.bits_per_row, stats.target_per_row = bits / seen, targets / seen
+        stats.bits_how = f"first-epoch train loss of {seen:,} rows in {o['from_run']}"
+    elif stats.bits_per_row is None and o["bits_per_token"] and cfg.task != "rl":
+        stats.target_per_row = stats.target_per_row or stats.mean_len
+        stats.bits_per_row = o["bits_per_token"] * stats.target_per_row
+        stats.bits_how = f"bits_per_token={o['bits_per_token']:g} given"
+    cap = capacity_check(cfg, stats=stats)
+
+    def line(label: str, text: str) -> None:
+        print(textwrap.fill(text, 118, initial_indent=f"{label:<24}", subsequent_indent=" " * 26))
+
+    line("model", f"{cfg.model.name}: {arch.model_type}, hidden {arch.hidden}, {arch.layers} layers"
+         + (f", {arch.experts} experts ({arch.active} active)" if arch.experts else "")
+         + f", {full_param_count(cfg.model):,} parameters")
+    line("data", f"{cfg.data.name}: {f'{stats.rows:,}' if stats.rows else '?'} training rows, {stats.mean_len:.0f} "
+         f"tokens/row" + (f" ({stats.target_per_row:.0f} targets)" if stats.target_per_row else "") + f"; {stats.note}")
+    ranks = sorted(set(o["ranks"]) | {lc.rank})
+    print(f"\n{'trainable parameters':<24}" + "".join(f"{'r=' + str(r):>9}" for r in ranks))
+    for layers, unembed in (("attn", False), ("mlp", False), ("all", False), ("all", True)):
+        unit = rank_unit(cfg.model, layers)
+        cells = [_si(lora_param_count(cfg.model, r, layers, unembed)) if r % unit == 0 else "-" for r in ranks]
+        print(f"{'  lora ' + layers + (' + unembed' if unembed else ''):<24}" + "".join(f"{c:>9}" for c in cells))
+    print(f"{'  full':<24}{_si(full_param_count(cfg.model)):>9}")
+    if cap.bits is not None:
+        unit = rank_unit(cfg.model, lc.layers)
+        fits = ["-" if r % unit else "yes" if BITS_PER_PARAM * lora_param_count(cfg.model, r, lc.layers, lc.unembed)
+                >= cap.bits else "no" for r in ranks]
+        print(f"{'  fits the data (' + lc.layers + ')':<24}" + "".join(f"{c:>9}" for c in fits))
+    print()
+    steps = run_steps(cfg, stats.rows)
+    try:
+        short = f" x{SHORT_RUN_FACTOR:g} ({steps} <= {SHORT_RUN_STEPS} steps)" if steps and steps <= SHORT_RUN_STEPS else ""
+        line("learning rate", f"lora {recommended_lr(cfg.model, 'lora', steps):.2e}, full {recommended_lr(cfg.model, 'full'):.2e}"
+             f" = {BASE_LR:g} x (2000/{arch.hidden})^{LR_EXPONENTS[arch.family]} ({arch.family}), lora x{LORA_MULTIPLIER:g}"
+             f"{short} (tinker-cookbook; the paper's LoRA/FullFT fit: {PAPER_LORA_MULTIPLIER})")
+    except ConfigError as exc:
+        line("learning rate", f"n/a: {exc}")
+    try:
+        fl = flops_per_token(cfg.model, "lora", lc.rank, lc.layers, stats.attn_len, lc.unembed)
+        ff = flops_per_token(cfg.model, "full", seq_len=stats.attn_len)
+        line("FLOPs per token", f"lora r={lc.rank} {lc.layers}: {_flops(fl)}")
+        line("", f"full: {_flops(ff)}; lora/full {fl.total / ff.total:.3f} (attention length {stats.attn_len:.0f})")
+    except ConfigError as exc:
+        line("FLOPs per token", f"n/a: {exc}")
+    if cap.bits is None:
+        line("capacity (C9)", f"unknown ({cap.how}); give bits_per_token=B or from_run=DIR")
+    else:
+        verdict = "fits: in the low-regret regime" if cap.fits else "capacity-bound: expect LoRA to fall behind FullFT"
+        line("capacity (C9)", f"data {_si(cap.bits)}bit ({cap.how})")
+        line("", f"lora r={lc.rank} {lc.layers}: {_si(cap.params)} params x {BITS_PER_PARAM:g} bits = "
+             f"{_si(cap.capacity_bits)}bit: {verdict}; " + (f"smallest sufficient rank {cap.min_rank}" if cap.min_rank
+                                                           else f"no rank up to {MAX_RANK} suffices"))
+    at = f"({gpu}, MFU {mfu:g})"
+    if not grid:
+        steps, tokens, flops = run_cost(cfg, stats.rows, stats.mean_len, stats.attn_len)
+        if steps is None:
+            line("this run", "length unknown: set train.max_steps or data.num_examples")
+        else:
+            line(f"this run ({cfg.method})", f"{steps:,} steps x {cfg.optim.batch_size} x {stats.mean_len:.0f} tokens = "
+                 f"{_si(tokens)} tokens: {flops:.3g} FLOPs = {gpu_hours(flops, gpu, mfu):.3g} GPU-hours {at}")
+        return 0
+    measured: dict[str, DataStats] = {}
+    totals: dict[str, list[float]] = {}
+    for c in grid:
+        key = f"{c.model.name}|{sorted(vars(c.data).items())}"
+        if key not in measured:
+            same = (c.model.name, c.data) == (cfg.model.name, cfg.data)
+            measured[key] = stats if same else measure_data(c, o["sample"], bits=False)
+        s = measured[key]
+        steps, tokens, flops = run_cost(c, s.rows, s.mean_len, s.attn_len)
+        if steps is None:
+            raise ConfigError(f"experiment={o['experiment']}: a run has no length; set train.max_steps or data.num_examples")
+        t = totals.setdefault(c.method, [0, 0.0, 0.0])
+        t[0], t[1], t[2] = t[0] + 1, t[1] + tokens, t[2] + flops
+    flops = sum(t[2] for t in totals.values())
+    parts = ", ".join(f"{t[0]:.0f} {m}: {gpu_hours(t[2], gpu, mfu):.3g} GPU-h" for m, t in sorted(totals.items()))
+    line(f"experiment {o['experiment']}", f"{len(grid)} runs ({parts}); {_si(sum(t[1] for t in totals.values()))} tokens, "
+         f"{flops:.3g} FLOPs = {gpu_hours(flops, gpu, mfu):.3g} GPU-hours {at}")
+    return 0
