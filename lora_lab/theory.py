@@ -29,23 +29,9 @@ from pathlib import Path
 from lora_lab.config import LAYER_SETS, MAX_RANK, Config, ConfigError
 
 # Re-exported: theory is the one import for planning (lora_lab.flops holds the model arithmetic).
-from lora_lab.flops import (  # noqa: F401
-    GPU_PEAK_TFLOPS,
-    Arch,
-    Flops,
-    ModelLike,
-    flops_per_token,
-    flops_ratio,
-    full_param_count,
-    gpu_hours,
-    hf_config,
-    lora_param_count,
-    paper_flops_ratio,
-    rank_unit,
-    rl_episodes,
-    run_cost,
-    run_steps,
-)
+from lora_lab.flops import (GPU_PEAK_TFLOPS, Arch, Flops, ModelLike, flops_per_token, flops_ratio,  # noqa: F401
+                            full_param_count, gpu_hours, hf_config, lora_param_count, paper_flops_ratio, rank_unit,
+                            rl_episodes, run_cost, run_steps)
 
 # tinker-cookbook: FullFT LR at hidden size 2000, the LoRA multiplier, and the per-family exponents.
 BASE_LR = 5e-5
@@ -288,9 +274,11 @@ def _arch(model: str) -> Arch:
 
 
 def read_optimal_lr(paths: Sequence[str | Path], min_rank: int = 1, layers: str | None = None,
-                    batch_size: int | None = None) -> list[LRPoint]:
+                    batch_size: int | None = None, keep_edge: bool = False) -> list[LRPoint]:
     """LRPoints from optimal_lr.csv files written by `lora-lab analyze` (or directories holding one);
-    the hidden size comes from the model column through the model lookup."""
+    the hidden size comes from the model column through the model lookup. Rows whose optimum sits
+    at the edge of the LR grid (column `edge` true: a bound, not an optimum) are left out unless
+    keep_edge."""
     points = []
     for path in map(Path, paths):
         f = path / "optimal_lr.csv" if path.is_dir() else path
@@ -305,7 +293,8 @@ def read_optimal_lr(paths: Sequence[str | Path], min_rank: int = 1, layers: str 
                 if not row.get("best_lr") or row["method"] not in ("lora", "full"):
                     continue
                 lora = row["method"] == "lora"
-                if (lora and row.get("rank") and int(float(row["rank"])) < min_rank
+                if (not keep_edge and str(row.get("edge", "")).strip().lower() in ("true", "1")
+                        or lora and row.get("rank") and int(float(row["rank"])) < min_rank
                         or lora and layers and row.get("layers") and row["layers"] != layers
                         or batch_size and row.get("batch_size") and int(float(row["batch_size"])) != batch_size):
                     continue
@@ -324,8 +313,9 @@ def fit_lr_main(argv: list[str]) -> int:
     ap.add_argument("--min-rank", type=int, default=1, help="drop LoRA rows below this rank (the paper: rank 1 is lower)")
     ap.add_argument("--layers", choices=LAYER_SETS, help="keep LoRA rows of this layer set only")
     ap.add_argument("--batch-size", type=int, help="keep rows of this batch size only")
+    ap.add_argument("--keep-edge", action="store_true", help="keep optima at the edge of the LR grid (bounds only)")
     args = ap.parse_args(argv)
-    points = read_optimal_lr(args.paths, args.min_rank, args.layers, args.batch_size)
+    points = read_optimal_lr(args.paths, args.min_rank, args.layers, args.batch_size, args.keep_edge)
     if not points:
         raise ConfigError("no usable rows (method lora or full, with a best_lr) in " + ", ".join(args.paths))
     print(f"{'family':<8}{'points':>7}{'models':>7}  {'M LoRA':<21}{'M FullFT':<21}{'p':<17}{'LoRA/FullFT':<13}rms log10")

@@ -193,7 +193,8 @@ def test_fit_recovers_m_p_and_multiplier_from_handmade_csvs(tmp_path, capsys):
     rng = random.Random(0)
     models = {"meta-llama/Llama-3.2-1B": 2048, "meta-llama/Llama-3.2-3B": 3072, "meta-llama/Llama-3.1-8B": 4096,
               "tiny-llama": 160}
-    fields = ["method", "rank", "layers", "batch_size", "best_lr", "best_lr_low", "best_lr_high", "best_final_loss", "model"]
+    fields = ["method", "rank", "layers", "batch_size", "best_lr", "best_lr_low", "best_lr_high", "best_final_loss", "model",
+              "edge"]
     for i, chunk in enumerate((list(models)[:2], list(models)[2:])):
         d = tmp_path / f"sweep{i}"
         d.mkdir()
@@ -205,8 +206,12 @@ def test_fit_recovers_m_p_and_multiplier_from_handmade_csvs(tmp_path, capsys):
                     lr = _law(models[model], 6e-4 if method == "lora" else 6e-4 / 9, 0.7) * math.exp(rng.gauss(0, 0.05))
                     w.writerow({"method": method, "rank": rank, "layers": "all" if rank else "", "batch_size": 32,
                                 "best_lr": lr, "best_lr_low": lr / 2, "best_lr_high": lr * 2, "best_final_loss": 1.0,
-                                "model": model})
+                                "model": model, "edge": False})
+                # An optimum at the grid's edge is a bound, not a point of the law: left out.
+                w.writerow({"method": "lora", "rank": 16, "layers": "all", "batch_size": 32, "best_lr": 1.0,
+                            "best_lr_low": 1.0, "best_lr_high": "", "best_final_loss": 1.0, "model": model, "edge": True})
     points = theory.read_optimal_lr([tmp_path / "sweep0", tmp_path / "sweep1" / "optimal_lr.csv"], min_rank=4)
+    assert len(theory.read_optimal_lr([tmp_path / "sweep0"], keep_edge=True)) == 2 * 6
     assert len(points) == 4 * (1 + 3) and {p.hidden_size for p in points} == set(models.values())
     fit = theory.fit_lr_law(points)
     assert fit.method == "both" and fit.n == 16
