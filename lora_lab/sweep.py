@@ -49,6 +49,7 @@ class Job:
     overrides: list[str]  # the grid point: what the launcher adds to the experiment's overrides
     cfg: Config
     arm: str = "grid"     # the name of the grid (hydra.sweeper.grids) it came from
+    master: tuple[str, ...] = ()  # the experiment's overrides shared by its runs (+experiments=..., fixed)
 
     @property
     def path(self) -> Path:
@@ -156,7 +157,7 @@ def expand_jobs(experiment: str, overrides: Sequence[str] = (), quick: bool = Fa
         if path in seen:  # e.g. a FullFT run repeated across a LoRA-only axis
             continue
         seen[path] = True
-        jobs.append(Job(point, cfg, arm))
+        jobs.append(Job(point, cfg, arm, tuple(master)))
     return master, jobs
 
 
@@ -294,9 +295,12 @@ def launcher_overrides(launcher: str, cluster: str | None, max_parallel: int | N
     return ["hydra/launcher=submitit_slurm", *cluster_overrides(cluster or "local"), *cap, *common]
 
 
-def launch(master: list[str], jobs: list[Job], launcher_args: list[str], batch_size: int) -> list[str]:
-    """Send the jobs through Hydra's submitit launcher, `batch_size` at a time (the launcher blocks
-    until a batch ends). Returns one line per job that did not end completed or diverged."""
+def launch(jobs: list[Job], launcher_args: list[str], parallel: int | None) -> list[str]:
+    """Send the jobs through Hydra's submitit launcher. Local (parallel set): a pool of `parallel`
+    workers, each handing the launcher one job at a time (the launcher blocks until its jobs end, so
+    this keeps every core busy without a barrier between batches). SLURM (parallel None): one job
+    array; the cluster profile's array_parallelism caps it. Returns one line per job that did not
+    end completed or diverged."""
     from hydra._internal.hydra import Hydra
     from hydra._internal.utils import create_config_search_path
     from hydra.core.global_hydra import GlobalHydra
@@ -310,28 +314,37 @@ def launch(master: list[str], jobs: list[Job], launcher_args: list[str], batch_s
     register_configs()
     GlobalHydra.instance().clear()
     hydra = Hydra.create_main_hydra2("lora-lab", create_config_search_path(str(CONF_DIR)))
-    overrides = [*search_path_overrides(master), *master, *launcher_args]
+    # The launcher's own config needs only the search path (for the jobs' +experiments=...) and its settings.
+    overrides = [*search_path_overrides(["+experiments=_"]), *launcher_args]
     cfg = hydra.compose_config("config", overrides=overrides, run_mode=RunMode.MULTIRUN, with_log_configuration=True)
     HydraConfig.instance().set_config(cfg)
     from hydra._internal.callbacks import Callbacks
 
     context = HydraContext(config_loader=hydra.config_loader, callbacks=Callbacks(cfg))
     hlauncher = Plugins.instance().instantiate_launcher(config=cfg, hydra_context=context, task_function=run_job)
-    problems = []
-    for start in range(0, len(jobs), batch_size):
-        batch = jobs[start:start + batch_size]
+
+    def run_batch(start: int, batch: list[Job]) -> list[str]:
         try:
             # As Hydra's own sweepers do: each job's overrides are the task's followed by its grid point.
-            results = hlauncher.launch([[*master, *j.overrides] for j in batch], initial_job_idx=start)
+            results = hlauncher.launch([[*j.master, *j.overrides] for j in batch], initial_job_idx=start)
         except Exception as exc:  # e.g. a SLURM job cancelled: submitit cannot return its result
-            problems.append(f"batch of {len(batch)} from job {start}: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}")
-            continue
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            return [f"{len(batch)} job(s) from #{start}: {type(exc).__name__}: {first}"]
+        out = []
         for job, res in zip(batch, results):
             if res.status != JobStatus.COMPLETED:
-                problems.append(f"{job.run_id}: {res._return_value!r}")
+                out.append(f"{job.run_id}: {res._return_value!r}")
             elif res.return_value.get("status") not in DONE:
-                problems.append(f"{job.run_id}: {res.return_value.get('status')}: {res.return_value.get('error', '')}")
-    return problems
+                out.append(f"{job.run_id}: {res.return_value.get('status')}: {res.return_value.get('error', '')}")
+        return out
+
+    if parallel is None:
+        return run_batch(0, jobs)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        futures = [pool.submit(run_batch, i, [j]) for i, j in enumerate(jobs)]
+        return [line for f in futures for line in f.result()]
 
 
 class _Watch(threading.Thread):
@@ -343,6 +356,7 @@ class _Watch(threading.Thread):
 
     def run(self) -> None:
         last, t0 = None, time.monotonic()
+        done0 = sum(run_state(j.path)["state"] in DONE for j in self.jobs)
         while not self.stop.wait(self.every_s):
             counts = {}
             for j in self.jobs:
@@ -350,7 +364,12 @@ class _Watch(threading.Thread):
                 counts[s] = counts.get(s, 0) + 1
             line = ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda t: STATES.index(t[0])))
             if line != last:
-                print(f"[sweep {time.monotonic() - t0:6.0f}s] {line}", file=sys.stderr, flush=True)
+                elapsed = time.monotonic() - t0
+                done = sum(counts.get(s, 0) for s in DONE)
+                eta = ""
+                if done > done0 and done < len(self.jobs):  # finished runs so far set the pace
+                    eta = f"; ~{elapsed / (done - done0) * (len(self.jobs) - done) / 60:.1f} min left"
+                print(f"[sweep {elapsed:6.0f}s] {done}/{len(self.jobs)} done: {line}{eta}", file=sys.stderr, flush=True)
                 last = line
 
 
@@ -364,24 +383,30 @@ def _split_args(argv: list[str], prog: str, doc: str) -> tuple[argparse.Namespac
         p.add_argument("--dry-run", action="store_true", help="list the runs and their states; launch nothing")
     p.add_argument("--quick", action="store_true", help="the experiment's smaller quick grid (hydra.sweeper.quick)")
     args = p.parse_intermixed_args(argv)
-    rest, args.launcher, args.cluster, args.max_parallel = [], "local", None, None
-    for o in args.overrides:
+    args.launcher, args.cluster, args.max_parallel, rest = split_launcher_args(args.overrides)
+    return args, rest
+
+
+def split_launcher_args(argv: list[str]) -> tuple[str, str | None, int | None, list[str]]:
+    """(launcher, cluster, max_parallel, the Hydra overrides) from `key=value` arguments."""
+    rest, launcher, cluster, max_parallel = [], None, None, None
+    for o in argv:
         key, _, value = o.partition("=")
         if key == "launcher":
             if value not in LAUNCHERS:
                 raise ConfigError(f"launcher={value}: choose one of {', '.join(LAUNCHERS)}")
-            args.launcher = value
+            launcher = value
         elif key == "cluster":
-            args.cluster = value
+            cluster = value
         elif key == "max_parallel":
             if not value.isdigit() or int(value) < 1:
                 raise ConfigError(f"max_parallel={value}: expected a positive integer")
-            args.max_parallel = int(value)
+            max_parallel = int(value)
         else:
             rest.append(o)
-    if args.cluster and args.launcher != "slurm":
-        args.launcher = "slurm"
-    return args, rest
+    if cluster and launcher == "local":
+        raise ConfigError(f"cluster={cluster}: a cluster profile needs launcher=slurm")
+    return launcher or ("slurm" if cluster else "local"), cluster, max_parallel, rest
 
 
 def sweep(experiment: str, overrides: Sequence[str] = (), launcher: str = "local", cluster: str | None = None,
@@ -389,12 +414,20 @@ def sweep(experiment: str, overrides: Sequence[str] = (), launcher: str = "local
     """Expand, report, launch what is not done. Returns an exit code (0: every run completed or diverged)."""
     if launcher == "slurm":
         cluster_overrides(cluster or "local")  # a bad profile stops here, before anything runs
-    master, jobs = expand_jobs(experiment, overrides, quick)
+    _, jobs = expand_jobs(experiment, overrides, quick)
+    return launch_jobs(experiment, jobs, Path(jobs[0].cfg.run.root) / experiment, launcher, cluster, max_parallel,
+                       dry_run, progress, list(overrides))
+
+
+def launch_jobs(title: str, jobs: list[Job], where: Path, launcher: str = "local", cluster: str | None = None,
+                max_parallel: int | None = None, dry_run: bool = False, progress: bool = True,
+                overrides: Sequence[str] = ()) -> int:
+    """Report the jobs' states and launch those not done; launcher files go to <where>/.sweeps/<time>."""
     infos = [run_state(j.path) for j in jobs]
     todo = [j for j, i in zip(jobs, infos) if i["state"] not in DONE]
     running = [j for j, i in zip(jobs, infos) if i["state"] == "running"]
     counts = {s: sum(i["state"] == s for i in infos) for s in STATES}
-    print(f"{experiment}: {len(jobs)} runs; " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    print(f"{title}: {len(jobs)} runs; " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
           + f"; {len(todo) - len(running)} to launch", flush=True)
     if dry_run:
         print(status_table(infos, [j.run_id for j in jobs]))
@@ -406,26 +439,25 @@ def sweep(experiment: str, overrides: Sequence[str] = (), launcher: str = "local
         todo = [j for j in todo if j not in running]
     if not todo:
         return 0 if counts["failed"] == 0 else 1
-    cap = local_parallel(max_parallel) if launcher == "local" else len(todo)
+    cap = local_parallel(max_parallel) if launcher == "local" else None
     stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    sweep_dir = Path(todo[0].cfg.run.root) / experiment / ".sweeps" / stamp
+    sweep_dir = where / ".sweeps" / stamp
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    (sweep_dir / "jobs.json").write_text(json.dumps({"experiment": experiment, "overrides": list(overrides),
+    (sweep_dir / "jobs.json").write_text(json.dumps({"title": title, "overrides": list(overrides),
                                                      "jobs": [{"run_id": j.run_id, "overrides": j.overrides} for j in todo]}, indent=1))
-    where = f"at most {cap} at a time" if launcher == "local" else f"cluster profile {cluster or 'local'}"
-    print(f"launching {len(todo)} runs ({launcher}, {where}); launcher files in {sweep_dir}", flush=True)
+    how = f"at most {cap} at a time" if launcher == "local" else f"cluster profile {cluster or 'local'}"
+    print(f"launching {len(todo)} runs ({launcher}, {how}); launcher files in {sweep_dir}", flush=True)
     watch = _Watch(jobs) if progress else None
     if watch:
         watch.start()
     try:
-        problems = launch(master, todo, launcher_overrides(launcher, cluster, cap, sweep_dir),
-                          batch_size=cap)
+        problems = launch(todo, launcher_overrides(launcher, cluster, max_parallel, sweep_dir), cap)
     finally:
         if watch:
             watch.stop.set()
     final = [run_state(j.path) for j in jobs]
     counts = {s: sum(i["state"] == s for i in final) for s in STATES}
-    print(f"{experiment}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n), flush=True)
+    print(f"{title}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n), flush=True)
     for line in problems:
         print(f"  not done: {line}", file=sys.stderr)
     return 0 if all(i["state"] in DONE for i in final) else 1

@@ -1,0 +1,98 @@
+"""`lora-lab reproduce`: every experiment of a scale through the sweep machinery, then the analysis
+and the claims scorecard. A rerun resumes: finished runs are skipped, unfinished ones resume from
+their checkpoints.
+
+    lora-lab reproduce                      # tiny scale, here (2 cores: ~30 min), runs/ -> runs/tiny/analysis
+    lora-lab reproduce --quick              # smaller grids, fewer steps (~5 min), runs-quick/
+    lora-lab reproduce --scale paper launcher=slurm cluster=<profile>   # the paper's grids on a cluster
+    lora-lab reproduce --only tiny/rank,tiny/batch    # some experiments only
+
+Other arguments are Hydra overrides applied to every run (e.g. `run.root=/scratch/runs`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from lora_lab.config import ConfigError
+from lora_lab.sweep import Job, expand_jobs, experiment_names, launch_jobs, split_launcher_args
+
+SCALES = ("tiny", "paper")
+
+
+def plan(scale: str, quick: bool, overrides: list[str], only: list[str] | None = None) -> dict[str, list[Job]]:
+    """experiment -> its runs, for every experiment of the scale (or those in `only`)."""
+    names = [n for n in experiment_names() if n.startswith(f"{scale}/")]
+    if only:
+        unknown = sorted(set(only) - set(names))
+        if unknown:
+            raise ConfigError(f"--only {','.join(unknown)}: not {scale}-scale experiments; choose from {', '.join(names)}")
+        names = [n for n in names if n in only]
+    return {name: expand_jobs(name, overrides, quick)[1] for name in names}
+
+
+def _cost(job: Job) -> float:
+    """A rough relative cost, to start the longest runs first (fewer idle cores at the end)."""
+    cfg = job.cfg
+    if cfg.task == "rl":
+        return 50.0 * (cfg.train.max_steps or 50) * cfg.rl.prompts_per_step * cfg.rl.group_size
+    steps = cfg.train.max_steps or cfg.train.epochs * max(1, cfg.data.num_examples // cfg.optim.batch_size)
+    return float(steps * cfg.optim.batch_size)
+
+
+def reproduce(scale: str = "tiny", quick: bool = False, overrides: list[str] | None = None, launcher: str = "local",
+              cluster: str | None = None, max_parallel: int | None = None, only: list[str] | None = None,
+              out: Path | None = None, analyze_only: bool = False) -> int:
+    overrides = list(overrides or [])
+    if not any(o.startswith("run.root=") for o in overrides):
+        # Quick runs differ from the full ones; keep them apart so analyses never mix the two.
+        overrides.insert(0, f"run.root={'runs-quick' if quick else 'runs'}")
+    t0 = time.monotonic()
+    experiments = plan(scale, quick, overrides, only)
+    jobs = [j for js in experiments.values() for j in js]
+    if not jobs:
+        raise ConfigError(f"--scale {scale}: no experiments under experiments/{scale}/")
+    root = Path(jobs[0].cfg.run.root)
+    print(f"reproduce --scale {scale}{' --quick' if quick else ''}: {len(experiments)} experiments, {len(jobs)} runs "
+          f"in {root}/{scale}", flush=True)
+    for name, js in experiments.items():
+        print(f"  {name:<36} {len(js):>4} runs", flush=True)
+    code = 0
+    if not analyze_only:
+        jobs.sort(key=_cost, reverse=True)
+        code = launch_jobs(f"reproduce {scale}", jobs, root / scale, launcher, cluster, max_parallel,
+                           overrides=overrides)
+        print(f"runs: {time.monotonic() - t0:.0f} s", flush=True)
+    from lora_lab.analysis import analyze
+
+    out = out or root / scale / "analysis"
+    paths = [root / name for name in experiments if (root / name).is_dir()]
+    if not paths:
+        print("no run directories to analyze", file=sys.stderr)
+        return code or 1
+    result = analyze(paths, out, progress=True)
+    print(f"analysis: {len(result['files'])} files in {out} (report: {out / 'report.md'}, {out / 'report.html'})")
+    for claim, verdicts in sorted(result.get("verdicts", {}).items()):
+        for v in verdicts:
+            print(f"  {claim}: {v.get('verdict')}: {v.get('measured', '')}")
+    print(f"reproduce: done in {time.monotonic() - t0:.0f} s", flush=True)
+    return code
+
+
+def reproduce_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="lora-lab reproduce", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scale", choices=SCALES, default="tiny")
+    p.add_argument("--quick", action="store_true", help="each experiment's quick grid (hydra.sweeper.quick)")
+    p.add_argument("--only", help="comma-separated experiments, e.g. tiny/rank,tiny/batch")
+    p.add_argument("--out", type=Path, help="analysis output directory (default <run.root>/<scale>/analysis)")
+    p.add_argument("--analyze-only", action="store_true", help="skip the runs; analyze what is there")
+    p.add_argument("overrides", nargs="*", help="launcher=local|slurm, cluster=<profile>, max_parallel=N, Hydra overrides")
+    args = p.parse_intermixed_args(argv)
+    launcher, cluster, max_parallel, overrides = split_launcher_args(args.overrides)
+    only = [s.strip() for s in args.only.split(",")] if args.only else None
+    return reproduce(args.scale, args.quick, overrides, launcher, cluster, max_parallel, only, args.out,
+                     args.analyze_only)
