@@ -236,10 +236,6 @@ def status_table(infos: list[dict], names: list[str]) -> str:
     return "\n".join(lines)
 
 
-def find_run_dirs(root: Path) -> list[Path]:
-    return sorted(p.parent for p in root.rglob("config.yaml") if not any(part.startswith(".") for part in p.parts[len(root.parts):]))
-
-
 # -- launching -----------------------------------------------------------------------------------
 
 def run_job(dcfg: Any) -> dict:
@@ -472,11 +468,15 @@ def status_main(argv: list[str]) -> int:
     """`lora-lab status <experiment [overrides] | directory>`: exit 1 while any run failed."""
     args, overrides = _split_args(argv, "lora-lab status", "Runs of an experiment's grid, or of a directory, by state.")
     target = Path(args.experiment)
+    if not target.is_dir() and args.experiment.startswith(("/", ".", "~")):
+        raise ConfigError(f"{args.experiment}: no such directory; give a runs directory or an experiment name")
     if target.is_dir():
-        paths = find_run_dirs(target)
+        from lora_lab.results import find_run_dirs
+
+        paths = find_run_dirs([target])
         if not paths:
             raise ConfigError(f"{target}: no run directories (config.yaml) below it")
-        names = [str(p.relative_to(target)) for p in paths]
+        names = [str(p.relative_to(target.resolve())) for p in paths]
     else:
         _, jobs = expand_jobs(args.experiment, overrides, args.quick)
         paths, names = [j.path for j in jobs], [j.run_id for j in jobs]
