@@ -108,6 +108,12 @@ def curve_table(runs: pd.DataFrame) -> pd.DataFrame:
     return t.reset_index(drop=True)
 
 
+def sort_curves(df: pd.DataFrame, runs: pd.DataFrame, *then: str) -> pd.DataFrame:
+    """Rows ordered by curve as in curve_table (LoRA by rank, FullFT last), then by `then`."""
+    order = {c: i for i, c in enumerate(curve_table(runs)["curve"])}
+    return df.sort_values(["curve", *then], key=lambda c: c.map(order) if c.name == "curve" else c).reset_index(drop=True)
+
+
 def smoothed(res: Results, runs: pd.DataFrame, column: str = "train_loss", smooth: float = SMOOTH) -> pd.DataFrame:
     """Long table (curve, lr, seed, run_dir, step, examples, value) of each run's `column`, smoothed by
     a trailing mean over `smooth` of its logged points (at least 1)."""
@@ -140,7 +146,7 @@ def pointwise_min(res: Results, runs: pd.DataFrame, column: str = "train_loss", 
     if not len(long):
         return pd.DataFrame(columns=["curve", "step", "examples", "value", "lr"])
     best = long.groupby(["curve", "step"])["value"].idxmax() if maximize else long.groupby(["curve", "step"])["value"].idxmin()
-    return long.loc[best.values, ["curve", "step", "examples", "value", "lr"]].reset_index(drop=True)
+    return sort_curves(long.loc[best.values, ["curve", "step", "examples", "value", "lr"]], runs, "step")
 
 
 def departures(curves: pd.DataFrame, reference: str = FULL) -> pd.DataFrame:
@@ -203,7 +209,7 @@ def ucurves(runs: pd.DataFrame, value: str = "final_loss", sem: str | None = "fi
         rows.append({"curve": name, "lr": float(lr), "value": float(v.mean()), "sem": s, "n_runs": len(g),
                      "diverged": int((g["status"] == "diverged").sum())})
     t = pd.DataFrame(rows, columns=["curve", "lr", "value", "sem", "n_runs", "diverged"])
-    return t.sort_values(["curve", "lr"]).reset_index(drop=True)
+    return sort_curves(t, runs, "lr")
 
 
 @dataclass(frozen=True)
@@ -332,6 +338,29 @@ def _resolve(paths: list[str], root: str) -> list[Path]:
                                "experiment directory or an experiment name under --root")
         out.append(path)
     return out
+
+
+def experiments_of(res: Results, kind: str) -> list[str]:
+    """The experiments of one kind among the results."""
+    return [e for e in res.experiments() if kind_of(e) == kind]
+
+
+def script_setup(doc: str, kind: str, argv: list[str] | None = None) -> tuple[Results, Path, list[str]]:
+    """Command line of a script in analysis/: `<paths ...> [--out DIR]` -> (results, out, the
+    experiments of `kind`). Exits with status 2 and one line when there is nothing to analyse."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("paths", nargs="+", help="runs directories, experiment directories or run directories")
+    p.add_argument("--out", default="figures", help="output directory (default: figures)")
+    args = p.parse_args(argv)
+    try:
+        res = load_results(args.paths)
+    except ResultsError as exc:
+        p.exit(2, f"{p.prog}: {exc}\n")
+    exps = experiments_of(res, kind)
+    if not exps:
+        p.exit(2, f"{p.prog}: no experiment of kind {kind} (names <scale>/{kind}...) among {len(res.runs)} runs under "
+                  f"{', '.join(args.paths)}\n")
+    return res, Path(args.out), exps
 
 
 def analyze(paths: list[Path], out: Path, progress: bool = True) -> dict:

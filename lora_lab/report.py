@@ -189,7 +189,7 @@ def judge_c5(s: Section) -> tuple[str, str, str]:
     return (REPRODUCED if ok else NOT_REPRODUCED), measured, how
 
 
-def _flops_ratio(model: str, rank: int, seq_len: int | None) -> float | None:
+def counted_flops_ratio(model: str, rank: int, seq_len: int | None) -> float | None:
     """LoRA/FullFT FLOPs per token from the harness's FLOPs counter, None if it is not available."""
     fn = None
     for mod in ("lora_lab.theory", "lora_lab.flops"):
@@ -211,7 +211,7 @@ def judge_c6(s: Section) -> tuple[str, str, str]:
            "experiment's model and sequence length; judged at the smallest rank run (the paper's ~2/3 assumes R << N). "
            "Measured time per step: median over completed runs (wall clock on the machine that ran them, reported, not judged).")
     ranks, model = s.measured.get("ranks") or [], s.measured.get("model")
-    flops = {r: _flops_ratio(model, r, s.measured.get("seq_len")) for r in ranks}
+    flops = {r: counted_flops_ratio(model, r, s.measured.get("seq_len")) for r in ranks}
     st = s.measured.get("step_time")
     times = ""
     if st is not None and len(st) and np.isfinite(st["ratio_to_full"]).any():

@@ -38,12 +38,14 @@ class Section:
     out: Path
     files: list[Path] = field(default_factory=list)
     figures: dict[str, Path] = field(default_factory=dict)  # name -> PNG, for the report
+    drawn: dict[str, object] = field(default_factory=dict)  # name -> matplotlib Figure, for notebooks
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     measured: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def figure(self, name: str, fig, caption: str = "") -> None:
         paths = figures.save(fig, self.out, name)
+        self.drawn[name] = fig
         self.files += paths
         self.figures[name] = paths[0]
         if caption:

@@ -1,0 +1,32 @@
+"""C1: the pointwise-minimum (over LRs) train-loss curve of each rank and of FullFT, and the step
+where each rank leaves the FullFT curve by more than the tolerance (analysis.TOL_REL).
+
+    python analysis/rank_curves.py runs/tiny/rank --out figures
+"""
+
+from __future__ import annotations
+
+import sys
+
+from lora_lab import figures
+from lora_lab.analysis import FULL, TOL_REL, curve_table, departures, label_runs, pointwise_min, script_setup
+
+
+def main(argv: list[str] | None = None) -> int:
+    res, out, experiments = script_setup(__doc__, "rank", argv)
+    for exp in experiments:
+        sub = res.of(exp)
+        runs = label_runs(sub.plotted())
+        curves = pointwise_min(sub, runs)
+        has_full = FULL in set(curves["curve"])
+        dep = departures(curves) if has_full else None
+        fig = figures.curves_figure(curves, figures.curve_styles(curve_table(runs)), reference=FULL if has_full else None,
+                                    band=TOL_REL, marks=None if dep is None else dict(zip(dep["curve"], dep["departs_at_step"])),
+                                    title=f"{exp}: min over LR of train loss")
+        print(f"{exp}: wrote {', '.join(map(str, figures.save(fig, out / exp, 'rank_curves')))}")
+        print(dep.to_string(index=False) if dep is not None else "no FullFT curve: no departures")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
