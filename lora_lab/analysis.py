@@ -296,7 +296,9 @@ def optimal_lrs(runs: pd.DataFrame, value: str = "final_loss", sem: str | None =
         rows.append({"method": k["method"], "rank": None if full else int(k["rank"]),
                      "layers": None if full else k["layers"], "batch_size": k.get("optim.batch_size"),
                      "best_lr": o.best_lr, "best_lr_low": o.low, "best_lr_high": o.high,
-                     "best_final_loss": o.best_value, "model": k.get("model.name"), "edge": o.edge,
+                     "best_final_loss": o.best_value, "model": k.get("model.name"),
+                     # edge: the optimum is a bound, not a point (lora-lab fit-lr leaves such rows out)
+                     "edge": bool(o.edge), "edge_side": o.edge,
                      "n_lrs": len(g), "curve": name})
     t = pd.DataFrame(rows)
     if len(t):

@@ -202,7 +202,7 @@ def layers_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
     sec.table("optimal_lr", opt)
     sec.figure("layers_lr", figures.ucurve_figure(uc, opt, styles, title=f"{sec.experiment}: final loss vs LR"),
                "Final train loss vs LR per layer set, with the fitted optima.")
-    best = opt[["curve", "method", "rank", "layers", "best_lr", "best_final_loss", "edge"]].copy()
+    best = opt[["curve", "method", "rank", "layers", "best_lr", "best_final_loss", "edge_side"]].copy()
     best["trainable_params"] = best["curve"].map(params)
     sec.measured["layers"] = sec.table("layers_best", best)
 

@@ -213,7 +213,8 @@ def test_optimum_at_grid_edge_is_reported_open(tmp_path):
     res = load_results([root])
     runs = label_runs(res.plotted())
     opt = optimal_lrs(runs).set_index("curve")
-    assert opt.loc["LoRA r4", "edge"] == "high" and opt.loc["LoRA r4", "best_lr"] == 3e-2
+    assert opt.loc["LoRA r4", "edge"] and opt.loc["LoRA r4", "edge_side"] == "high" and opt.loc["LoRA r4", "best_lr"] == 3e-2
+    assert not opt.loc[FULL, "edge"]
     assert opt.loc["LoRA r4", "best_lr_low"] == 1e-2 and math.isnan(opt.loc["LoRA r4", "best_lr_high"])
     ratio = lr_ratios(opt.reset_index(), runs).iloc[0]
     assert ratio["open"] and math.isnan(ratio["ratio_high"])
@@ -236,3 +237,7 @@ def test_analyze_python_entry_point(tmp_path):
     assert (tmp_path / "out" / "report.md") in result["files"]
     assert result["verdicts"]["C2"][0]["verdict"] == "reproduced"  # 10x at ranks >= 4, within 2x of the paper's 15x (50 steps)
     assert result["verdicts"]["C3"][0]["verdict"] == "not run"
+    # `lora-lab fit-lr` reads the optimal_lr.csv written here: one point per curve, none at a grid edge
+    theory = pytest.importorskip("lora_lab.theory")
+    points = theory.read_optimal_lr([tmp_path / "out"])
+    assert sorted(p.lr for p in points) == pytest.approx(sorted(TRUE_OPT.values()))
