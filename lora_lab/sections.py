@@ -272,8 +272,7 @@ def early_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
     per_lr = lora.groupby("lr")["rank"].nunique()
     shared = per_lr[per_lr == per_lr.max()].index.sort_values()
     lr = float(shared[len(shared) // 2])
-    at = runs[(runs["lr"] == lr) | (runs["method"] == "full")]
-    at = at[(at["method"] == "lora") | (at["lr"] == at.loc[at["method"] == "full", "lr"].median())] if (at["method"] == "full").any() else at
+    at = lora[lora["lr"] == lr]
     table = curve_table(at)
     styles = figures.curve_styles(table)
     curves = seed_mean(smoothed(res, res.plotted(at), smooth=0.0))
@@ -328,6 +327,8 @@ def invariance_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
         return
     lora["variant"] = lora.apply(lambda r: f"alpha={r['lora.alpha']:g} initA={r['lora.init_a_scale']:g} "
                                            f"lrA={r['lr'] * r['lora.lr_a_mult']:.2g} lrB={r['lr'] * r['lora.lr_b_mult']:.2g}", axis=1)
+    dup = lora.groupby("variant").cumcount()
+    lora["variant"] = lora["variant"] + dup.map(lambda i: f" #{i + 1}" if i else "")  # e.g. seeds: one line each
     lora["class"] = pd.factorize(lora.apply(invariance_class, axis=1))[0]
     traj = {r["variant"]: res.curve(r["run_dir"]).set_index("step")["train_loss"] for _, r in lora.iterrows()}
     rows, lower, refs = [], [], {}
@@ -382,7 +383,6 @@ def capacity_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
     runs["score"] = loss.where(loss.notna(), runs["final_loss"])
     runs.loc[runs["status"] == "diverged", "score"] = math.inf
     runs["bits"] = runs.apply(information_bits, axis=1)
-    runs["family"] = _family(runs, "data.num_examples")
     best = optimal_lrs(runs.assign(final_loss=runs["score"]), sem=None)
     meta = runs.drop_duplicates("curve").set_index("curve")
     best["num_examples"] = best["curve"].map(meta["data.num_examples"])
