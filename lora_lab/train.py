@@ -223,6 +223,11 @@ def start_logging(cfg: Config, rid: str, rd: RunDir, device: torch.device, step:
 
 
 def record_failure(rd: RunDir, summary: dict, exc: BaseException) -> None:
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        # Interrupted, not failed: Ctrl-C, or a SLURM preemption / time limit that submitit answers by
+        # requeueing the job and exiting. No summary: the run stays unfinished and the next launch
+        # (the requeued job, or a relaunched sweep) resumes it from its last checkpoint.
+        return
     summary.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-4000:])
     rd.write_summary(summary)
 

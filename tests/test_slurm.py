@@ -112,3 +112,35 @@ def test_sweep_on_slurm_cancel_relaunch_and_no_resubmission(cluster, tmp_path):
     assert _train_steps(run) == list(range(1, 61))  # every step once: resumed, not restarted or doubled
     meta = json.loads((run / "meta.json").read_text())
     assert meta["resumed_from_step"] > 0
+
+
+def test_preempted_job_is_requeued_and_resumes(cluster, tmp_path):
+    """SIGUSR2 is what SLURM sends before a time limit or a preemption (`--signal`): submitit
+    requeues the job, and the requeued job resumes the run from its checkpoint."""
+    root = tmp_path / "runs"
+    args = ["lora.rank=1", "optim.lr=3e-3", "train.max_steps=150", "train.checkpoint_every=3", "method=lora"]
+    proc = _sweep(root, *args, background=True)
+    run, deadline = None, time.time() + 300
+    while time.time() < deadline:
+        found = [p for p in (root / "tiny" / "rank").glob("tiny-*")] if (root / "tiny" / "rank").exists() else []
+        if found and (found[0] / "metrics.jsonl").exists() and len(_train_steps(found[0])) >= 7:
+            run = found[0]
+            break
+        time.sleep(0.5)
+    assert run is not None, "the run did not start"
+    job = json.loads((run / "meta.json").read_text())
+    array_task = f"{job['slurm_array_job_id']}_{job['slurm_array_task_id']}"
+    subprocess.run(["scancel", "--signal=USR2", array_task], check=True)
+    # A requeued job waits for a begin time (about two minutes here); let it start now.
+    for _ in range(60):
+        state = subprocess.run(["squeue", "-h", "-j", array_task, "-o", "%T %r"], capture_output=True, text=True).stdout
+        if "PENDING" in state:
+            subprocess.run(["scontrol", "update", f"JobId={array_task}", "StartTime=now"], check=False)
+            break
+        time.sleep(1)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out + err[-3000:]
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+    assert _train_steps(run) == list(range(1, 151))
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["launches"] == 2 and meta["resumed_from_step"] > 0
