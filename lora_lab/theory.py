@@ -82,6 +82,7 @@ class DataStats:
     note: str  # how the lengths were found
     bits_per_row: float | None = None
     bits_how: str = ""  # how the bits were found
+    bits_bound: bool = False  # the bits are a code length of the targets: an upper bound of their information
 
     @property
     def bits(self) -> float | None:
@@ -111,7 +112,7 @@ def measure_data(cfg: Config, sample: int = 64, bits: bool = True) -> DataStats:
     except (DataError, OSError, ValueError) as exc:
         n = cfg.data.max_seq_len
         return DataStats(cfg.data.num_examples, n, n, None, f"upper bound, every row at data.max_seq_len={n} "
-                         f"(not measured: {str(exc).splitlines()[0]})")
+                         f"(not measured: {str(exc).splitlines()[0].split('; ')[0]})")
     split = tokenize([train_rows[i] for i in range(min(sample, len(train_rows)))], tok, cfg.data.max_seq_len,
                      f"plan: data.{cfg.data.name} sample")
     lens = [len(x) for x in split.ids]
@@ -133,7 +134,7 @@ def measure_data(cfg: Config, sample: int = 64, bits: bool = True) -> DataStats:
             batch = {k: v.to(device) for k, v in collate(split, order[i:i + 8], tok.pad_token_id).items()}
             nats += batch_nll(model, batch)[0].item()
     stats.bits_per_row = nats / math.log(2) / len(lens)
-    stats.bits_how = f"base-model NLL of the targets of {len(lens)} rows, an upper bound"
+    stats.bits_how, stats.bits_bound = f"base-model NLL of the targets of {len(lens)} rows, an upper bound", True
     return stats
 
 
@@ -160,6 +161,7 @@ class Capacity:
     how: str
     params: int  # LoRA parameters of the configured rank and layers
     min_rank: int | None  # smallest paper rank (a power of 2) whose capacity covers `bits`
+    upper_bound: bool = False  # `bits` bounds the information from above (then "fits" is the sure verdict)
 
     @property
     def capacity_bits(self) -> float:
@@ -182,8 +184,8 @@ def capacity_check(cfg: Config, *, bits: float | None = None, episodes: int | No
     model has not seen the chat format; a run's first-epoch loss (`bits_from_run`) is tighter.
     Capacity: ~2 bits per LoRA parameter (the paper's figure, after Allen-Zhu and Li's knowledge-
     capacity law, 2024)."""
-    model, lc = cfg.model, cfg.lora
-    if bits is not None:
+    model, lc, given = cfg.model, cfg.lora, bits is not None
+    if given:
         how = "given"
     elif episodes is not None or cfg.task == "rl":
         if episodes is None:
@@ -200,7 +202,8 @@ def capacity_check(cfg: Config, *, bits: float | None = None, episodes: int | No
     per_rank = lora_param_count(model, unit, lc.layers, lc.unembed) / unit  # counts are linear in rank
     min_rank = None if bits is None else next(
         (r for r in PAPER_RANKS if r % unit == 0 and BITS_PER_PARAM * per_rank * r >= bits), None)
-    return Capacity(bits, how, lora_param_count(model, lc.rank, lc.layers, lc.unembed), min_rank)
+    bound = bits is not None and not given and cfg.task != "rl" and episodes is None and bool(stats and stats.bits_bound)
+    return Capacity(bits, how, lora_param_count(model, lc.rank, lc.layers, lc.unembed), min_rank, bound)
 
 
 # ----------------------------------------------------------------------------- the LR law fit
@@ -415,7 +418,7 @@ def plan_main(argv: list[str]) -> int:
     if o["from_run"]:
         bits, targets, seen = bits_from_run(o["from_run"])
         stats.bits_per_row, stats.target_per_row = bits / seen, targets / seen
-        stats.bits_how = f"first-epoch train loss of {seen:,} rows in {o['from_run']}"
+        stats.bits_how, stats.bits_bound = f"first-epoch train loss of {seen:,} rows in {o['from_run']}", True
     elif stats.bits_per_row is None and o["bits_per_token"] and cfg.task != "rl":
         stats.target_per_row = stats.target_per_row or stats.mean_len
         stats.bits_per_row = o["bits_per_token"] * stats.target_per_row
@@ -461,7 +464,9 @@ def plan_main(argv: list[str]) -> int:
     if cap.bits is None:
         line("capacity (C9)", f"unknown ({cap.how}); give bits_per_token=B or from_run=DIR")
     else:
-        verdict = "fits: in the low-regret regime" if cap.fits else "capacity-bound: expect LoRA to fall behind FullFT"
+        verdict = ("fits: in the low-regret regime" if cap.fits else
+                   "may be capacity-bound (the data estimate is an upper bound)" if cap.upper_bound else
+                   "capacity-bound: expect LoRA to fall behind FullFT")
         line("capacity (C9)", f"data {_si(cap.bits)}bit ({cap.how})")
         line("", f"lora r={lc.rank} {lc.layers}: {_si(cap.params)} params x {BITS_PER_PARAM:g} bits = "
              f"{_si(cap.capacity_bits)}bit: {verdict}; " + (f"smallest sufficient rank {cap.min_rank}" if cap.min_rank
@@ -490,6 +495,6 @@ def plan_main(argv: list[str]) -> int:
         t[0], t[1], t[2] = t[0] + 1, t[1] + tokens, t[2] + flops
     flops = sum(t[2] for t in totals.values())
     parts = ", ".join(f"{t[0]:.0f} {m}: {gpu_hours(t[2], gpu, mfu):.3g} GPU-h" for m, t in sorted(totals.items()))
-    line(f"experiment {o['experiment']}", f"{len(grid)} runs ({parts}); {_si(sum(t[1] for t in totals.values()))} tokens, "
+    line("experiment", f"{o['experiment']}: {len(grid)} runs ({parts}); {_si(sum(t[1] for t in totals.values()))} tokens, "
          f"{flops:.3g} FLOPs = {gpu_hours(flops, gpu, mfu):.3g} GPU-hours {at}")
     return 0
