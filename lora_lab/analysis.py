@@ -75,7 +75,8 @@ def label_runs(runs: pd.DataFrame) -> pd.DataFrame:
         if k.startswith("lora.") and k in runs:
             runs[k] = runs[k].astype(object).where(~full, None)
     keys = [k for k in CURVE_KEYS if k in runs]
-    varying = [k for k in keys if k not in ("method", "rank") and runs[k].astype(str).nunique() > 1]
+    # FullFT's LoRA keys are None: only what varies among the runs that have the key counts
+    varying = [k for k in keys if k not in ("method", "rank") and runs[k].dropna().astype(str).nunique() > 1]
     short = {"layers": "", "optim.batch_size": "bs", "data.num_examples": "N=", "lora.alpha": "alpha=",
              "lora.init_a_scale": "initA=", "lora.lr_a_mult": "lrA x", "lora.lr_b_mult": "lrB x",
              "optim.adam_eps": "eps=", "train.max_steps": "steps=", "lora.unembed": "unembed="}

@@ -341,6 +341,9 @@ def judge(sections: list[Section]) -> dict[str, list[Verdict]]:
         for s in sections:
             if s.kind not in c.kinds:
                 continue
+            if s.error:
+                vs.append(Verdict(c.id, s.experiment, INCONCLUSIVE, f"the analysis of this experiment failed: {s.error}"))
+                continue
             if not s.measured:
                 vs.append(Verdict(c.id, s.experiment, NOT_RUN, "; ".join(s.notes) or "no completed or diverged runs"))
                 continue

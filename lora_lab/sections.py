@@ -13,6 +13,8 @@ Figures and tables go to <out>/<experiment>/ (PNG, PDF, CSV).
 from __future__ import annotations
 
 import math
+import sys
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -42,6 +44,7 @@ class Section:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     measured: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    error: str | None = None  # the analysis of this experiment raised: the report says so
 
     def figure(self, name: str, fig, caption: str = "") -> None:
         paths = figures.save(fig, self.out, name)
@@ -458,9 +461,17 @@ def analyze_experiment(res: Results, experiment: str, out: Path) -> Section:
 
 
 def run_sections(res: Results, out: Path, say: Callable[[str], None] = lambda m: None) -> list[Section]:
+    """Every experiment's section. One whose analysis raises is kept with its error (and the
+    traceback on stderr), so that one odd experiment does not cost the whole report."""
     sections = []
     for exp in res.experiments():
         say(f"{exp}: {kind_of(exp) or 'unknown kind'}")
-        sections.append(analyze_experiment(res, exp, out))
+        try:
+            sections.append(analyze_experiment(res, exp, out))
+        except Exception as exc:  # noqa: BLE001 - reported in the scorecard and on stderr
+            traceback.print_exc(file=sys.stderr)
+            sec = Section(exp, kind_of(exp), Path(out) / exp, error=f"{type(exc).__name__}: {exc}")
+            sec.notes.append(f"analysis failed: {sec.error}")
+            sections.append(sec)
     return sections
 

@@ -188,3 +188,21 @@ def test_capacity_bounds_hand_calculation():
 def test_md_table():
     t = md_table(pd.DataFrame({"a": [1.23456789, math.nan], "b": ["x|y", None]}))
     assert t.splitlines() == ["| a | b |", "|---|---|", "| 1.235 | x\\|y |", "|  |  |"]
+
+
+def test_a_failing_section_does_not_sink_the_report(tmp_path, monkeypatch, capsys):
+    from lora_lab import sections
+
+    root = tmp_path / "runs"
+    make_early(root)
+    make_invariance(root)
+
+    def broken(res, runs, sec):
+        raise KeyError("some_column")
+
+    monkeypatch.setitem(sections.SECTIONS, "early_rank", broken)
+    result = analyze([root], tmp_path / "out", progress=False)
+    c7 = result["verdicts"]["C7"][0]
+    assert c7["verdict"] == INCONCLUSIVE and "failed: KeyError" in c7["measured"]
+    assert result["verdicts"]["C8"][0]["verdict"] == REPRODUCED
+    assert "KeyError" in capsys.readouterr().err
