@@ -230,6 +230,8 @@ class RLConfig:
     clip_eps: Optional[float] = None
     # Greedy decoding length for eval_accuracy on data.eval_size held-out problems; null: max_new_tokens.
     eval_max_new_tokens: Optional[int] = None
+    # Appended to the problem's user turn, e.g. to ask a base model for a \boxed{} answer; null: none.
+    instruction: Optional[str] = None
 
     def __post_init__(self) -> None:
         _check(self.group_size >= 2, "rl.group_size", self.group_size,

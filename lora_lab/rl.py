@@ -117,11 +117,15 @@ class Prompt:
     reference: str
 
 
-def encode_prompt(row: dict, tok, task: str) -> Prompt:
-    """The conversation before the row's (last) assistant turn, with the generation prompt on."""
+def encode_prompt(row: dict, tok, task: str, instruction: str | None = None) -> Prompt:
+    """The conversation before the row's (last) assistant turn, with the generation prompt on and
+    `instruction` appended to the last user turn."""
     msgs = _messages(row)
     last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
-    ids = tok.apply_chat_template(msgs[:last], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    msgs = [dict(m) for m in msgs[:last]]
+    if instruction:
+        msgs[-1]["content"] = f"{msgs[-1]['content']}\n\n{instruction}"
+    ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
     return Prompt(list(ids), reference_for(task, row))
 
 
@@ -148,13 +152,13 @@ def collate_rl(prompts: Sequence[Prompt], completions: Sequence[Completion], adv
 class PromptCache:
     """Training prompts encoded when first used (a real set may have 100k rows)."""
 
-    def __init__(self, rows: Sequence[dict], tok, task: str):
-        self.rows, self.tok, self.task = rows, tok, task
+    def __init__(self, rows: Sequence[dict], tok, task: str, instruction: str | None):
+        self.rows, self.tok, self.task, self.instruction = rows, tok, task, instruction
         self.cache: dict[int, Prompt] = {}
 
     def __getitem__(self, i: int) -> Prompt:
         if i not in self.cache:
-            self.cache[i] = encode_prompt(self.rows[i], self.tok, self.task)
+            self.cache[i] = encode_prompt(self.rows[i], self.tok, self.task, self.instruction)
         return self.cache[i]
 
 
@@ -211,8 +215,9 @@ def train_rl(cfg: Config, rid: str, rd: RunDir, rows: tuple) -> dict:
         summary.update(trainable_params=learner.trainable_params, total_params=learner.total_params)
         task, rl = reward_task(cfg.data.name), cfg.rl
         train_rows, eval_rows = rows
-        train_prompts = PromptCache(train_rows, tok, task)
-        eval_prompts = [p for p in (encode_prompt(r, tok, task) for r in eval_rows) if len(p.ids) <= cfg.data.max_seq_len]
+        train_prompts = PromptCache(train_rows, tok, task, rl.instruction)
+        eval_prompts = [p for p in (encode_prompt(r, tok, task, rl.instruction) for r in eval_rows)
+                        if len(p.ids) <= cfg.data.max_seq_len]
         if not eval_prompts:
             raise ValueError(f"data.max_seq_len={cfg.data.max_seq_len}: every held-out prompt is longer; raise it")
         order = BatchOrder(len(train_rows), rl.prompts_per_step, order_seed(cfg))
