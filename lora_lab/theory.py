@@ -375,8 +375,6 @@ def _plan_args(argv: Sequence[str]) -> tuple[dict, list[str]]:
         except ValueError:
             raise ConfigError(f"{arg}: not a valid {key} (see lora-lab plan --help)") from None
     gpu_hours(0.0, o["gpu"], o["mfu"])  # validates gpu and mfu
-    if o["sample"] < 1:
-        raise ConfigError(f"sample={o['sample']}: must be >= 1")
     if not o["ranks"] or any(not 1 <= r <= MAX_RANK for r in o["ranks"]):
         raise ConfigError(f"ranks={','.join(map(str, o['ranks']))}: each must be in 1..{MAX_RANK}")
     if o["bits_per_token"] is not None and not o["bits_per_token"] > 0:
@@ -449,11 +447,11 @@ def plan_main(argv: list[str]) -> int:
     steps = run_steps(cfg, stats.rows)
     try:
         short = f" x{SHORT_RUN_FACTOR:g} ({steps} <= {SHORT_RUN_STEPS} steps)" if steps and steps <= SHORT_RUN_STEPS else ""
-        line("learning rate", f"lora {recommended_lr(cfg.model, 'lora', steps):.2e}, full {recommended_lr(cfg.model, 'full'):.2e}"
+        line("learning rate (SFT)", f"lora {recommended_lr(cfg.model, 'lora', steps):.2e}, full {recommended_lr(cfg.model, 'full'):.2e}"
              f" = {BASE_LR:g} x (2000/{arch.hidden})^{LR_EXPONENTS[arch.family]} ({arch.family}), lora x{LORA_MULTIPLIER:g}"
              f"{short} (tinker-cookbook; the paper's LoRA/FullFT fit: {PAPER_LORA_MULTIPLIER})")
     except ConfigError as exc:
-        line("learning rate", f"n/a: {exc}")
+        line("learning rate (SFT)", f"n/a: {exc}")
     try:
         fl = flops_per_token(cfg.model, "lora", lc.rank, lc.layers, stats.attn_len, lc.unembed)
         ff = flops_per_token(cfg.model, "full", seq_len=stats.attn_len)
@@ -477,7 +475,8 @@ def plan_main(argv: list[str]) -> int:
         if steps is None:
             line("this run", "length unknown: set train.max_steps or data.num_examples")
         else:
-            line(f"this run ({cfg.method})", f"{steps:,} steps x {cfg.optim.batch_size} x {stats.mean_len:.0f} tokens = "
+            seqs = f"{rl_episodes(cfg, steps):,} episodes" if cfg.task == "rl" else f"{steps:,} steps x {cfg.optim.batch_size}"
+            line(f"this run ({cfg.method})", f"{seqs} x {stats.mean_len:.0f} tokens = "
                  f"{_si(tokens)} tokens: {flops:.3g} FLOPs = {gpu_hours(flops, gpu, mfu):.3g} GPU-hours {at}")
         return 0
     measured: dict[str, DataStats] = {}

@@ -249,7 +249,7 @@ def test_capacity_arithmetic_and_smallest_rank():
     cfg = compose(["data=tiny-facts", "lora.rank=1"])
     per_rank_bits = 2 * 11392  # tiny-llama, all layers: 11,392 parameters per rank
     cap = theory.capacity_check(cfg, bits=2048 * 19.9658)  # tiny-facts' 2048 facts: 40.9 kbit
-    assert cap.params == 11392 and cap.capacity_bits == per_rank_bits and not cap.fits
+    assert cap.params == 11392 and cap.capacity_bits == per_rank_bits and not cap.fits and not cap.upper_bound
     assert cap.min_rank == 2  # 2 x 22,784 >= 40,887
     assert theory.capacity_check(cfg, bits=1e9).min_rank is None
     rl = theory.capacity_check(cfg, episodes=5000)  # RL: ~1 bit per episode
@@ -265,7 +265,7 @@ def test_base_model_bits_bound_the_exact_information_of_tiny_facts():
     assert stats.rows == 2048 and stats.bits >= exact
     assert stats.target_tokens > 2048 * 3  # three answers per fact, several tokens each
     cap = theory.capacity_check(cfg, stats=stats)
-    assert cap.bits == stats.bits and cap.fits == (cap.bits <= 2 * 91136)
+    assert cap.bits == stats.bits and cap.fits == (cap.bits <= 2 * 91136) and cap.upper_bound
 
 
 def test_bits_from_a_runs_first_epoch(tmp_path, small):
@@ -361,7 +361,8 @@ def test_plan_tiny_with_experiment_and_bad_args(capsys):
 
     rc, text, err = _cli(capsys, "plan", "experiment=tiny/rank", "sample=8")
     assert rc == 0, err
-    assert f"experiment tiny/rank {len(expand('tiny/rank'))} runs" in text and "fits the data (all)" in text
-    for bad, msg in (("gpu=v100", "gpu=v100"), ("mfu=2", "mfu=2"), ("ranks=0", "ranks=0"), ("lora.rnak=2", "lora.rnak")):
+    assert f"experiment tiny/rank: {len(expand('tiny/rank'))} runs" in text and "fits the data (all)" in text
+    for bad, msg in (("gpu=v100", "gpu=v100"), ("mfu=2", "mfu=2"), ("ranks=0", "ranks=0"), ("sample=0", "sample=0"),
+                     ("lora.rnak=2", "lora.rnak")):
         rc, _, err = _cli(capsys, "plan", bad)
         assert rc == 2 and msg in err and len(err.strip().splitlines()) == 1
