@@ -448,7 +448,8 @@ _CLAIM_TABLES = {"C1": ("departures",), "C2": ("optimal_lr", "lr_ratios"), "C3":
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
 table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0}td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}
-th{background:#f3f3f3}img{max-width:100%}code{background:#f5f5f5;padding:0 3px}"""
+th{background:#f3f3f3}img{max-width:100%}code{background:#f5f5f5;padding:0 3px}
+.reproduced{color:#1a7f37}.not-reproduced{color:#c62828}.inconclusive{color:#9a6700}.not-run{color:#777}"""
 
 
 def render_html(markdown: str, out: Path) -> str:
@@ -464,6 +465,8 @@ def render_html(markdown: str, out: Path) -> str:
         return 'src="data:image/png;base64,' + base64.b64encode(path.read_bytes()).decode() + '"'
 
     body = re.sub(r'src="([^"]+\.png)"', embed, body)
+    body = re.sub(r"<strong>(reproduced|not reproduced|inconclusive|not run)</strong>",
+                  lambda m: f'<strong class="{m.group(1).replace(" ", "-")}">{m.group(1)}</strong>', body)
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>lora-lab claims scorecard</title>"
             f"<style>{_CSS}</style></head><body>\n{body}</body></html>\n")
 

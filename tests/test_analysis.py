@@ -241,3 +241,26 @@ def test_analyze_python_entry_point(tmp_path):
     theory = pytest.importorskip("lora_lab.theory")
     points = theory.read_optimal_lr([tmp_path / "out"])
     assert sorted(p.lr for p in points) == pytest.approx(sorted(TRUE_OPT.values()))
+
+
+def test_short_run_ratio_from_the_loss_at_step_100(tmp_path):
+    """A constant-LR run's loss at step 100 is a 100-step run's: the short-run optima come from there."""
+    root = tmp_path / "runs"
+    early = {"full": 3e-4, "lora": 6e-3}  # LR optima of the first 100 steps (ratio 20)
+    late = {"full": 4e-4, "lora": 4e-3}  # and of the rest of a 150-step run (ratio 10)
+
+    def losses(method: str, lr: float) -> list[float]:
+        out = []
+        for t in range(1, 151):
+            x = math.log10(lr / (early if t <= 100 else late)[method])
+            out.append(1 + 7 * math.exp(-t / 8) + 0.5 * x * x)
+        return out
+
+    for lr in FULL_GRID:
+        write_run(make_config(root, "tiny/rank", "full", lr=lr, steps=150), losses("full", lr))
+    for lr in LORA_GRID:
+        write_run(make_config(root, "tiny/rank", rank=4, lr=lr, steps=150), losses("lora", lr))
+    analyze([root], tmp_path / "out", progress=False)
+    short = pd.read_csv(tmp_path / "out" / "tiny" / "rank" / "lr_ratios_100_steps.csv").iloc[0]
+    final = pd.read_csv(tmp_path / "out" / "tiny" / "rank" / "lr_ratios.csv").iloc[0]
+    assert short["ratio"] == pytest.approx(20, rel=1e-6) and final["ratio"] == pytest.approx(10, rel=1e-6)
