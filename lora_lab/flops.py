@@ -1,11 +1,17 @@
-"""Architectures and training FLOPs: the model lookup behind `lora-lab plan`, matmul FLOPs per token
-of a LoRA or FullFT training step (claim C6), and GPU peak throughput.
+"""The model arithmetic behind `lora-lab plan`: the model lookup, LoRA parameter counts, matmul
+FLOPs per token of a LoRA or FullFT training step (claim C6), the size of a run, and GPU peaks.
 
 A model is named as anything `lora-lab train` accepts (a tiny preset, a conf/model preset such as
 llama-3.1-8b, a hub id, a local directory or config.json) or given as a transformers config.
 Hub ids of the paper's models work offline: when the hub cannot be reached (or refuses, as for
 gated Llama repositories without a token) and the id is not in the local cache, the config.json
 shipped in lora_lab/assets/hf_configs/<org>__<name>/ is used (public architecture numbers).
+
+Parameter counts build the model on the meta device (shapes, no weights) and apply
+lora_lab.lora.apply_lora to it, so they are what a run trains: r (d_in + d_out) per adapted matrix;
+MoE experts one adapter each at per-expert rank = rank / active experts (the paper's rule), the
+fused Qwen3-MoE gate/up projection with one A (as peft's `target_parameters` does). The paper's
+Llama-3.1-8B table counts the unembedding adapter too (tests/test_theory.py).
 
 FLOPs count the matmuls of one training step, per token, split into forward, input-gradient and
 weight-gradient parts (2 FLOPs per multiply-add). A linear d_in -> d_out costs 2 d_in d_out forward,
