@@ -86,14 +86,17 @@ def test_sweep_on_slurm_cancel_relaunch_and_no_resubmission(cluster, tmp_path):
     long = ["lora.rank=1", "optim.lr=3e-3", "train.max_steps=60", "train.checkpoint_every=3", "method=lora"]
     proc = _sweep(root, *long, background=True)
     run = None
-    deadline = time.time() + 300
+    deadline = time.time() + 600
     while time.time() < deadline:
         done = [p for p in (root / "tiny" / "rank").iterdir() if p not in runs and not p.name.startswith(".")]
         if done and (done[0] / "metrics.jsonl").exists() and len(_train_steps(done[0])) >= 7:
             run = done[0]
             break
+        assert proc.poll() is None, "sweep ended early: " + "".join(proc.communicate())[-3000:]
         time.sleep(0.5)
-    assert run is not None, "the long run did not start"
+    if run is None:
+        proc.kill()
+        pytest.fail("the long run did not start: " + "".join(proc.communicate())[-3000:])
     job = json.loads((run / "meta.json").read_text())
     job_id = f"{job['slurm_array_job_id']}_{job['slurm_array_task_id']}" if job.get("slurm_array_job_id") else job["slurm_job_id"]
     subprocess.run(["scancel", job_id], check=True)
@@ -120,14 +123,17 @@ def test_preempted_job_is_requeued_and_resumes(cluster, tmp_path):
     root = tmp_path / "runs"
     args = ["lora.rank=1", "optim.lr=3e-3", "train.max_steps=150", "train.checkpoint_every=3", "method=lora"]
     proc = _sweep(root, *args, background=True)
-    run, deadline = None, time.time() + 300
+    run, deadline = None, time.time() + 600
     while time.time() < deadline:
         found = [p for p in (root / "tiny" / "rank").glob("tiny-*")] if (root / "tiny" / "rank").exists() else []
         if found and (found[0] / "metrics.jsonl").exists() and len(_train_steps(found[0])) >= 7:
             run = found[0]
             break
+        assert proc.poll() is None, "sweep ended early: " + "".join(proc.communicate())[-3000:]
         time.sleep(0.5)
-    assert run is not None, "the run did not start"
+    if run is None:
+        proc.kill()
+        pytest.fail("the run did not start: " + "".join(proc.communicate())[-3000:])
     job = json.loads((run / "meta.json").read_text())
     array_task = f"{job['slurm_array_job_id']}_{job['slurm_array_task_id']}"
     subprocess.run(["scancel", "--signal=USR2", array_task], check=True)
