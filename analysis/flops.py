@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import sys
 
+import pandas as pd
+
 from lora_lab.analysis import label_runs, script_setup
 from lora_lab.report import counted_flops_ratio
 from lora_lab.sections import step_times
@@ -21,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = label_runs(res.of(exp).plotted())
         t = step_times(runs)
         model, seq_len = runs["model.name"].iloc[0], runs["data.max_seq_len"].iloc[0]
-        t["flops_ratio"] = [None if r != r else counted_flops_ratio(model, int(r), seq_len) for r in t["rank"]]
+        t["flops_ratio"] = [None if pd.isna(r) else counted_flops_ratio(model, int(r), seq_len) for r in t["rank"]]
         (out / exp).mkdir(parents=True, exist_ok=True)
         t.to_csv(out / exp / "flops_and_step_time.csv", index=False)
         print(f"{exp} ({model}, sequence length {seq_len}):")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 from lora_lab import figures
-from lora_lab.analysis import FULL, TOL_REL, curve_table, departures, label_runs, pointwise_min, script_setup
+from lora_lab.analysis import FULL, TOL_REL, curve_table, departures, label_runs, pointwise_min, reference_curves, script_setup
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = label_runs(sub.plotted())
         curves = pointwise_min(sub, runs)
         has_full = FULL in set(curves["curve"])
-        dep = departures(curves) if has_full else None
+        dep = departures(curves, reference_curves(runs)) if has_full else None
         fig = figures.curves_figure(curves, figures.curve_styles(curve_table(runs)), reference=FULL if has_full else None,
                                     band=TOL_REL, marks=None if dep is None else dict(zip(dep["curve"], dep["departs_at_step"])),
                                     title=f"{exp}: min over LR of train loss")

@@ -24,9 +24,9 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -150,12 +150,24 @@ def pointwise_min(res: Results, runs: pd.DataFrame, column: str = "train_loss", 
     return sort_curves(long.loc[best.values, ["curve", "step", "examples", "value", "lr"]], runs, "step")
 
 
-def departures(curves: pd.DataFrame, reference: str = FULL) -> pd.DataFrame:
-    """For each curve, the first step from which it stays above the reference curve by more than the
-    tolerance (`matches`) until the end (None: it never leaves), and its largest relative gap."""
-    ref = curves[curves["curve"] == reference].set_index("step")["value"]
+def reference_curves(runs: pd.DataFrame) -> dict[str, str]:
+    """LoRA curve -> the FullFT curve of the same context (model, data, batch size, steps), for the
+    LoRA curves that have one."""
+    keys = curve_table(runs).set_index("curve")
+    ctx = [k for k in CONTEXT_KEYS if k in keys]
+    context = {c: tuple(str(v) for v in keys.loc[c, ctx]) for c in keys.index}
+    fulls = {context[c]: c for c in keys.index[keys["method"] == "full"]}
+    return {c: fulls[context[c]] for c in keys.index[keys["method"] == "lora"] if context[c] in fulls}
+
+
+def departures(curves: pd.DataFrame, reference: str | dict[str, str] = FULL) -> pd.DataFrame:
+    """For each curve, the first step from which it stays above its reference curve by more than the
+    tolerance (`matches`) until the end (None: it never leaves), and its largest relative gap.
+    `reference`: one curve for all, or a dict curve -> reference (reference_curves)."""
+    refs = reference if isinstance(reference, dict) else {c: reference for c in curves["curve"].unique() if c != reference}
     rows = []
-    for name, c in curves[curves["curve"] != reference].groupby("curve", sort=False):
+    for name, c in curves[curves["curve"].isin(list(refs))].groupby("curve", sort=False):
+        ref = curves[curves["curve"] == refs[name]].set_index("step")["value"]
         c = c.set_index("step")["value"]
         common = c.index.intersection(ref.index)
         if not len(common):
@@ -310,16 +322,13 @@ def optimal_lrs(runs: pd.DataFrame, value: str = "final_loss", sem: str | None =
 def lr_ratios(optimal: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     """LoRA / FullFT optimal-LR ratio for each LoRA curve, against the FullFT curve of the same
     context (model, data, batch size, steps); the interval combines both intervals (NaN: open)."""
-    keys = curve_table(runs).set_index("curve")
-    ctx = [k for k in CONTEXT_KEYS if k in keys]
+    refs = reference_curves(runs)
     opt = optimal.set_index("curve")
     rows = []
     for name, o in opt[opt["method"] == "lora"].iterrows():
-        here = keys.loc[name, ctx]
-        fulls = [f for f in opt.index[opt["method"] == "full"] if keys.loc[f, ctx].astype(str).equals(here.astype(str))]
-        if not fulls:
+        if refs.get(name) not in opt.index:
             continue
-        f = opt.loc[fulls[0]]
+        f = opt.loc[refs[name]]
         rows.append({"curve": name, "rank": o["rank"], "layers": o["layers"], "lora_lr": o["best_lr"], "full_lr": f["best_lr"],
                      "ratio": o["best_lr"] / f["best_lr"], "ratio_low": o["best_lr_low"] / f["best_lr_high"],
                      "ratio_high": o["best_lr_high"] / f["best_lr_low"],

@@ -14,8 +14,8 @@ PDF; a notebook shows them with `display(fig)`.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import matplotlib
 import matplotlib.ticker

@@ -17,14 +17,14 @@ import datetime as dt
 import html
 import math
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-from lora_lab.analysis import FULL, SMOOTH, TOL_ABS, TOL_REL, matches
+from lora_lab.analysis import SMOOTH, TOL_ABS, TOL_REL, matches
 from lora_lab.results import FINAL_WINDOW, Results
 from lora_lab.sections import EARLY, INVARIANCE_TOL, SHORT_RUN_STEPS, Section
 
@@ -99,7 +99,8 @@ def judge_c2(s: Section) -> tuple[str, str, str]:
         return INCONCLUSIVE, "no FullFT or no LoRA optimum to compare", how
     r = ratios.sort_values("rank")
     main = r[r["layers"] == "all"] if (r["layers"] == "all").any() else r
-    parts = [f"r{int(k)}: {_f(v)}x" + (" (open)" if o else "") for k, v, o in zip(main["rank"], main["ratio"], main["open"])]
+    names = [f"r{int(k)}" for k in main["rank"]] if main["rank"].is_unique else list(main["curve"])
+    parts = [f"{n}: {_f(v)}x" + (" (open)" if o else "") for n, v, o in zip(names, main["ratio"], main["open"])]
     band = main[main["rank"] >= 4] if (main["rank"] >= 4).any() else main
     med = float(band["ratio"].median())
     measured = "LoRA/FullFT optimal LR " + ", ".join(parts) + f"; median (rank >= 4) {_f(med)}x"
@@ -194,7 +195,7 @@ def counted_flops_ratio(model: str, rank: int, seq_len: int | None) -> float | N
     fn = None
     for mod in ("lora_lab.theory", "lora_lab.flops"):
         try:
-            fn = getattr(__import__(mod, fromlist=["flops_ratio"]), "flops_ratio")
+            fn = __import__(mod, fromlist=["flops_ratio"]).flops_ratio
             break
         except (ImportError, AttributeError):
             continue
@@ -276,7 +277,7 @@ def judge_c9(s: Section) -> tuple[str, str, str]:
     if pts is None or not len(pts) or pts["matches_full"].isna().all():
         return INCONCLUSIVE, "needs LoRA and FullFT runs on tiny-facts", how
     lo, hi = b.get("low", math.nan), b.get("high", math.nan)
-    n_match = int((pts["matches_full"] == True).sum())  # noqa: E712
+    n_match = int((pts["matches_full"] == True).sum())
     measured = (f"bits per parameter in [{_f(lo)}, {_f(hi)}) (NaN: unbounded); {n_match} of {len(pts)} LoRA sizes match "
                 f"FullFT; predicted (I <= 2P) and observed agree for "
                 f"{int((pts['predicted_fits'] == pts['matches_full']).sum())} of {len(pts)}")
@@ -389,7 +390,7 @@ def _provenance(res: Results) -> str:
 def render_markdown(res: Results, sections: list[Section], verdicts: dict[str, list[Verdict]], out: Path) -> str:
     now = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     counts = res.counts()
-    lines = [f"# LoRA Without Regret: claims scorecard\n",
+    lines = ["# LoRA Without Regret: claims scorecard\n",
              f"Generated {now} by `lora-lab analyze` from {len(res.runs)} run directories ({_provenance(res)}).\n",
              "## Scorecard\n", "| claim | paper | measured | verdict |", "|---|---|---|---|"]
     by_id = {c.id: c for c in CLAIMS}
@@ -398,8 +399,8 @@ def render_markdown(res: Results, sections: list[Section], verdicts: dict[str, l
             where = f" ({v.experiment})" if v.experiment else ""
             lines.append(f"| {cid}{where} | {by_id[cid].paper} | {v.measured.replace('|', '/')} | **{v.verdict}** |")
     lines += ["", "## Runs\n",
-              "Failed and unfinished runs are left out of every figure and table; a diverged run counts as infinitely bad "
-              "at its LR.\n", md_table(counts)]
+              ("Failed and unfinished runs are left out of every figure and table; a diverged run counts as infinitely "
+               "bad at its LR.\n"), md_table(counts)]
     failed = res.runs[res.runs["status"] == "failed"]
     if len(failed):
         lines.append("Failed runs:\n")
@@ -410,9 +411,9 @@ def render_markdown(res: Results, sections: list[Section], verdicts: dict[str, l
               f"- Final loss: mean train loss over the last {FINAL_WINDOW:.0%} of a run's steps (one epoch: the batches are unseen).",
               f"- Curves: trailing mean over {SMOOTH:.0%} of the steps before a minimum over LRs is taken.",
               f"- 'Matches': within {_tol_text()}.",
-              "- Optimal LR: parabola in log10(LR) through the best grid point and its neighbours; 90% interval from the "
-              "final losses' standard errors (over the final window, or across seeds); at a grid edge the best grid LR "
-              "with the interval open on that side.", ""]
+              ("- Optimal LR: parabola in log10(LR) through the best grid point and its neighbours; 90% interval from "
+               "the final losses' standard errors (over the final window, or across seeds); at a grid edge the best grid "
+               "LR with the interval open on that side."), ""]
     for c in CLAIMS:
         lines += [f"## {c.id}: {c.statement}\n", f"- Paper: {c.paper}.", f"- Rule: {c.rule}", ""]
         for v in verdicts[c.id]:

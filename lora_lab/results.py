@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -87,7 +87,7 @@ def final_value(values: list[float] | np.ndarray, window: float = FINAL_WINDOW) 
     x = np.asarray([v for v in values if v is not None], dtype=float)
     if x.size == 0:
         return math.nan, math.nan
-    n = max(1, int(math.ceil(window * x.size)))
+    n = max(1, math.ceil(window * x.size))
     tail = x[-n:]
     sem = float(tail.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
     return float(tail.mean()), sem
@@ -138,7 +138,7 @@ class Results:
     def experiments(self) -> list[str]:
         return sorted(self.runs["experiment"].unique()) if len(self.runs) else []
 
-    def of(self, experiment: str) -> "Results":
+    def of(self, experiment: str) -> Results:
         """The runs of one experiment and their metric lines."""
         runs = self.runs[self.runs["experiment"] == experiment]
         return Results(runs, self.metrics[self.metrics["run_dir"].isin(runs["run_dir"])])
@@ -156,7 +156,7 @@ class Results:
         m = self.metrics
         m = m[(m["run_dir"] == run_dir) & m[column].notna()] if column in m else m.iloc[0:0]
         if "diverged" in m:
-            m = m[m["diverged"] != True]  # noqa: E712 - the column holds True or NaN
+            m = m[m["diverged"] != True]
         return m[["step", column]].sort_values("step").reset_index(drop=True)
 
 

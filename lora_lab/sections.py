@@ -15,16 +15,30 @@ from __future__ import annotations
 import math
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 
 from lora_lab import figures
-from lora_lab.analysis import (FULL, TOL_REL, curve_table, departures, kind_of, label_runs, lr_ratios, matches,
-                               optimal_lrs, pointwise_min, seed_mean, smoothed, ucurves, value_at_step)
+from lora_lab.analysis import (
+    TOL_REL,
+    curve_table,
+    departures,
+    kind_of,
+    label_runs,
+    lr_ratios,
+    matches,
+    optimal_lrs,
+    pointwise_min,
+    reference_curves,
+    seed_mean,
+    smoothed,
+    ucurves,
+    value_at_step,
+)
 from lora_lab.results import Results
 
 SHORT_RUN_STEPS = 100  # the paper's ~15x LoRA/FullFT LR ratio is for runs of 100 steps or fewer
@@ -85,15 +99,18 @@ def rank_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
     table = curve_table(runs)
     styles = figures.curve_styles(table)
     curves = sec.table("min_loss_curves", pointwise_min(res, runs))
-    has_full = FULL in set(curves["curve"])
+    refs = reference_curves(runs)
+    has_full = bool(refs)
     dep = None
     if has_full:
-        dep = departures(curves)
+        dep = departures(curves, refs)
         dep.insert(1, "rank", dep["curve"].map(table.set_index("curve")["rank"]).astype("Int64"))
         dep = sec.table("departures", dep.sort_values("rank").reset_index(drop=True))
     marks = {} if dep is None else dict(zip(dep["curve"], dep["departs_at_step"]))
+    # the gap panel needs one FullFT curve; an experiment that mixes contexts gets the curves alone
+    single_ref = next(iter(set(refs.values()))) if len(set(refs.values())) == 1 else None
     sec.figure("rank_curves", figures.curves_figure(
-        curves, styles, reference=FULL if has_full else None, band=TOL_REL, marks=marks,
+        curves, styles, reference=single_ref, band=TOL_REL, marks=marks,
         title=f"{sec.experiment}: min over LR of train loss"),
         "Train loss at each step, minimum over the LR grid (smoothed); lower panel: relative gap to FullFT, "
         f"grey band +-{TOL_REL:.0%}, dot where the rank leaves FullFT for good.")
@@ -129,8 +146,10 @@ def step_times(runs: pd.DataFrame) -> pd.DataFrame:
     done["t"] = st.fillna(pd.to_numeric(done["wall_s"], errors="coerce") / pd.to_numeric(done["steps"], errors="coerce"))
     t = done.groupby("curve", sort=False).agg(rank=("rank", "first"), layers=("layers", "first"),
                                               step_time_s=("t", "median"), n_runs=("t", "size")).reset_index()
-    full = t.loc[t["curve"] == FULL, "step_time_s"]
-    t["ratio_to_full"] = t["step_time_s"] / float(full.iloc[0]) if len(full) else math.nan
+    per_curve = t.set_index("curve")["step_time_s"]
+    refs = reference_curves(runs)
+    t["ratio_to_full"] = [per_curve[c] / per_curve[refs[c]] if refs.get(c) in per_curve.index else math.nan
+                          for c in t["curve"]]
     return t
 
 
@@ -169,12 +188,13 @@ def batch_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
                                                     xticks=sorted(float(b) for b in fin["batch_size"].unique()),
                                                     ylabel="final train loss at best LR (nats)", title=f"{sec.experiment}: final loss vs batch size"),
                "Final train loss at the best LR of the grid vs batch size, per rank and FullFT.")
+    method_of = runs.drop_duplicates("family").set_index("family")["method"]
     rows = []
     for f, g in fin.groupby("family", sort=False):
         g = g.sort_values("batch_size")
         if len(g) >= 2:
             small, large = g.iloc[0], g.iloc[-1]
-            rows.append({"family": f, "method": "full" if f == FULL else "lora", "batch_small": small["batch_size"],
+            rows.append({"family": f, "method": method_of[f], "batch_small": small["batch_size"],
                          "batch_large": large["batch_size"], "loss_small": small["best_final_loss"],
                          "loss_large": large["best_final_loss"], "penalty": large["best_final_loss"] - small["best_final_loss"]})
     sec.measured["penalties"] = sec.table("batch_penalty", pd.DataFrame(
@@ -426,7 +446,7 @@ def capacity_bounds(pts: pd.DataFrame) -> dict:
     over data sets: the largest lower bound and the smallest upper bound (NaN: no such run)."""
     lower, upper = [], []
     for _, g in pts[np.isfinite(pts["bits"]) & pts["matches_full"].notna()].groupby("num_examples"):
-        ok, bad = g[g["matches_full"] == True], g[g["matches_full"] == False]  # noqa: E712
+        ok, bad = g[g["matches_full"] == True], g[g["matches_full"] == False]
         if len(ok):
             p_match = ok["trainable_params"].min()
             lower.append(g["bits"].iloc[0] / p_match)

@@ -11,8 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lora_lab.analysis import (FULL, analyze, departures, fit_optimum, kind_of, label_runs, lr_ratios, optimal_lrs,
-                               pointwise_min)
+from lora_lab.analysis import FULL, analyze, departures, fit_optimum, kind_of, label_runs, lr_ratios, optimal_lrs, pointwise_min
 from lora_lab.config import Config, DataConfig, LoraConfig, OptimConfig, RunConfig, TrainConfig, run_dir, to_yaml
 from lora_lab.results import load_results
 
@@ -46,8 +45,7 @@ def write_run(cfg: Config, losses: list[float], status: str | None = "completed"
     lines = [{"step": i, "train_loss": loss, "lr": cfg.optim.lr, "examples": i * bs, "tokens": i * bs * 40,
               "wall_s": 0.1 * i, "grad_norm": 1.0} for i, loss in enumerate(losses, start=1)]
     with open(d / "metrics.jsonl", "w") as f:
-        for line in lines + (extra_lines or []):
-            f.write(json.dumps(line) + "\n")
+        f.writelines(json.dumps(line) + "\n" for line in lines + (extra_lines or []))
     if status is not None:
         s = {"status": status, "steps": len(losses), "final_train_loss": losses[-1] if losses else None,
              "final_eval_loss": losses[-1] if losses else None, "trainable_params": trainable,

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from test_analysis import make_rank_results
 from test_report import make_invariance
 

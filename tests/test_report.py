@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_analysis import STEPS, make_config, make_rank_results, write_run
 
 from lora_lab.analysis import analyze
 from lora_lab.config import DataConfig
-from lora_lab.report import (CLAIMS, INCONCLUSIVE, NOT_REPRODUCED, NOT_RUN, REPRODUCED, judge, judge_c3, judge_c8,
-                             md_table)
+from lora_lab.report import CLAIMS, INCONCLUSIVE, NOT_REPRODUCED, NOT_RUN, REPRODUCED, judge, judge_c3, judge_c8, md_table
 from lora_lab.sections import Section, capacity_bounds
 from lora_lab.tiny_facts import bits_per_fact
-from test_analysis import STEPS, make_config, make_rank_results, write_run
 
 GRID = (1e-3, 3e-3, 1e-2)
 
@@ -128,7 +127,7 @@ def test_every_claim_judged_on_known_data(full_report):
 
 
 def test_report_files(full_report):
-    result, out = full_report
+    _, out = full_report
     md = (out / "report.md").read_text()
     for c in CLAIMS:
         assert f"## {c.id}: " in md and c.rule in md

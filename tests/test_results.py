@@ -8,11 +8,11 @@ import math
 
 import numpy as np
 import pytest
+from test_analysis import make_config, write_run
 
 from lora_lab.config import run_dir
 from lora_lab.results import ResultsError, final_value, find_run_dirs, load_results
 from lora_lab.train import train
-from test_analysis import make_config, write_run
 
 
 def test_real_runs(small):
