@@ -1,0 +1,300 @@
+"""RL: the objective against REINFORCE and hand calculations, group centring, the sampler's
+log-probs, config identity, and short runs (learning, run directory, resume, divergence)."""
+
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import LORA_LAB
+from lora_lab import rl as rl_mod
+from lora_lab.config import ConfigError, _identity, compose, config_hash, run_dir, run_id
+from lora_lab.models import build_model
+from lora_lab.rl import collate_rl, completion_logprobs, group_advantages, policy_loss
+from lora_lab.runs import RunDir, read_metrics
+from lora_lab.sampler import HFSampler, Sampler
+from lora_lab.train import train
+
+# A few seconds per run on a 2-core CPU.
+RL_SMALL = ["task=rl", "data=tiny-math", "data.levels=[1,2]", "data.num_examples=64", "data.eval_size=16",
+            "rl.prompts_per_step=4", "rl.group_size=4", "rl.max_new_tokens=12", "train.eval_every=0",
+            "train.checkpoint_every=0", "logger.progress=none"]
+
+
+@pytest.fixture
+def rl_small(tmp_path):
+    def make(*overrides: str):
+        return compose([*RL_SMALL, f"run.root={tmp_path / 'runs'}", *overrides])
+
+    return make
+
+
+# ----------------------------------------------------------------------------- objective
+
+
+def test_group_advantages_centre_each_group_by_hand():
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 1.0]])
+    adv = group_advantages(rewards)
+    assert torch.equal(adv, torch.tensor([[0.5, -0.5, -0.5, 0.5], [0.0] * 4, [-0.25, -0.25, -0.25, 0.75]]))
+    # std normalisation: group 3 has mean 1/4 and population std sqrt(3)/4.
+    std = group_advantages(rewards, normalize_std=True)
+    s3 = 3 ** 0.5 / 4
+    assert torch.allclose(std, torch.tensor([[1.0, -1, -1, 1], [0.0] * 4, [-0.25 / s3] * 3 + [0.75 / s3]]), atol=1e-5)
+
+
+def test_objective_on_a_categorical_policy_matches_the_hand_gradient():
+    """One-token episodes from softmax(theta) over 3 actions, sampled by another policy q:
+    grad of -(1/N) sum_i rho_i A_i is -(1/N) sum_i rho_i A_i (e_{a_i} - p)."""
+    theta = torch.tensor([0.2, -0.5, 1.0], requires_grad=True)
+    q = torch.tensor([0.5, 0.3, 0.2])
+    actions, adv = torch.tensor([0, 2, 1, 2]), torch.tensor([1.0, -0.5, 0.25, 2.0])
+    logp = torch.log_softmax(theta, 0)[actions]
+    loss, rho = policy_loss(logp, torch.log(q[actions]), adv, num_sequences=4)
+    loss.backward()
+    p = torch.softmax(theta.detach(), 0)
+    want = torch.zeros(3)
+    for a, A in zip(actions.tolist(), adv.tolist()):
+        want -= (p[a] / q[a]) * A * (torch.eye(3)[a] - p) / 4
+    assert torch.allclose(theta.grad, want, atol=1e-6)
+    assert torch.allclose(rho, p[actions] / q[actions])
+    assert loss.item() == pytest.approx(-(rho * adv).sum().item() / 4)
+
+
+def test_clipping_stops_the_gradient_only_where_ppo_does():
+    logp = torch.log(torch.tensor([0.9, 0.9, 0.1, 0.1])).requires_grad_(True)
+    sampler = torch.log(torch.tensor([0.5, 0.5, 0.5, 0.5]))  # rho = 1.8, 1.8, 0.2, 0.2
+    adv = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    loss, _ = policy_loss(logp, sampler, adv, num_sequences=1, clip_eps=0.2)
+    loss.backward()
+    # rho A with rho=1.8, A>0: clipped (no gradient); A<0: min keeps the unclipped -1.8 (gradient).
+    # rho=0.2, A>0: min keeps 0.2 (gradient); A<0: clipped at 0.8 (no gradient).
+    assert torch.allclose(logp.grad, torch.tensor([0.0, 1.8, -0.2, 0.0]), atol=1e-6)
+    assert loss.item() == pytest.approx(-(1.2 - 1.8 + 0.2 - 0.8))
+    # Unclipped, every token has gradient -rho A / N.
+    logp.grad = None
+    policy_loss(logp, sampler, adv, num_sequences=1)[0].backward()
+    assert torch.allclose(logp.grad, torch.tensor([-1.8, 1.8, -0.2, 0.2]), atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def model_tok():
+    torch.manual_seed(0)
+    return build_model(compose([]).model)
+
+
+def _sampled_batch(model, tok, temperature, n=3):
+    torch.manual_seed(1)
+    questions = ["What is 3 + 4?", "Compute $12 - 5$.", "Kelu has 4 shells and finds 3 more. How many shells does Kelu have now?"]
+    prompts = [rl_mod.Prompt(tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
+                                                     tokenize=True, return_dict=True)["input_ids"], "7") for q in questions]
+    completions = HFSampler(model, tok).sample([p.ids for p in prompts], n=n, max_new_tokens=10, temperature=temperature)
+    return prompts, completions
+
+
+def test_sampler_log_probs_are_the_learners_up_to_float_error(model_tok):
+    model, tok = model_tok
+    for temperature in (1.0, 0.6):
+        prompts, completions = _sampled_batch(model, tok, temperature)
+        assert len(completions) == 9 and [c.prompt_index for c in completions] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+        assert isinstance(HFSampler(model, tok), Sampler)
+        for c in completions:
+            assert len(c.tokens) == len(c.logprobs) and 1 <= len(c.tokens) <= 10
+            assert c.finished == (c.tokens[-1] == tok.eos_token_id) and tok.eos_token_id not in c.tokens[:-1]
+            # Independent recomputation: one full forward without a cache, softmax(logits / T).
+            ids = torch.tensor([prompts[c.prompt_index].ids + c.tokens])
+            with torch.no_grad():
+                logits = model(input_ids=ids).logits[0, :-1].float() / temperature
+            want = torch.log_softmax(logits, -1)[torch.arange(ids.shape[1] - 1), ids[0, 1:]][-len(c.tokens):]
+            assert torch.allclose(torch.tensor(c.logprobs), want, atol=1e-4), (c.logprobs, want)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_objective_gradient_equals_reinforce_when_sampler_and_learner_coincide(model_tok, temperature):
+    """grad of the importance-sampled loss with the sampler's log-probs = the learner's (rho = 1)
+    equals -(1/N) sum_i A_i sum_t grad log p(y_it), computed here with cross-entropy per sequence."""
+    model, tok = model_tok
+    prompts, completions = _sampled_batch(model, tok, temperature)
+    adv = [0.5, -0.25, 1.0, 0.0, -1.0, 0.75, 0.2, -0.4, 0.3]
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    batch = collate_rl(prompts, completions, adv, tok.pad_token_id)
+    with torch.no_grad():
+        on_policy, _ = completion_logprobs(model, batch, temperature)
+    model.zero_grad()
+    logp, _ = completion_logprobs(model, batch, temperature)
+    loss, rho = policy_loss(logp, on_policy, batch["advantages"], num_sequences=len(completions))
+    loss.backward()
+    ours = [p.grad.clone() for p in params]
+    assert torch.allclose(rho, torch.ones_like(rho))
+
+    model.zero_grad()
+    reinforce = 0.0
+    for c, a in zip(completions, adv):
+        ids = torch.tensor([prompts[c.prompt_index].ids + c.tokens])
+        logits = model(input_ids=ids).logits[0, -len(c.tokens) - 1:-1] / temperature
+        nll = F.cross_entropy(logits, torch.tensor(c.tokens), reduction="sum")
+        reinforce = reinforce + a * nll / len(completions)
+    reinforce.backward()
+    for ours_g, p in zip(ours, params):
+        assert torch.allclose(ours_g, p.grad, atol=1e-6, rtol=1e-4)
+    assert sum(g.abs().sum() for g in ours) > 0
+    model.zero_grad()
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_rl_keys_are_part_of_an_rl_runs_identity_only():
+    sft = compose([])
+    assert run_id(compose(["rl.group_size=4", "rl.temperature=0.5"])) == run_id(sft)
+    # An SFT run's identity has no rl section, so its hash is what it was before task=rl existed.
+    assert "rl" not in _identity(sft) and "rl" in _identity(compose(["task=rl", "data=tiny-math"]))
+    assert config_hash(compose(["rl.clip_eps=0.2", "rl.instruction=hi"])) == config_hash(sft)
+    a = compose(["task=rl", "data=tiny-math"])
+    assert "_rl8x8_" in run_id(a) and "_bs" not in run_id(a)
+    for other in (["rl.group_size=4"], ["rl.updates_per_batch=2"], ["rl.normalize_std=true"], ["rl.clip_eps=0.2"]):
+        assert run_id(compose(["task=rl", "data=tiny-math", *other])) != run_id(a), other
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["task=rl"], "data.name"),  # tiny-tulu has no verifiable reward
+    (["task=rl", "data=tiny-math", "optim.batch_size=8"], "optim.batch_size"),
+    (["rl.group_size=1"], "rl.group_size"),
+    (["rl.updates_per_batch=3"], "rl.updates_per_batch"),
+    (["rl.clip_eps=1.5"], "rl.clip_eps"),
+    (["rl.temperature=0"], "rl.temperature"),
+    (["rl.max_new_tokens=0"], "rl.max_new_tokens"),
+    (["task=ppo"], "task"),
+])
+def test_bad_rl_values_name_the_key(overrides, key):
+    with pytest.raises(ConfigError, match=rf"^{key}="):
+        compose(overrides)
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def test_a_short_run_raises_an_easy_reward(rl_small, monkeypatch):
+    """Reward 1 for a completion that contains the digit 7: the base model writes one in ~20% of its
+    answers; a few RL steps of rank-4 LoRA should make it much more common."""
+    monkeypatch.setattr(rl_mod, "score", lambda task, text, ref: float("7" in text))
+    cfg = rl_small("lora.rank=4", "optim.lr=1e-2", "train.max_steps=16", "rl.prompts_per_step=8", "rl.max_new_tokens=8")
+    s = train(cfg)
+    rows = [r for r in read_metrics(run_dir(cfg) / "metrics.jsonl") if "reward" in r]
+    first, last = sum(r["reward"] for r in rows[:4]) / 4, sum(r["reward"] for r in rows[-4:]) / 4
+    assert s["status"] == "completed" and last > first + 0.3, (first, last)
+
+
+def test_rl_run_writes_the_run_directory_contract(rl_small):
+    cfg = rl_small("train.max_steps=3", "train.eval_every=2", "optim.lr=1e-3")
+    s = train(cfg)
+    rd = RunDir(run_dir(cfg))
+    assert s["status"] == "completed" and s["task"] == "rl" and s["steps"] == 3
+    for key in ("final_reward", "final_eval_accuracy", "base_eval_accuracy", "trainable_params", "wall_s"):
+        assert s[key] is not None, key
+    assert (rd.path / "adapter" / "adapter_model.safetensors").exists() and (rd.path / "meta.json").exists()
+    rows = read_metrics(rd.metrics_path)
+    steps = [r for r in rows if "reward" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3]
+    assert [(r["step"], r["eval_accuracy"]) for r in rows if "eval_accuracy" in r][0] == (0, s["base_eval_accuracy"])
+    assert [r["step"] for r in rows if "eval_accuracy" in r] == [0, 2, 3]
+    for key in ("reward", "accuracy", "completion_len", "entropy", "ratio_mean", "ratio_std", "kl", "lr", "wall_s",
+                "grad_norm", "examples", "tokens"):
+        assert all(isinstance(r[key], (int, float)) for r in steps), key
+    # On-policy with one update per batch: the ratio is 1 and the KL 0 up to float error.
+    assert all(abs(r["ratio_mean"] - 1) < 1e-4 and r["kl"] < 1e-6 for r in steps)
+    assert [r["examples"] for r in steps] == [4, 8, 12] and steps[-1]["accuracy"] == steps[-1]["reward"]
+    assert s["final_reward"] == steps[-1]["reward"]  # the last tenth of 3 steps is the last step
+    # Launched again: skipped.
+    assert train(cfg)["wall_s"] == s["wall_s"]
+
+
+def test_several_updates_per_batch_move_the_ratio_off_one(rl_small, monkeypatch):
+    monkeypatch.setattr(rl_mod, "score", lambda task, text, ref: float("7" in text))
+    cfg = rl_small("train.max_steps=2", "rl.updates_per_batch=2", "optim.lr=1e-2", "rl.clip_eps=0.2")
+    s = train(cfg)
+    rows = [r for r in read_metrics(run_dir(cfg) / "metrics.jsonl") if "reward" in r]
+    assert s["status"] == "completed"
+    # The second half of each batch was sampled before the first update: rho != 1 there.
+    assert any(r["ratio_std"] > 1e-3 for r in rows if r["grad_norm"] > 0)
+
+
+def test_a_crash_is_recorded_and_the_relaunch_resumes_exactly(rl_small, monkeypatch):
+    args = ["lora.rank=2", "optim.lr=3e-3", "train.max_steps=6", "train.eval_every=2", "train.checkpoint_every=2",
+            "train.seed=3"]
+    reference = train(rl_small(*args, "run.experiment=reference"))
+    cfg = rl_small(*args)
+    calls = {"n": 0}
+    real = rl_mod.eval_accuracy
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the eval at step 4 (after step 0 and step 2); the checkpoint of step 2 is on disk
+            raise RuntimeError("node lost")
+        return real(*a, **k)
+
+    monkeypatch.setattr(rl_mod, "eval_accuracy", flaky)
+    with pytest.raises(RuntimeError, match="node lost"):
+        train(cfg)
+    s = RunDir(run_dir(cfg)).summary()
+    assert s["status"] == "failed" and "node lost" in s["error"]
+    monkeypatch.setattr(rl_mod, "eval_accuracy", real)
+    s = train(cfg)
+    assert s["status"] == "completed"
+    assert json.loads((run_dir(cfg) / "meta.json").read_text())["resumed_from_step"] == 2
+    rows = read_metrics(run_dir(cfg) / "metrics.jsonl")
+    ref_rows = read_metrics(run_dir(rl_small(*args, "run.experiment=reference")) / "metrics.jsonl")
+    assert [r["step"] for r in rows if "reward" in r] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in rows if "eval_accuracy" in r] == [0, 2, 4, 6]
+
+    def strip(rs):
+        return [{k: v for k, v in r.items() if not k.endswith("_s")} for r in rs]
+
+    assert strip(rows) == strip(ref_rows)  # same samples, rewards, ratios and losses, bitwise
+    for key in ("final_reward", "final_eval_accuracy", "base_eval_accuracy"):
+        assert s[key] == reference[key]
+
+
+def test_a_non_finite_loss_is_a_diverged_result(rl_small, monkeypatch):
+    real = rl_mod.policy_loss
+
+    def poisoned(*a, **k):
+        loss, rho = real(*a, **k)
+        return loss * float("nan"), rho
+
+    monkeypatch.setattr(rl_mod, "policy_loss", poisoned)
+    cfg = rl_small("train.max_steps=3")
+    s = train(cfg)
+    assert s["status"] == "diverged" and s["diverged_at_step"] == 1 and s["final_eval_accuracy"] is None
+    assert read_metrics(run_dir(cfg) / "metrics.jsonl")[-1]["diverged"] is True
+    assert not (run_dir(cfg) / "adapter").exists()
+
+
+@pytest.mark.slow
+def test_sigkill_midway_then_relaunch_equals_an_uninterrupted_run(tmp_path):
+    base = [*RL_SMALL, "method=full", "optim.lr=1e-4", "train.max_steps=14", "train.checkpoint_every=4",
+            "train.eval_every=4"]
+    killed_args = [*base, f"run.root={tmp_path / 'killed'}"]
+    rd = RunDir(run_dir(compose(killed_args)))
+    p = subprocess.Popen([LORA_LAB, "train", *killed_args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and p.poll() is None:
+        if any(r.get("step", 0) >= 6 and "reward" in r for r in read_metrics(rd.metrics_path)):
+            p.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    assert p.wait(timeout=60) == -signal.SIGKILL, "the run finished before it could be killed; make it longer"
+    assert rd.summary() is None and rd.checkpoint_path.exists()
+    out = subprocess.run([LORA_LAB, "train", *killed_args], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and "resuming from step 4" in out.stderr, out.stderr
+    clean_args = [*base, f"run.root={tmp_path / 'clean'}"]
+    assert subprocess.run([LORA_LAB, "train", *clean_args], capture_output=True, timeout=600).returncode == 0
+    clean = RunDir(run_dir(compose(clean_args)))
+    killed_rows, clean_rows = read_metrics(rd.metrics_path), read_metrics(clean.metrics_path)
+    assert [r["step"] for r in killed_rows if "reward" in r] == list(range(1, 15))
+    assert [r.get("reward") for r in killed_rows] == [r.get("reward") for r in clean_rows]
+    assert rd.summary()["final_eval_accuracy"] == clean.summary()["final_eval_accuracy"]
