@@ -184,6 +184,9 @@ def judge_c5(s: Section) -> tuple[str, str, str]:
     base = s.measured.get("base", math.nan)
     measured = (f"{metric}: FullFT {full:.3f}, " + ", ".join(f"r{int(r)} {v:.3f}" for r, v in zip(lora["rank"], lora["best_score"]))
                 + (f"; base model {base:.3f}" if np.isfinite(base) else "") + f"; tolerance {tol:.3f}")
+    edges = opt.loc[opt["edge"], "curve"].tolist()
+    if edges:
+        measured += f" (best LR at a grid edge for {', '.join(edges)}: a better LR may lie outside the grid)"
     if np.isfinite(base) and full <= base + tol:
         return INCONCLUSIVE, measured + " (FullFT did not beat the base model: nothing to match)", how
     ok = (lora["best_score"] >= full - tol).all()
