@@ -5,7 +5,7 @@
     lora-lab show-config [key=value ...]   the resolved config and the run directory it maps to
     lora-lab build-tiny [--models ...]     rebuild the tiny tokenizer and pretrained base models
 
-    lora-lab sweep | status | analyze | reproduce | plan | fit-lr   see `lora-lab <command> --help`
+    lora-lab sweep | status | analyze | reproduce | plan | fit-lr | gpus   see `lora-lab <command> --help`
 
 Overrides use Hydra's syntax: `method=full`, `lora.rank=4`, `model=tiny-moe`, `optim.lr=3e-4`.
 Bad keys or values stop with exit code 2 and a one-line message, before any model is loaded; so
@@ -33,6 +33,7 @@ EXTERNAL = {
     "reproduce": ("lora_lab.reproduce", "reproduce_main", "run every experiment of a scale, then analyze"),
     "plan": ("lora_lab.theory", "plan_main", "parameter counts, FLOPs, recommended LRs and capacity for a config"),
     "fit-lr": ("lora_lab.theory", "fit_lr_main", "refit the LR law from your own sweeps' optimal LRs"),
+    "gpus": ("lora_lab.distributed", "gpus_main", "GPU memory estimate of a config and how many GPUs it needs"),
 }
 
 
@@ -60,7 +61,10 @@ def _train(overrides: list[str]) -> int:
                   f" -> {_f(summary.get('final_eval_accuracy'))}")
     else:
         result = f"final train loss {_f(summary.get('final_train_loss'))}, eval loss {_f(summary.get('final_eval_loss'))}"
-    print(f"{summary['run_id']}: {summary['status']} after {summary.get('steps')} steps, {result}")
+    from lora_lab.distributed import env_from_environ
+
+    if env_from_environ().is_main:  # under torchrun / several SLURM tasks, rank 0 speaks for the run
+        print(f"{summary['run_id']}: {summary['status']} after {summary.get('steps')} steps, {result}")
     return 0 if summary["status"] in FINAL_STATUSES else EXIT_FAILED
 
 

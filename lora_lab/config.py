@@ -172,6 +172,10 @@ class OptimConfig:
         _check(self.adam_eps >= 0, "optim.adam_eps", self.adam_eps, "must be >= 0")
         _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "must be >= 0")
         _check(self.grad_clip >= 0, "optim.grad_clip", self.grad_clip, "must be >= 0 (0 turns clipping off)")
+        from lora_lab.distributed import check_batch, world_size_from_env
+
+        # Under torchrun / multi-task srun each process takes batch_size / world_size sequences.
+        check_batch(self.batch_size, self.micro_batch_size, world_size_from_env())
 
     @property
     def micro(self) -> int:
@@ -184,7 +188,10 @@ class OptimConfig:
         up to float summation order."""
         if self.micro_batch_size:
             return self.micro_batch_size
-        return max(d for d in range(1, min(8, self.batch_size) + 1) if self.batch_size % d == 0)
+        from lora_lab.distributed import world_size_from_env
+
+        local = self.batch_size // world_size_from_env()  # per process (lora_lab/distributed.py)
+        return max(d for d in range(1, min(8, local) + 1) if local % d == 0)
 
 
 @dataclass
@@ -250,6 +257,16 @@ class RLConfig:
 
 
 @dataclass
+class DistConfig:
+    """How a run is laid out on its devices (lora_lab/distributed.py); not what it computes, so it is
+    not part of the run id. The number of processes comes from torchrun or SLURM, not from here."""
+
+    # Recompute each decoder layer's activations in the backward instead of keeping them (less
+    # memory, about a third more compute); one process or several.
+    activation_checkpointing: bool = False
+
+
+@dataclass
 class RunConfig:
     # Run directories go to <root>/<experiment>/<run_id>/.
     root: str = "runs"
@@ -292,6 +309,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     rl: RLConfig = field(default_factory=RLConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
 
     def __post_init__(self) -> None:
         _check(self.method in METHODS, "method", self.method, f"choose one of {', '.join(METHODS)}")
@@ -345,7 +363,7 @@ def _identity(cfg: Config) -> dict:
     """The part of the config that decides what a run computes (where it is written and how it
     logs do not)."""
     d = cfg.to_dict()
-    for k in ("run", "logger"):
+    for k in ("run", "logger", "dist"):
         d.pop(k)
     if cfg.task != "rl":
         # rl.* does not affect an SFT run: leaving it out keeps SFT run ids as they were before it existed.

@@ -5,10 +5,13 @@ LoRA and FullFT differ only in which parameters train. AdamW with a constant LR 
 (the paper's setting); loss = mean NLL in nats over the assistant tokens of the whole optimizer
 batch (micro-batches are summed, then divided by the batch's target-token count, so gradient
 accumulation gives exactly the full-batch gradient). Launching the same config again resumes from
-the last checkpoint; a completed or diverged run is reported and skipped.
+the last checkpoint; a completed or diverged run is reported and skipped. Under torchrun or a
+multi-task SLURM step the run is sharded with FSDP2 over the processes (lora_lab/distributed.py):
+same config, same global batch, same loss.
 
     lora-lab train method=lora lora.rank=4 train.max_steps=20 run.root=/tmp/r
     python -m lora_lab.train method=full train.max_steps=20
+    torchrun --nproc_per_node 2 -m lora_lab.train method=full train.max_steps=20
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lora_lab import distributed
 from lora_lab import lora as lora_mod
 from lora_lab.config import Config, ConfigError, run_dir, run_id
 from lora_lab.data import IGNORE_INDEX, BatchOrder, collate, load_data, load_rows, order_seed
@@ -35,6 +39,10 @@ from lora_lab.runs import FINAL_STATUSES, RunDir
 def preflight(cfg: Config) -> None:
     """Checks that need the model's architecture (not its weights), before anything heavy."""
     resolve_device(cfg.train.device)
+    env = distributed.current()
+    if env.world_size > 1 and cfg.task == "rl":
+        raise ConfigError(f"task=rl: runs on one process; launch it without torchrun / several SLURM tasks "
+                          f"(this launch has {env.world_size})")
     if cfg.method != "lora":
         return
     arch = model_config(cfg.model)
@@ -59,11 +67,18 @@ def evaluate(model, split, micro: int, pad_id: int, device) -> float:
     model.eval()
     total, count = 0.0, 0
     by_length = sorted(range(len(split)), key=lambda i: len(split.ids[i]))
-    for i in range(0, len(split), micro):
-        batch = {k: v.to(device) for k, v in collate(split, by_length[i:i + micro], pad_id).items()}
+    chunks = [by_length[i:i + micro] for i in range(0, len(split), micro)]
+    # Several processes: micro-batches dealt round-robin; every rank runs the same number of forwards
+    # (sharded weights are gathered collectively), a rank short of one repeats a batch and drops it.
+    env = distributed.current()
+    for j in range(0, len(chunks), env.world_size):
+        k = j + env.rank
+        batch = {key: v.to(device) for key, v in collate(split, chunks[min(k, len(chunks) - 1)], pad_id).items()}
         nll, n = batch_nll(model, batch)
-        total, count = total + nll.item(), count + n
+        if k < len(chunks):
+            total, count = total + nll.item(), count + n
     model.train()
+    total, count = distributed.all_reduce_sum([total, count], device)
     return total / max(count, 1)
 
 
@@ -90,7 +105,7 @@ class Progress:
     """A tqdm bar on a terminal, plain periodic lines otherwise (logs of batch jobs)."""
 
     def __init__(self, cfg: Config, total: int, start: int, name: str, metric: str = "train_loss"):
-        mode = cfg.logger.progress
+        mode = cfg.logger.progress if distributed.current().is_main else "none"
         if mode == "auto":
             mode = "bar" if sys.stderr.isatty() else "lines"
         self.mode, self.total, self.name, self.every = mode, total, name, cfg.logger.progress_every_s
@@ -116,7 +131,7 @@ class Progress:
 
 
 def _wandb(cfg: Config, rid: str, rd: RunDir):
-    if cfg.logger.wandb == "disabled":
+    if cfg.logger.wandb == "disabled" or not distributed.current().is_main:
         return None
     import hashlib
 
@@ -132,25 +147,35 @@ def _wandb(cfg: Config, rid: str, rd: RunDir):
 def train(cfg: Config) -> dict:
     """Run (or resume, or skip) one run, SFT or (task=rl) RL; returns its summary. Never raises for
     a diverged run; a failure is recorded in summary.json and re-raised."""
-    rid, rd = run_id(cfg), RunDir(run_dir(cfg))
-    done = rd.summary()
-    if done and done.get("status") in FINAL_STATUSES:
-        final = ("final reward", done.get("final_reward")) if cfg.task == "rl" else ("final train loss", done.get("final_train_loss"))
-        print(f"{rid}: already {done['status']} ({final[0]} {final[1]}); skipping", file=sys.stderr)
-        return done
-    preflight(cfg)
-    # A data set that cannot be used (not available offline, wrong schema, too many malformed rows)
-    # raises DataError here: before the run directory is written or the model loaded (CLI exit 2).
-    rows = load_rows(cfg.data)
-    rd.lock()
+    started = not distributed.current().world_size > 1 and distributed.world_size_from_env() > 1
+    env, _ = distributed.setup(cfg.train.device)
+    rid = run_id(cfg)
+    # Several processes: rank 0 alone writes the run directory; the others read it (shared filesystem).
+    rd = RunDir(run_dir(cfg)) if env.is_main else distributed.ReadOnlyRunDir(run_dir(cfg))
     try:
-        if cfg.task == "rl":
-            from lora_lab.rl import train_rl
+        done = distributed.broadcast_object(rd.summary())
+        if done and done.get("status") in FINAL_STATUSES:
+            final = ("final reward", done.get("final_reward")) if cfg.task == "rl" else ("final train loss", done.get("final_train_loss"))
+            if env.is_main:
+                print(f"{rid}: already {done['status']} ({final[0]} {final[1]}); skipping", file=sys.stderr)
+            return done
+        preflight(cfg)
+        # A data set that cannot be used (not available offline, wrong schema, too many malformed rows)
+        # raises DataError here: before the run directory is written or the model loaded (CLI exit 2).
+        rows = load_rows(cfg.data)
+        rd.lock()
+        distributed.barrier()  # rank 0 holds the lock (or has raised RunBusy) before anyone goes on
+        try:
+            if cfg.task == "rl":
+                from lora_lab.rl import train_rl
 
-            return train_rl(cfg, rid, rd, rows)
-        return _train_locked(cfg, rid, rd, rows)
+                return train_rl(cfg, rid, rd, rows)
+            return _train_locked(cfg, rid, rd, rows)
+        finally:
+            rd.unlock()
     finally:
-        rd.unlock()
+        if started:
+            distributed.teardown()
 
 
 @dataclass
@@ -176,13 +201,21 @@ def build_learner(cfg: Config) -> Learner:
     set_threads_from_env()
     device = resolve_device(cfg.train.device)
     _seed_all(cfg.train.seed)
-    model, tok = build_model(cfg.model, device)
-    total_params = count_params(model)
+    env = distributed.current()
+    if env.world_size > 1:
+        device = torch.device("cuda", env.local_rank) if device.type == "cuda" else device
+        # Sharded with FSDP2, from rank 0's weights and LoRA init: the one-process run's start.
+        model, tok, total_params, sites = distributed.build_sharded(cfg, device)
+    else:
+        model, tok = build_model(cfg.model, device)
+        total_params = count_params(model)
+        sites = lora_mod.apply_lora(model, cfg.lora) if cfg.method == "lora" else []
+    if cfg.dist.activation_checkpointing:
+        # Non-reentrant: works with frozen inputs (LoRA) and with FSDP.
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if cfg.method == "lora":
-        sites = lora_mod.apply_lora(model, cfg.lora)
         groups = lora_mod.param_groups(model, cfg.optim.lr, cfg.lora.lr_a_mult, cfg.lora.lr_b_mult)
     else:
-        sites = []
         model.requires_grad_(True)
         groups = [{"params": [p for p in model.parameters()], "lr": cfg.optim.lr, "name": "all"}]
     trainable = [p for g in groups for p in g["params"]]
@@ -193,6 +226,18 @@ def build_learner(cfg: Config) -> Learner:
 
 def resume(cfg: Config, rid: str, rd: RunDir, learner: Learner) -> dict | None:
     """Restore weights, optimizer and RNG from an unfinished run's checkpoint; its state, or None."""
+    if distributed.current().world_size > 1:
+        state = distributed.load_sharded(rd.checkpoint_path, learner.model, learner.opt)
+        if state is not None:
+            if distributed.current().is_main:
+                print(f"{rid}: resuming from step {state['step']} (sharded checkpoint of {state['world_size']} "
+                      f"processes)", file=sys.stderr)
+            return state
+        single = rd.checkpoint_path.exists() and not (rd.load_checkpoint() or {}).get("final") if distributed.current().is_main else None
+        if distributed.broadcast_object(single):
+            raise RuntimeError(f"{rd.checkpoint_path}: a one-process checkpoint cannot resume on "
+                               f"{distributed.current().world_size} processes; relaunch it on one")
+        return None
     state = rd.load_checkpoint()
     if state is None or state.get("final"):
         return None
@@ -206,7 +251,17 @@ def resume(cfg: Config, rid: str, rd: RunDir, learner: Learner) -> dict | None:
 
 
 def save_checkpoint(cfg: Config, rd: RunDir, learner: Learner, final: bool, **counters: Any) -> None:
-    """Atomically write what resume needs: `counters` (step, wall_s, ...), weights, optimizer, RNG."""
+    """Atomically write what resume needs: `counters` (step, wall_s, ...), weights, optimizer, RNG.
+    Several processes: sharded (DCP) while the run goes on; the final one gathered into state.pt."""
+    if distributed.current().world_size > 1:
+        if not final:
+            distributed.save_sharded(rd.checkpoint_path, learner.model, learner.opt, counters)
+            return
+        weights = (distributed.full_model_state(learner.model) if cfg.method == "full" else
+                   {n: distributed.full_tensor(p).cpu() for n, p in lora_mod.lora_parameters(learner.model)})
+        rd.save_checkpoint({**counters, "final": True, "trainable": weights, "optimizer": None, "rng": _rng_state()})
+        distributed.remove_sharded(rd.checkpoint_path)
+        return
     rd.save_checkpoint({
         **counters, "final": final, "trainable": _trainable_state(learner.model, cfg),
         # A finished run needs no optimizer state (for an 8B FullFT run it is 64 GB).
@@ -265,26 +320,33 @@ def _train_locked(cfg: Config, rid: str, rd: RunDir, rows: tuple) -> dict:
             t0 = time.perf_counter()
             # Length-sorted micro-batches pad less; the step's set of sequences is unchanged.
             idx = sorted(order.batch(step), key=lambda i: len(train_split.ids[i]))
-            micro_batches = [collate(train_split, idx[i:i + micro], pad_id) for i in range(0, len(idx), micro)]
-            n_target = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro_batches)
+            # Several processes: each takes its share of the global batch (distributed.local_share).
+            mine = distributed.local_share(idx)
+            micro_batches = [collate(train_split, mine[i:i + micro], pad_id) for i in range(0, len(mine), micro)]
+            n_mine = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro_batches)
+            tokens_mine = sum(int(b["attention_mask"].sum()) for b in micro_batches)
+            n_target, step_tokens = (int(x) for x in distributed.all_reduce_sum([n_mine, tokens_mine], device))
+            # FSDP averages gradients over ranks: world_size x (this rank's NLL / global count) makes
+            # the average the gradient of the global batch's mean NLL.
+            grad_scale = distributed.current().world_size / n_target
             opt.zero_grad(set_to_none=True)
             loss_sum = 0.0
             for b in micro_batches:
                 b = {k: v.to(device) for k, v in b.items()}
                 nll, _ = batch_nll(model, b)
-                (nll / n_target).backward()
+                (nll * grad_scale).backward()
                 loss_sum += nll.item()
-            loss_value = loss_sum / n_target
+            loss_value = distributed.all_reduce_sum([loss_sum], device)[0] / n_target
             if not math.isfinite(loss_value) or loss_value > cfg.train.diverge_loss:
                 status = "diverged"
                 rd.log({"step": step + 1, "train_loss": loss_value, "lr": cfg.optim.lr, "diverged": True})
                 summary["diverged_at_step"] = step + 1
                 break
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.grad_clip or math.inf).item()
+            grad_norm = distributed.clip_grad_norm(trainable, cfg.optim.grad_clip or math.inf)
             opt.step()
             step += 1
             wall += time.perf_counter() - t0
-            tokens += sum(int(b["attention_mask"].sum()) for b in micro_batches)
+            tokens += step_tokens
             examples += len(idx)
             row = {"step": step, "train_loss": loss_value, "lr": cfg.optim.lr, "examples": examples,
                    "tokens": tokens, "target_tokens": n_target, "wall_s": round(wall, 4), "grad_norm": grad_norm,
@@ -308,7 +370,9 @@ def _train_locked(cfg: Config, rid: str, rd: RunDir, rows: tuple) -> dict:
             if run:
                 run.log({"eval_loss": eval_loss}, step=step)
             if sites:
-                lora_mod.export_peft(sites, cfg.lora, rd.adapter_path, cfg.model.name)
+                whole = distributed.export_sites(sites) if distributed.current().world_size > 1 else sites
+                if distributed.current().is_main:
+                    lora_mod.export_peft(whole, cfg.lora, rd.adapter_path, cfg.model.name)
             checkpoint(final=True)
         summary.update(status=status, steps=step, final_train_loss=loss_value, final_eval_loss=eval_loss,
                        wall_s=round(wall, 3), launch_wall_s=round(time.monotonic() - t_launch, 3),
