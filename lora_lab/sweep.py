@@ -12,6 +12,7 @@ a time), `submitit_slurm` on a cluster whose profile is slurm/<cluster>.yaml.
     lora-lab sweep tiny/rank                              # local; a second call launches nothing
     lora-lab sweep tiny/rank 'lora.rank=1,4' optim.lr=3e-3 train.max_steps=8   # shrink the grid
     lora-lab sweep tiny/rank launcher=slurm cluster=local # SLURM (slurm/local_cluster.sh up)
+    lora-lab sweep paper/rank_tulu3_llama8b arms=full launcher=slurm cluster=big   # one arm of the grid
     lora-lab status tiny/rank      # or a directory: lora-lab status runs/tiny/rank
 
 Overrides on the command line that name a grid axis replace that axis in the arms that have it
@@ -91,11 +92,18 @@ def _axis(override: Any) -> tuple[str, list[str]]:
     return key.lstrip("+~"), [override.input_line]
 
 
-def grid_points(grid: Any, overrides: Sequence[str]) -> tuple[list[str], list[tuple[str, list[str]]]]:
+def grid_points(grid: Any, overrides: Sequence[str], only_arms: Sequence[str] | None = None
+                ) -> tuple[list[str], list[tuple[str, list[str]]]]:
     """(overrides for every run, (arm, override list) per grid point) from `hydra.sweeper` and the
-    command line; see the module docstring for how command-line overrides combine with the arms."""
+    command line; see the module docstring for how command-line overrides combine with the arms.
+    only_arms: keep these arms (grids) only."""
     shared = dict(grid.get("params") or {})
     arms = {name: dict(axes or {}) for name, axes in (grid.get("grids") or {}).items()} or {"grid": {}}
+    if only_arms:
+        unknown = sorted(set(only_arms) - set(arms))
+        if unknown:
+            raise ConfigError(f"arms={','.join(unknown)}: no such arm; this experiment has {', '.join(arms)}")
+        arms = {name: axes for name, axes in arms.items() if name in only_arms}
     axis_keys = set(shared) | {k for axes in arms.values() for k in axes}
     fixed, replace, added = [], {}, {}
     for o in _parse(overrides):
@@ -137,15 +145,17 @@ def _compose_point(master: list[str], point: list[str], cache: dict) -> Any:
     return dc
 
 
-def expand_jobs(experiment: str, overrides: Sequence[str] = (), quick: bool = False) -> tuple[list[str], list[Job]]:
+def expand_jobs(experiment: str, overrides: Sequence[str] = (), quick: bool = False,
+                arms: Sequence[str] | None = None) -> tuple[list[str], list[Job]]:
     """(the overrides every run shares, the grid's runs without duplicates), before any compute.
-    quick: apply the experiment's `hydra.sweeper.quick` overrides first (the command line's win)."""
+    quick: apply the experiment's `hydra.sweeper.quick` overrides first (the command line's win).
+    arms: only these arms of the grid (e.g. ["full"])."""
     check_experiment(experiment)
     base = [f"+experiments={experiment}"]
     grid = compose_dict(base, return_hydra_config=True).hydra.sweeper
     if quick:
         overrides = [f"{k}={v}" for k, v in (grid.get("quick") or {}).items()] + list(overrides)
-    fixed, points = grid_points(grid, overrides)
+    fixed, points = grid_points(grid, overrides, arms)
     master = base + fixed
     jobs, seen, cache = [], {}, {}
     for arm, point in points:
@@ -161,9 +171,10 @@ def expand_jobs(experiment: str, overrides: Sequence[str] = (), quick: bool = Fa
     return master, jobs
 
 
-def expand(experiment: str, overrides: Sequence[str] = (), quick: bool = False) -> list[Config]:
+def expand(experiment: str, overrides: Sequence[str] = (), quick: bool = False,
+           arms: Sequence[str] | None = None) -> list[Config]:
     """The resolved Configs of an experiment's grid (what `lora-lab sweep` would run)."""
-    return [j.cfg for j in expand_jobs(experiment, overrides, quick)[1]]
+    return [j.cfg for j in expand_jobs(experiment, overrides, quick, arms)[1]]
 
 
 # -- run states ----------------------------------------------------------------------------------
@@ -374,12 +385,15 @@ class _Watch(threading.Thread):
 def _split_args(argv: list[str], prog: str, doc: str) -> tuple[argparse.Namespace, list[str]]:
     p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("experiment", help="<scale>/<figure> (a file under experiments/), or for status a directory")
-    p.add_argument("overrides", nargs="*", help="Hydra overrides; launcher=local|slurm, cluster=<profile>, max_parallel=N")
+    p.add_argument("overrides", nargs="*",
+                   help="Hydra overrides; launcher=local|slurm, cluster=<profile>, max_parallel=N, arms=<arm,...>")
     if prog.endswith("sweep"):
         p.add_argument("--dry-run", action="store_true", help="list the runs and their states; launch nothing")
     p.add_argument("--quick", action="store_true", help="the experiment's smaller quick grid (hydra.sweeper.quick)")
     args = p.parse_intermixed_args(argv)
-    args.launcher, args.cluster, args.max_parallel, rest = split_launcher_args(args.overrides)
+    arms = [o for o in args.overrides if o.startswith("arms=")]
+    args.arms = [a for o in arms for a in o.partition("=")[2].split(",") if a] or None
+    args.launcher, args.cluster, args.max_parallel, rest = split_launcher_args([o for o in args.overrides if o not in arms])
     return args, rest
 
 
@@ -406,11 +420,12 @@ def split_launcher_args(argv: list[str]) -> tuple[str, str | None, int | None, l
 
 
 def sweep(experiment: str, overrides: Sequence[str] = (), launcher: str = "local", cluster: str | None = None,
-          max_parallel: int | None = None, dry_run: bool = False, progress: bool = True, quick: bool = False) -> int:
+          max_parallel: int | None = None, dry_run: bool = False, progress: bool = True, quick: bool = False,
+          arms: Sequence[str] | None = None) -> int:
     """Expand, report, launch what is not done. Returns an exit code (0: every run completed or diverged)."""
     if launcher == "slurm":
         cluster_overrides(cluster or "local")  # a bad profile stops here, before anything runs
-    _, jobs = expand_jobs(experiment, overrides, quick)
+    _, jobs = expand_jobs(experiment, overrides, quick, arms)
     return launch_jobs(experiment, jobs, Path(jobs[0].cfg.run.root) / experiment, launcher, cluster, max_parallel,
                        dry_run, progress, list(overrides))
 
@@ -461,7 +476,8 @@ def launch_jobs(title: str, jobs: list[Job], where: Path, launcher: str = "local
 
 def sweep_main(argv: list[str]) -> int:
     args, overrides = _split_args(argv, "lora-lab sweep", __doc__)
-    return sweep(args.experiment, overrides, args.launcher, args.cluster, args.max_parallel, args.dry_run, quick=args.quick)
+    return sweep(args.experiment, overrides, args.launcher, args.cluster, args.max_parallel, args.dry_run, quick=args.quick,
+                 arms=args.arms)
 
 
 def status_main(argv: list[str]) -> int:
@@ -478,7 +494,7 @@ def status_main(argv: list[str]) -> int:
             raise ConfigError(f"{target}: no run directories (config.yaml) below it")
         names = [str(p.relative_to(target.resolve())) for p in paths]
     else:
-        _, jobs = expand_jobs(args.experiment, overrides, args.quick)
+        _, jobs = expand_jobs(args.experiment, overrides, args.quick, args.arms)
         paths, names = [j.path for j in jobs], [j.run_id for j in jobs]
     infos = [run_state(p) for p in paths]
     print(status_table(infos, names))

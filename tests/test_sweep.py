@@ -70,6 +70,15 @@ def test_grid_points_arms_and_command_line():
         ("full", ["optim.batch_size=8", "method=full", "train.seed=1"])]
 
 
+def test_arms_selects_grids():
+    full = sweep.expand("tiny/rank", arms=["full"])
+    assert full and all(c.method == "full" for c in full)
+    both = sweep.expand("tiny/rank", arms=["lora", "full"])
+    assert len(both) == len(sweep.expand("tiny/rank")) > len(full)
+    with pytest.raises(ConfigError, match="arms=ful: no such arm; this experiment has lora, full"):
+        sweep.expand("tiny/rank", arms=["ful"])
+
+
 def test_fast_expansion_equals_hydra_compose():
     for name in ("tiny/rank", "tiny/layers", "tiny/capacity", "paper/layers_qwen3_30b_a3b"):
         master, jobs = sweep.expand_jobs(name, ["train.max_steps=5"])
