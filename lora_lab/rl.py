@@ -27,9 +27,10 @@ are of softmax(logits / rl.temperature), the distribution sampled from.
 
 Metrics (metrics.jsonl), one line per RL step: `reward` (mean over the step's completions),
 `accuracy` (fraction scored correct), `completion_len` (tokens), `entropy` (mean per-token entropy
-of the learner's distribution at the sampled positions, before the step's first update),
-`ratio_mean`, `ratio_std` (rho over every completion token of every update of the step), `kl`
-(KL(sampler || learner), per token, k3 estimator E[rho - 1 - log rho] over the same tokens), `lr`,
+of the learner's distribution at the sampled positions), `ratio_mean`, `ratio_std` (rho), `kl`
+(KL(sampler || learner) per token, k3 estimator E[rho - 1 - log rho]), the last four over the
+tokens the learner ran in the step's updates: those of completions with a nonzero advantage (the
+others add exactly nothing to the gradient and are not run; null when no group had any), `lr`,
 `wall_s`, `grad_norm` (mean over the step's updates), `examples` (prompts seen), `tokens` (prompt +
 completion tokens), and `loss`, `finished` (fraction that ended with end-of-sequence),
 `zero_adv_groups` (fraction of groups with equal rewards: no signal), `sample_s`, `learn_s`.
@@ -175,14 +176,21 @@ def eval_accuracy(sampler: Sampler, prompts: Sequence[Prompt], task: str, max_ne
 def _learn(cfg: Config, learner: Learner, prompts: Sequence[Prompt], completions: list[Completion],
            advantages: list[float], pad_id: int) -> dict:
     """One optimizer step on these completions: gradient over length-sorted micro-batches, global
-    norm clipping if set, then the step unless the loss or gradient is not finite."""
+    norm clipping if set, then the step unless the loss or gradient is not finite.
+
+    A completion whose advantage is 0 (every one of a group whose rewards are all equal) adds
+    exactly 0 to the loss and its gradient, clipped or not, so the learner does not run it: the
+    gradient is the same, the optimizer still steps (Adam's moments move on a zero gradient too),
+    and the ratio, KL and entropy statistics cover the completions that were run."""
     model, device = learner.model, learner.device
     n = len(completions)
+    active = [i for i in range(n) if advantages[i] != 0]
     micro = cfg.optim.micro_batch_size or max(d for d in range(1, min(8, n) + 1) if n % d == 0)
-    order = sorted(range(n), key=lambda i: len(prompts[completions[i].prompt_index].ids) + len(completions[i].tokens))
-    learner.opt.zero_grad(set_to_none=True)
-    loss_sum, rhos, entropies, kls = 0.0, [], [], []
-    for start in range(0, n, micro):
+    order = sorted(active, key=lambda i: len(prompts[completions[i].prompt_index].ids) + len(completions[i].tokens))
+    # Zeros rather than None: parameters with no gradient this step are still stepped by Adam.
+    learner.opt.zero_grad(set_to_none=False)
+    loss_sum, rhos, entropies, kls = 0.0, [torch.empty(0)], [torch.empty(0)], [torch.empty(0)]
+    for start in range(0, len(order), micro):
         idx = order[start:start + micro]
         batch = collate_rl(prompts, [completions[i] for i in idx], [advantages[i] for i in idx], pad_id)
         batch = {k: v.to(device) for k, v in batch.items()}
@@ -286,13 +294,19 @@ def train_rl(cfg: Config, rid: str, rd: RunDir, rows: tuple) -> dict:
             n_tokens = sum(len(keep[c.prompt_index].ids) + len(c.tokens) for c in completions)
             tokens += n_tokens
             examples += len(keep)
-            rho = torch.cat([r["rho"] for r in results])
+            rho, kl = torch.cat([r["rho"] for r in results]), torch.cat([r["kl"] for r in results])
+            entropy = torch.cat([r["entropy"] for r in results])
             groups = rewards.view(len(keep), rl.group_size)
+            ran = len(rho) > 0  # some completion had a nonzero advantage
+
+            def stat(x: torch.Tensor, f) -> float | None:
+                return f(x).item() if ran else None
+
             row = {
                 "step": step, "reward": rewards.mean().item(), "accuracy": (rewards == 1.0).float().mean().item(),
                 "completion_len": sum(len(c.tokens) for c in completions) / len(completions),
-                "entropy": results[0]["entropy"].mean().item(), "ratio_mean": rho.mean().item(),
-                "ratio_std": rho.std(unbiased=False).item(), "kl": torch.cat([r["kl"] for r in results]).mean().item(),
+                "entropy": stat(entropy, torch.mean), "ratio_mean": stat(rho, torch.mean),
+                "ratio_std": stat(rho, lambda x: x.std(unbiased=False)), "kl": stat(kl, torch.mean),
                 "loss": sum(r["loss"] for r in results) / len(results), "lr": cfg.optim.lr, "wall_s": round(wall, 4),
                 "grad_norm": sum(r["grad_norm"] for r in results) / len(results), "examples": examples, "tokens": tokens,
                 "finished": sum(c.finished for c in completions) / len(completions),
