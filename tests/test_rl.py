@@ -271,6 +271,7 @@ def test_a_non_finite_loss_is_a_diverged_result(rl_small, monkeypatch):
         return loss * float("nan"), rho
 
     monkeypatch.setattr(rl_mod, "policy_loss", poisoned)
+    monkeypatch.setattr(rl_mod, "score", lambda task, text, ref: float(len(text) % 2))  # groups with a signal
     cfg = rl_small("train.max_steps=3")
     s = train(cfg)
     assert s["status"] == "diverged" and s["diverged_at_step"] == 1 and s["final_eval_accuracy"] is None
