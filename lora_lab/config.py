@@ -12,6 +12,7 @@ key and the fix; the CLI turns it into exit code 2 before any model is loaded.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -359,10 +360,20 @@ def register_configs() -> None:
     cs.store(group="hydra/sweeper", name="lora_lab", node=SweepGridConfig, provider="lora_lab")
 
 
+@functools.lru_cache(maxsize=None)
+def tiny_weights_fingerprint(name: str) -> str | None:
+    """A short hash of a shipped tiny model's weights (lora_lab/assets/<name>/model.safetensors):
+    part of a run's identity, so that runs of rebuilt base models never pass for runs of the old ones."""
+    path = Path(__file__).resolve().parent / "assets" / name / "model.safetensors"
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12] if path.is_file() else None
+
+
 def _identity(cfg: Config) -> dict:
     """The part of the config that decides what a run computes (where it is written and how it
     logs do not)."""
     d = cfg.to_dict()
+    if cfg.model.name in TINY_PRESETS:
+        d["model"]["weights"] = tiny_weights_fingerprint(cfg.model.name)
     for k in ("run", "logger", "dist"):
         d.pop(k)
     if cfg.task != "rl":
