@@ -245,7 +245,7 @@ def train_rl(cfg: Config, rid: str, rd: RunDir, rows: tuple) -> dict:
         def log(row: dict) -> None:
             rd.log(row)
             if run:
-                run.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+                run.log({k: v for k, v in row.items() if k != "step" and v is not None}, step=row["step"])
 
         def checkpoint(final: bool = False) -> None:
             save_checkpoint(cfg, rd, learner, final, step=step, wall_s=wall, tokens=tokens, examples=examples,
