@@ -106,6 +106,12 @@ def _versions() -> dict:
     return out
 
 
+def _world_size() -> int:
+    from lora_lab import distributed
+
+    return distributed.current().world_size
+
+
 class RunDir:
     """A run directory, its lock, and its files."""
 
@@ -167,6 +173,7 @@ class RunDir:
             "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
             "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
             "slurm_array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID"),
+            "world_size": _world_size(),
             "argv": sys.argv,
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "resumed_from_step": resumed_from,

@@ -51,6 +51,7 @@ class Job:
     cfg: Config
     arm: str = "grid"     # the name of the grid (hydra.sweeper.grids) it came from
     master: tuple[str, ...] = ()  # the experiment's overrides shared by its runs (+experiments=..., fixed)
+    launcher_args: tuple[str, ...] = ()  # hydra.launcher.* given on the command line
 
     @property
     def path(self) -> Path:
@@ -155,6 +156,9 @@ def expand_jobs(experiment: str, overrides: Sequence[str] = (), quick: bool = Fa
     grid = compose_dict(base, return_hydra_config=True).hydra.sweeper
     if quick:
         overrides = [f"{k}={v}" for k, v in (grid.get("quick") or {}).items()] + list(overrides)
+    # hydra.launcher.* (e.g. tasks_per_node=2) configure the launcher, not the runs.
+    launcher_args = tuple(o for o in overrides if o.lstrip("+").startswith("hydra.launcher."))
+    overrides = [o for o in overrides if o not in launcher_args]
     fixed, points = grid_points(grid, overrides, arms)
     master = base + fixed
     jobs, seen, cache = [], {}, {}
@@ -167,7 +171,7 @@ def expand_jobs(experiment: str, overrides: Sequence[str] = (), quick: bool = Fa
         if path in seen:  # e.g. a FullFT run repeated across a LoRA-only axis
             continue
         seen[path] = True
-        jobs.append(Job(point, cfg, arm, tuple(master)))
+        jobs.append(Job(point, cfg, arm, tuple(master), launcher_args))
     return master, jobs
 
 
@@ -321,8 +325,10 @@ def launch(jobs: list[Job], launcher_args: list[str], parallel: int | None) -> l
     register_configs()
     GlobalHydra.instance().clear()
     hydra = Hydra.create_main_hydra2("lora-lab", create_config_search_path(str(CONF_DIR)))
-    # The launcher's own config needs only the search path (for the jobs' +experiments=...) and its settings.
-    overrides = [*search_path_overrides(["+experiments=_"]), *launcher_args]
+    # The launcher's own config needs only the search path (for the jobs' +experiments=...) and its
+    # settings: the profile's, then any hydra.launcher.* given on the command line.
+    extra = list(dict.fromkeys(o for j in jobs for o in j.launcher_args))
+    overrides = [*search_path_overrides(["+experiments=_"]), *launcher_args, *extra]
     cfg = hydra.compose_config("config", overrides=overrides, run_mode=RunMode.MULTIRUN, with_log_configuration=True)
     HydraConfig.instance().set_config(cfg)
     from hydra._internal.callbacks import Callbacks

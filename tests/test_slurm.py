@@ -150,3 +150,21 @@ def test_preempted_job_is_requeued_and_resumes(cluster, tmp_path):
     assert _train_steps(run) == list(range(1, 151))
     meta = json.loads((run / "meta.json").read_text())
     assert meta["launches"] == 2 and meta["resumed_from_step"] > 0
+
+
+def test_two_task_slurm_job_matches_one_process(cluster, tmp_path):
+    """A run of two SLURM tasks (FSDP2 over gloo, one task per process) logs the one-process losses."""
+    from lora_lab.config import compose
+    from lora_lab.train import train
+
+    args = ["arms=lora", "lora.rank=1", "optim.lr=3e-3", "train.max_steps=4", "train.checkpoint_every=0"]
+    res = _sweep(tmp_path / "slurm", *args, "hydra.launcher.tasks_per_node=2")
+    assert res.returncode == 0, res.stdout + res.stderr[-3000:]
+    (run,) = [p for p in (tmp_path / "slurm" / "tiny" / "rank").glob("tiny-*")]
+    assert json.loads((run / "meta.json").read_text())["world_size"] == 2
+    two = [json.loads(line)["train_loss"] for line in (run / "metrics.jsonl").read_text().splitlines() if "train_loss" in line]
+    one = train(compose(["+experiments=tiny/rank", f"run.root={tmp_path / 'one'}", *SHRINK, *args[1:]]))
+    losses = [json.loads(line)["train_loss"] for line in open(Path(tmp_path / "one" / "tiny" / "rank" / one["run_id"] / "metrics.jsonl"))
+              if "train_loss" in line]
+    assert len(two) == len(losses) == 4
+    assert max(abs(a - b) / abs(b) for a, b in zip(two, losses)) < 1e-5
