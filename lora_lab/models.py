@@ -61,7 +61,11 @@ def load_tokenizer(name: str, trust_remote_code: bool = False, revision: str | N
         shipped = ASSETS / name
         tok = AutoTokenizer.from_pretrained(str(shipped if (shipped / "tokenizer.json").exists() else TOKENIZER_DIR))
     else:
-        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code, revision=revision)
+        from lora_lab.data import _offline
+
+        # An unreachable hub goes straight to the local cache (no ~25 s of retries on an air-gapped node).
+        tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code, revision=revision,
+                                            local_files_only=_offline() or None)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
