@@ -43,8 +43,8 @@ handling are SFT's (lora_lab/train.py). A run diverges when the loss or the grad
 finite (train.diverge_loss bounds SFT's loss only). In RL, data.max_seq_len bounds the prompt:
 longer prompts are skipped (counted as `skipped_prompts`); completions add rl.max_new_tokens.
 
-    lora-lab train task=rl data=tiny-math data.levels=[1,2] method=lora lora.rank=1 optim.lr=1e-3
-    lora-lab sweep experiments=tiny/rl
+    lora-lab train task=rl data=tiny-math 'data.levels=[1,2]' method=lora lora.rank=1 optim.lr=1e-3
+    lora-lab sweep tiny/rl
 """
 
 from __future__ import annotations
