@@ -233,11 +233,12 @@ def train_rl(cfg: Config, rid: str, rd: RunDir, rows: tuple) -> dict:
         sampler: Sampler = HFSampler(model, tok)
         eval_tokens = rl.eval_max_new_tokens or rl.max_new_tokens
 
-        step, wall, tokens, examples, base_acc = 0, 0.0, 0, 0, None
+        step, wall, tokens, examples, skipped, base_acc = 0, 0.0, 0, 0, 0, None
         state = resume(cfg, rid, rd, learner)
         if state is not None:
-            step, wall, tokens, examples, base_acc = (state["step"], state["wall_s"], state["tokens"], state["examples"],
-                                                      state["base_eval_accuracy"])
+            step, wall, tokens, examples, skipped, base_acc = (state["step"], state["wall_s"], state["tokens"],
+                                                               state["examples"], state["skipped_prompts"],
+                                                               state["base_eval_accuracy"])
         # A fresh start drops the lines of an attempt that died before its first checkpoint (step 0 included).
         run = start_logging(cfg, rid, rd, learner.device, step, keep_upto_step=step if state is not None else -1)
         summary.update(max_steps=total, steps=step)
@@ -249,7 +250,7 @@ def train_rl(cfg: Config, rid: str, rd: RunDir, rows: tuple) -> dict:
 
         def checkpoint(final: bool = False) -> None:
             save_checkpoint(cfg, rd, learner, final, step=step, wall_s=wall, tokens=tokens, examples=examples,
-                            base_eval_accuracy=base_acc)
+                            skipped_prompts=skipped, base_eval_accuracy=base_acc)
 
         if base_acc is None:
             sampler.sync(model)
@@ -259,7 +260,7 @@ def train_rl(cfg: Config, rid: str, rd: RunDir, rows: tuple) -> dict:
         eval_acc = base_acc
 
         progress = Progress(cfg, total, step, rid[:40], metric="reward")
-        status, skipped = "completed", 0
+        status = "completed"
         while step < total:
             t0 = time.perf_counter()
             idx = order.batch(step)

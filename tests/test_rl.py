@@ -303,3 +303,13 @@ def test_sigkill_midway_then_relaunch_equals_an_uninterrupted_run(tmp_path):
     assert [r["step"] for r in killed_rows if "reward" in r] == list(range(1, 15))
     assert [r.get("reward") for r in killed_rows] == [r.get("reward") for r in clean_rows]
     assert rd.summary()["final_eval_accuracy"] == clean.summary()["final_eval_accuracy"]
+
+
+def test_prompts_longer_than_max_seq_len_are_skipped_and_counted(rl_small):
+    cfg = rl_small("train.max_steps=3", "data.max_seq_len=24", "rl.prompts_per_step=8")
+    s = train(cfg)
+    rows = [r for r in read_metrics(run_dir(cfg) / "metrics.jsonl") if "reward" in r]
+    assert s["status"] == "completed"
+    skipped = [r.get("skipped_prompts", 0) for r in rows]
+    assert skipped[-1] > 0 and skipped == sorted(skipped)  # cumulative
+    assert rows[-1]["examples"] + skipped[-1] == 3 * 8
