@@ -1,6 +1,6 @@
 """The `lora-lab` command.
 
-    lora-lab train [key=value ...]     one SFT run (LoRA or FullFT); resumes, skips if finished
+    lora-lab train [key=value ...]     one run, LoRA or FullFT, SFT or RL (task=rl); resumes, skips if finished
     lora-lab pair  [key=value ...]     a LoRA run and a FullFT run on the same data; prints both losses
     lora-lab show-config [key=value ...]   the resolved config and the run directory it maps to
     lora-lab build-tiny [--models ...]     rebuild the tiny tokenizer and pretrained base models
