@@ -51,6 +51,11 @@ def _sweep(root: Path, *extra: str, background: bool = False):
     return subprocess.run(args, capture_output=True, text=True, timeout=900)
 
 
+# Long enough that a cancel or a preemption signal sent after step 7 lands before the run ends,
+# even on a fast machine (about 80 ms a step on a 2-core laptop, a third of that on a fast CI node).
+LONG_STEPS = 400
+
+
 def _train_steps(run: Path) -> list[int]:
     return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines() if "train_loss" in line]
 
@@ -83,7 +88,7 @@ def test_sweep_on_slurm_cancel_relaunch_and_no_resubmission(cluster, tmp_path):
     assert len(_sacct_jobs(since)) == n_jobs
 
     # 3. A longer run, cancelled after its first checkpoints; the relaunch resumes and completes it.
-    long = ["lora.rank=1", "optim.lr=3e-3", "train.max_steps=60", "train.checkpoint_every=3", "method=lora"]
+    long = ["lora.rank=1", "optim.lr=3e-3", f"train.max_steps={LONG_STEPS}", "train.checkpoint_every=5", "method=lora"]
     proc = _sweep(root, *long, background=True)
     run = None
     deadline = time.time() + 600
@@ -93,7 +98,7 @@ def test_sweep_on_slurm_cancel_relaunch_and_no_resubmission(cluster, tmp_path):
             run = done[0]
             break
         assert proc.poll() is None, "sweep ended early: " + "".join(proc.communicate())[-3000:]
-        time.sleep(0.5)
+        time.sleep(0.2)
     if run is None:
         proc.kill()
         pytest.fail("the long run did not start: " + "".join(proc.communicate())[-3000:])
@@ -104,7 +109,7 @@ def test_sweep_on_slurm_cancel_relaunch_and_no_resubmission(cluster, tmp_path):
     assert proc.returncode != 0, "the sweep should report the cancelled run"
     assert not (run / "summary.json").exists() or json.loads((run / "summary.json").read_text())["status"] != "completed"
     steps_before = _train_steps(run)
-    assert len(steps_before) < 60
+    assert len(steps_before) < LONG_STEPS
     status = subprocess.run([LORA_LAB, "status", str(root / "tiny" / "rank")], capture_output=True, text=True, timeout=60)
     assert "unfinished" in status.stdout or "failed" in status.stdout, status.stdout
 
@@ -112,7 +117,7 @@ def test_sweep_on_slurm_cancel_relaunch_and_no_resubmission(cluster, tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr[-3000:]
     assert "1 to launch" in res.stdout
     assert json.loads((run / "summary.json").read_text())["status"] == "completed"
-    assert _train_steps(run) == list(range(1, 61))  # every step once: resumed, not restarted or doubled
+    assert _train_steps(run) == list(range(1, LONG_STEPS + 1))  # every step once: resumed, not restarted or doubled
     meta = json.loads((run / "meta.json").read_text())
     assert meta["resumed_from_step"] > 0
 
@@ -121,7 +126,7 @@ def test_preempted_job_is_requeued_and_resumes(cluster, tmp_path):
     """SIGUSR2 is what SLURM sends before a time limit or a preemption (`--signal`): submitit
     requeues the job, and the requeued job resumes the run from its checkpoint."""
     root = tmp_path / "runs"
-    args = ["lora.rank=1", "optim.lr=3e-3", "train.max_steps=150", "train.checkpoint_every=3", "method=lora"]
+    args = ["lora.rank=1", "optim.lr=3e-3", f"train.max_steps={LONG_STEPS}", "train.checkpoint_every=5", "method=lora"]
     proc = _sweep(root, *args, background=True)
     run, deadline = None, time.time() + 600
     while time.time() < deadline:
@@ -130,7 +135,7 @@ def test_preempted_job_is_requeued_and_resumes(cluster, tmp_path):
             run = found[0]
             break
         assert proc.poll() is None, "sweep ended early: " + "".join(proc.communicate())[-3000:]
-        time.sleep(0.5)
+        time.sleep(0.2)
     if run is None:
         proc.kill()
         pytest.fail("the run did not start: " + "".join(proc.communicate())[-3000:])
@@ -147,7 +152,7 @@ def test_preempted_job_is_requeued_and_resumes(cluster, tmp_path):
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, out + err[-3000:]
     assert json.loads((run / "summary.json").read_text())["status"] == "completed"
-    assert _train_steps(run) == list(range(1, 151))
+    assert _train_steps(run) == list(range(1, LONG_STEPS + 1))
     meta = json.loads((run / "meta.json").read_text())
     assert meta["launches"] == 2 and meta["resumed_from_step"] > 0
 
