@@ -1,6 +1,6 @@
 """Forward+backward time of one tiny-tulu step of 32 sequences: one padded batch vs micro-batches
-of 8, in data order or sorted by length (what lora_lab.train does). Same process, same batches;
-median over steps 2..N (experiments/LOG.md, 2026-11-23).
+of 8 or 16, in data order or sorted by length (what lora_lab.train does). Same process, same
+batches; median over steps 2..N (experiments/LOG.md, 2026-11-23 and 2026-11-24).
 
     python experiments/bench_micro_batches.py --steps 24
 """
@@ -25,7 +25,7 @@ def main() -> None:
     apply_lora(model, cfg.lora)
     train_split, _ = load_data(cfg, tok)
     order = BatchOrder(len(train_split), 32, order_seed(cfg))
-    variants = [(32, False), (8, False), (8, True)]
+    variants = [(32, False), (8, False), (8, True), (16, True), (32, True)]
     times = {v: [] for v in variants}
     for step in range(a.steps):
         for micro, by_length in variants:  # interleaved, so drift in machine load hits all alike

@@ -6,7 +6,9 @@ they still have something to teach):
 - templated language: short descriptive paragraphs;
 - arithmetic with worked steps (column addition with carries, subtraction, small products);
 - list and string manipulation (sorting, reversing, counting, picking items);
-- question/answer turns in the chat format of the tiny tokenizer.
+- question/answer turns in the chat format of the tiny tokenizer;
+and, mixed into the pretraining stream only (`--drill`, the tokenizer never sees it), arithmetic
+drill: the addition and times tables as text and as chat turns that ask for a fact and answer it.
 
 `build_tiny` trains the byte-level BPE tokenizer on the corpus, then pretrains each preset of
 models.TINY_CONFIGS (AdamW, warmup then cosine decay: a pretraining recipe, not the paper's SFT
@@ -276,6 +278,66 @@ def corpus_docs(n: int, seed: int) -> list[str | list[dict]]:
     return [r.choice(gens)(r) for _ in range(n)]
 
 
+def _fact(r: random.Random) -> tuple[int, str, int, int]:
+    """A fact of the addition and times tables (0..12), or a subtraction that undoes a table sum."""
+    a, b = r.randint(0, 12), r.randint(0, 12)
+    op = r.choice("++*-")
+    if op == "-":
+        a, b = max(a, b) + min(a, b), min(a, b)
+    return a, op, b, _OPS[op](a, b)
+
+
+_WORD = {"+": "plus", "-": "minus", "*": "times"}
+_TEX = {"+": "+", "-": "-", "*": "\\times"}
+# Questions in wordings of the drill's own (tiny-math asks "What is $3 + 4$?", "Compute ...").
+_DRILL_ASK = ("Work out ${a} {t} {b}$.", "Work out {a} {o} {b}.", "How much is {a} {w} {b}?", "{a} {w} {b}?",
+              "Quick: {a} {o} {b}", "Tell me ${a} {t} {b}$.", "Do the sum ${a} {t} {b}$, please.",
+              "Can you do {a} {o} {b} for me?")
+
+
+def _drill_line(r: random.Random, a: int, op: str, b: int, c: int) -> str:
+    form = r.randrange(4)
+    if form == 0:
+        return f"{a} {op} {b} = {c}"
+    if form == 1:
+        return f"${a} {_TEX[op]} {b} = {c}$"
+    if form == 2:
+        return f"{a} {op} {b} = <<{a}{op}{b}={c}>>{c}"
+    return f"{a} {_WORD[op]} {b} is {c}."
+
+
+def _drill(r: random.Random) -> str | list[dict]:
+    """Arithmetic drill: facts of the addition and times tables (0..12), as lines of text in the
+    surface forms a base model meets them in (plain, `$...$` with `\\times`, `<<a*b=c>>`, words), or
+    as chat turns that ask for one and answer it (copying the operands out of the question). With
+    the general corpus alone a 1.7M-parameter model recalled 13-32% of the single-digit sums and
+    products after 3M tokens and could not carry the operands of a question into its answer."""
+    if r.random() < 0.5:
+        return "\n".join(_drill_line(r, *_fact(r)) for _ in range(r.randint(6, 12)))
+    turns = []
+    for _ in range(r.randint(1, 4)):
+        a, op, b, c = _fact(r)
+        q = r.choice(_DRILL_ASK).format(a=a, b=b, o=op, t=_TEX[op], w=_WORD[op])
+        ans = r.choice([f"${a} {_TEX[op]} {b} = {c}$.", f"{a} {op} {b} = {c}.", f"{c}",
+                        f"{a} {op} {b} = <<{a}{op}{b}={c}>>{c}\n#### {c}",
+                        f"${a} {_TEX[op]} {b} = {c}$. The answer is $\\boxed{{{c}}}$."])
+        turns += [{"role": "user", "content": q}, {"role": "assistant", "content": ans}]
+    return turns
+
+
+def pretrain_docs(n: int, seed: int, drill: float = 0.0) -> list[str | list[dict]]:
+    """The pretraining stream: corpus_docs(n, seed), with drill documents (a fraction `drill` of
+    all documents, from a random stream of their own) spread among them. drill=0 is corpus_docs."""
+    docs = corpus_docs(n, seed)
+    if drill <= 0:
+        return docs
+    r = random.Random(seed * 7 + 3)
+    k = round(n * drill / (1 - drill))
+    for _ in range(k):
+        docs.insert(r.randrange(len(docs) + 1), _drill(r))
+    return docs
+
+
 def _render(tok, doc) -> list[int]:
     if isinstance(doc, list):
         return list(tok.apply_chat_template(doc, tokenize=True, return_dict=True)["input_ids"])
@@ -289,11 +351,11 @@ def packed(tok, docs, seq_len: int = SEQ_LEN) -> torch.Tensor:
     return torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len)
 
 
-def _packed_tokens(tok, rows: int, seed: int, chunk: int = 4000) -> torch.Tensor:
+def _packed_tokens(tok, rows: int, seed: int, chunk: int = 4000, drill: float = 0.0) -> torch.Tensor:
     """At least `rows` packed sequences, drawing documents in chunks until there are enough."""
     parts, have, k = [], 0, 0
     while have < rows:
-        part = packed(tok, corpus_docs(chunk, seed * 1_000_003 + k))
+        part = packed(tok, pretrain_docs(chunk, seed * 1_000_003 + k, drill))
         parts.append(part)
         have, k = have + len(part), k + 1
     return torch.cat(parts)[:rows]
@@ -304,7 +366,7 @@ def _texts_for_tokenizer(docs) -> list[str]:
 
 
 def pretrain(name: str, out: Path, tok, tokens: int, lr: float, batch: int, seed: int, overrides: dict | None = None,
-             log=print) -> dict:
+             log=print, drill: float = 0.0) -> dict:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from lora_lab.models import TINY_CONFIGS
@@ -316,7 +378,7 @@ def pretrain(name: str, out: Path, tok, tokens: int, lr: float, batch: int, seed
     model = AutoModelForCausalLM.from_config(conf, dtype=torch.float32)
     n_params = sum(p.numel() for p in model.parameters())
     steps = max(1, tokens // (batch * SEQ_LEN))
-    train = _packed_tokens(tok, steps * batch, seed)
+    train = _packed_tokens(tok, steps * batch, seed, drill=drill)
     held = packed(tok, corpus_docs(600, seed + 10_000_019))[:64]  # a stream of its own
     steps = min(steps, len(train) // batch)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
@@ -345,7 +407,7 @@ def pretrain(name: str, out: Path, tok, tokens: int, lr: float, batch: int, seed
     tok.save_pretrained(str(out))
     card = {"model": name, "params": n_params, "tokens_seen": steps * batch * SEQ_LEN, "steps": steps,
             "first_loss": round(first, 4), "final_train_loss": round(loss_ema, 4), "eval_loss": round(eval_loss, 4),
-            "lr": lr, "batch": batch, "seq_len": SEQ_LEN, "seed": seed, "wall_s": round(time.time() - t0, 1),
+            "lr": lr, "batch": batch, "seq_len": SEQ_LEN, "seed": seed, "drill": drill, "tokens_requested": tokens, "wall_s": round(time.time() - t0, 1),
             "architecture": {k: v for k, v in kw.items()}}
     (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     (out / "README.md").write_text(_model_card(card))
@@ -358,7 +420,8 @@ def _model_card(c: dict) -> str:
 
 A tiny base model of lora-lab, pretrained from scratch on the project's generated corpus
 (lora_lab/pretrain.py: templated language, worked arithmetic, list and string manipulation,
-chat-format question/answer turns).
+chat-format question/answer turns), with a fraction `drill` of arithmetic-table drill documents
+({c.get('drill', 0.0)} here).
 
 | | |
 |---|---|
@@ -371,13 +434,21 @@ chat-format question/answer turns).
 
 Architecture: {arch}.
 
-Built by: `lora-lab build-tiny --models {c['model']}` (seed {c['seed']}, peak LR {c['lr']}).
+Built by: `lora-lab build-tiny --models {c['model']} --tokens {c.get('tokens_requested', c['tokens_seen'])} --drill {c.get('drill', 0.0)}`
+(seed {c['seed']}, peak LR {c['lr']}; the tokenizer in ../tokenizer is trained first, from the corpus alone).
 """
 
 
-def build_tiny(out: Path = ASSETS, models: tuple[str, ...] = ("tiny-llama", "tiny-moe"), tokens: int = 3_000_000,
+# What the shipped assets were built with (each model card repeats it): tiny-llama with a quarter of
+# its documents arithmetic drill (experiments/LOG.md, 2026-11-24: 2% -> 12.5% of tiny-math solved
+# before RL), tiny-moe from the plain corpus.
+BUILD_DEFAULTS = {"tiny-llama": {"tokens": 4_000_000, "drill": 0.25}, "tiny-moe": {"tokens": 3_000_000, "drill": 0.0}}
+
+
+def build_tiny(out: Path = ASSETS, models: tuple[str, ...] = ("tiny-llama", "tiny-moe"), tokens: int | None = None,
                vocab: int = 2048, lr: float = 3e-3, batch: int = 32, seed: int = 0, overrides: dict | None = None,
-               retrain_tokenizer: bool = True) -> dict:
+               retrain_tokenizer: bool = True, drill: float | None = None) -> dict:
+    """Tokenizer, then each model; `tokens` and `drill` None take the model's BUILD_DEFAULTS."""
     from transformers import AutoTokenizer
 
     out = Path(out)
@@ -391,7 +462,10 @@ def build_tiny(out: Path = ASSETS, models: tuple[str, ...] = ("tiny-llama", "tin
         target = out / name
         tmp = out / f".{name}.building"
         shutil.rmtree(tmp, ignore_errors=True)
-        cards[name] = pretrain(name, tmp, tok, tokens, lr, batch, seed, overrides, log=lambda m: print(m, file=sys.stderr, flush=True))
+        n = BUILD_DEFAULTS[name]["tokens"] if tokens is None else tokens
+        f = BUILD_DEFAULTS[name]["drill"] if drill is None else drill
+        cards[name] = pretrain(name, tmp, tok, n, lr, batch, seed, overrides,
+                               log=lambda m: print(m, file=sys.stderr, flush=True), drill=f)
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)  # a half-built model never replaces a good one
         print(json.dumps(cards[name]), flush=True)
@@ -403,27 +477,33 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=ASSETS, help="assets directory (default: the shipped one)")
     p.add_argument("--models", nargs="+", default=["tiny-llama", "tiny-moe"], choices=["tiny-llama", "tiny-moe"])
-    p.add_argument("--tokens", type=int, default=3_000_000, help="pretraining tokens per model")
+    p.add_argument("--tokens", type=int, default=None,
+                   help="pretraining tokens per model (default: the shipped build's, 4M tiny-llama, 3M tiny-moe)")
     p.add_argument("--vocab", type=int, default=2048)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--drill", type=float, default=None,
+                   help="fraction of pretraining documents that are arithmetic-table drill, 0 <= F < 1 "
+                        "(default: the shipped build's, 0.25 tiny-llama, 0 tiny-moe)")
     p.add_argument("--keep-tokenizer", action="store_true", help="reuse <out>/tokenizer instead of retraining it")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="architecture override, e.g. hidden_size=64 (for quick test builds)")
     a = p.parse_args(argv)
     for key, value in (("--tokens", a.tokens), ("--vocab", a.vocab), ("--batch", a.batch)):
-        if value <= 0:
+        if value is not None and value <= 0:
             p.error(f"{key}={value}: must be > 0")
     if a.lr <= 0:
         p.error(f"--lr={a.lr}: must be > 0")
+    if a.drill is not None and not 0 <= a.drill < 1:
+        p.error(f"--drill={a.drill}: must be in [0, 1)")
     overrides = {}
     for kv in a.override:
         k, _, v = kv.partition("=")
         if not k or not v:
             p.error(f"--override {kv!r}: expected KEY=VALUE")
         overrides[k] = json.loads(v)
-    build_tiny(a.out, tuple(a.models), a.tokens, a.vocab, a.lr, a.batch, a.seed, overrides, not a.keep_tokenizer)
+    build_tiny(a.out, tuple(a.models), a.tokens, a.vocab, a.lr, a.batch, a.seed, overrides, not a.keep_tokenizer, a.drill)
     return 0
 
 

@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from conftest import LORA_LAB, SMALL
-from lora_lab.pretrain import corpus_docs, packed
+import re
+
+from lora_lab.pretrain import corpus_docs, packed, pretrain_docs
 from lora_lab.models import load_tokenizer
 
 SMALL_ARCH = ["hidden_size=64", "intermediate_size=128", "num_hidden_layers=2", "num_attention_heads=2",
@@ -20,6 +22,35 @@ def test_corpus_is_deterministic_and_mixes_its_kinds():
     assert 0.1 < len(chats) / len(docs) < 0.4
     assert any("carry" in t or " + " in t for t in texts) and any("Backwards" in t or "in order" in t for t in texts)
     assert any("####" in t for t in texts) and any("\\boxed{" in t for t in texts)
+
+
+def test_drill_documents_state_true_table_facts_at_the_asked_fraction():
+    assert pretrain_docs(300, 5, 0.0) == corpus_docs(300, 5)  # drill 0 is the plain corpus (the shipped tiny-moe)
+    docs = pretrain_docs(800, 5, 0.25)
+    plain = corpus_docs(800, 5)
+    drills = [d for d in docs if d not in plain]
+    assert [d for d in docs if d in plain] == plain  # the corpus stream itself is untouched, in order
+    assert abs(len(drills) / len(docs) - 0.25) < 0.01
+    ops = {"+": int.__add__, "-": int.__sub__, "*": int.__mul__, "\\times": int.__mul__, "plus": int.__add__,
+           "minus": int.__sub__, "times": int.__mul__}
+    fact = re.compile(r"\$?(\d+) (\S+) (\d+) (?:=|is) (?:<<[^>]*>>)?(\d+)[.$]*")
+    ask = re.compile(r"\D*?\$?(\d+) (\S+) (\d+)\$?\D*")
+    lines = [d for d in drills if isinstance(d, str)]
+    chats = [d for d in drills if isinstance(d, list)]
+    assert len(lines) > 50 and len(chats) > 50
+    n = 0
+    for line in (ln for d in lines for ln in d.splitlines()):
+        a, op, b, c = fact.fullmatch(line).groups()
+        assert ops[op](int(a), int(b)) == int(c), line
+        n += 1
+    assert n > 5 * len(lines)
+    for chat in chats:
+        assert [m["role"] for m in chat] == ["user", "assistant"] * (len(chat) // 2)
+        for q, a in zip(chat[::2], chat[1::2]):
+            x, op, y = ask.fullmatch(q["content"]).groups()
+            answer = re.findall(r"-?\d+", a["content"])[-1]
+            assert ops[op](int(x), int(y)) == int(answer), (q, a)
+            assert not q["content"].startswith(("What is", "Compute", "Evaluate", "Find"))  # tiny-math's wordings
 
 
 def test_packing_fills_fixed_length_rows():
@@ -53,3 +84,5 @@ def test_build_tiny_rebuilds_a_small_model_that_learns_and_trains(tmp_path):
 def test_build_tiny_rejects_bad_flags():
     p = subprocess.run([LORA_LAB, "build-tiny", "--tokens", "0"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "--tokens=0" in p.stderr
+    p = subprocess.run([LORA_LAB, "build-tiny", "--drill", "1"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "--drill=1.0" in p.stderr
