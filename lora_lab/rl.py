@@ -187,8 +187,13 @@ def _learn(cfg: Config, learner: Learner, prompts: Sequence[Prompt], completions
     active = [i for i in range(n) if advantages[i] != 0]
     micro = cfg.optim.micro_batch_size or max(d for d in range(1, min(8, n) + 1) if n % d == 0)
     order = sorted(active, key=lambda i: len(prompts[completions[i].prompt_index].ids) + len(completions[i].tokens))
-    # Zeros rather than None: parameters with no gradient this step are still stepped by Adam.
+    # Zeros rather than None: parameters with no gradient this step are still stepped by Adam. A
+    # gradient that was never allocated (a fresh or resumed process whose first step has no signal)
+    # is allocated here, or Adam would skip the step that an uninterrupted run takes.
     learner.opt.zero_grad(set_to_none=False)
+    for p in learner.trainable:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
     loss_sum, rhos, entropies, kls = 0.0, [torch.empty(0)], [torch.empty(0)], [torch.empty(0)]
     for start in range(0, len(order), micro):
         idx = order[start:start + micro]
