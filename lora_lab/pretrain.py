@@ -407,7 +407,8 @@ def pretrain(name: str, out: Path, tok, tokens: int, lr: float, batch: int, seed
     tok.save_pretrained(str(out))
     card = {"model": name, "params": n_params, "tokens_seen": steps * batch * SEQ_LEN, "steps": steps,
             "first_loss": round(first, 4), "final_train_loss": round(loss_ema, 4), "eval_loss": round(eval_loss, 4),
-            "lr": lr, "batch": batch, "seq_len": SEQ_LEN, "seed": seed, "drill": drill, "tokens_requested": tokens, "wall_s": round(time.time() - t0, 1),
+            "lr": lr, "batch": batch, "seq_len": SEQ_LEN, "seed": seed, "drill": drill, "tokens_requested": tokens,
+            "wall_s": round(time.time() - t0, 1),
             "architecture": {k: v for k, v in kw.items()}}
     (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     (out / "README.md").write_text(_model_card(card))

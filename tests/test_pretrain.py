@@ -1,12 +1,11 @@
 import json
+import re
 import subprocess
 
 import pytest
 import torch
 
 from conftest import LORA_LAB, SMALL
-import re
-
 from lora_lab.pretrain import corpus_docs, packed, pretrain_docs
 from lora_lab.models import load_tokenizer
 
