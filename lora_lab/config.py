@@ -218,6 +218,9 @@ class TrainConfig:
         _check(self.device in DEVICES, "train.device", self.device, f"choose one of {', '.join(DEVICES)}")
 
 
+RL_SAMPLERS = ("cache", "generate")  # lora_lab/sampler.py SAMPLERS
+
+
 @dataclass
 class RLConfig:
     """Policy-gradient RL (task=rl, lora_lab/rl.py). One RL step samples group_size completions for
@@ -240,6 +243,9 @@ class RLConfig:
     eval_max_new_tokens: Optional[int] = None
     # Appended to the problem's user turn, e.g. to ask a base model for a \boxed{} answer; null: none.
     instruction: Optional[str] = None
+    # How completions are drawn (lora_lab/sampler.py): cache (a decoding loop on the KV cache that
+    # shares each prompt's prefill among its samples) or generate (transformers' generate).
+    sampler: str = "cache"
 
     def __post_init__(self) -> None:
         _check(self.group_size >= 2, "rl.group_size", self.group_size,
@@ -255,6 +261,7 @@ class RLConfig:
                "must be in (0, 1), or null for no clipping")
         _check(self.eval_max_new_tokens is None or self.eval_max_new_tokens > 0, "rl.eval_max_new_tokens",
                self.eval_max_new_tokens, "must be > 0 (or null for rl.max_new_tokens)")
+        _check(self.sampler in RL_SAMPLERS, "rl.sampler", self.sampler, f"choose one of {', '.join(RL_SAMPLERS)}")
 
 
 @dataclass

@@ -63,7 +63,7 @@ from lora_lab.config import Config
 from lora_lab.data import BatchOrder, _messages, order_seed
 from lora_lab.rewards import reference_for, reward_task, score
 from lora_lab.runs import RunDir, read_metrics
-from lora_lab.sampler import Completion, HFSampler, Sampler
+from lora_lab.sampler import SAMPLERS, Completion, Sampler
 from lora_lab.train import (Learner, Progress, build_learner, record_failure, resume, save_checkpoint,
                             start_logging)
 
@@ -235,7 +235,7 @@ def train_rl(cfg: Config, rid: str, rd: RunDir, rows: tuple) -> dict:
             raise ValueError(f"data.max_seq_len={cfg.data.max_seq_len}: every held-out prompt is longer; raise it")
         order = BatchOrder(len(train_rows), rl.prompts_per_step, order_seed(cfg))
         total = cfg.train.max_steps or cfg.train.epochs * order.steps_per_epoch
-        sampler: Sampler = HFSampler(model, tok)
+        sampler: Sampler = SAMPLERS[rl.sampler](model, tok)
         eval_tokens = rl.eval_max_new_tokens or rl.max_new_tokens
 
         step, wall, tokens, examples, skipped, base_acc = 0, 0.0, 0, 0, 0, None

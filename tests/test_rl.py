@@ -2,6 +2,7 @@
 log-probs, config identity, and short runs (learning, run directory, resume, divergence)."""
 
 import json
+import math
 import signal
 import subprocess
 import time
@@ -16,7 +17,7 @@ from lora_lab.config import ConfigError, _identity, compose, config_hash, run_di
 from lora_lab.models import build_model
 from lora_lab.rl import collate_rl, completion_logprobs, group_advantages, policy_loss
 from lora_lab.runs import RunDir, read_metrics
-from lora_lab.sampler import HFSampler, Sampler
+from lora_lab.sampler import CachedSampler, HFSampler, Sampler
 from lora_lab.train import train
 
 # A few seconds per run on a 2-core CPU.
@@ -86,21 +87,22 @@ def model_tok():
     return build_model(compose([]).model)
 
 
-def _sampled_batch(model, tok, temperature, n=3):
+def _sampled_batch(model, tok, temperature, n=3, sampler=CachedSampler):
     torch.manual_seed(1)
     questions = ["What is 3 + 4?", "Compute $12 - 5$.", "Kelu has 4 shells and finds 3 more. How many shells does Kelu have now?"]
     prompts = [rl_mod.Prompt(tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
                                                      tokenize=True, return_dict=True)["input_ids"], "7") for q in questions]
-    completions = HFSampler(model, tok).sample([p.ids for p in prompts], n=n, max_new_tokens=10, temperature=temperature)
+    completions = sampler(model, tok).sample([p.ids for p in prompts], n=n, max_new_tokens=10, temperature=temperature)
     return prompts, completions
 
 
-def test_sampler_log_probs_are_the_learners_up_to_float_error(model_tok):
+@pytest.mark.parametrize("sampler", [CachedSampler, HFSampler])
+def test_sampler_log_probs_are_the_learners_up_to_float_error(model_tok, sampler):
     model, tok = model_tok
     for temperature in (1.0, 0.6):
-        prompts, completions = _sampled_batch(model, tok, temperature)
+        prompts, completions = _sampled_batch(model, tok, temperature, sampler=sampler)
         assert len(completions) == 9 and [c.prompt_index for c in completions] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
-        assert isinstance(HFSampler(model, tok), Sampler)
+        assert isinstance(sampler(model, tok), Sampler)
         for c in completions:
             assert len(c.tokens) == len(c.logprobs) and 1 <= len(c.tokens) <= 10
             assert c.finished == (c.tokens[-1] == tok.eos_token_id) and tok.eos_token_id not in c.tokens[:-1]
@@ -110,6 +112,52 @@ def test_sampler_log_probs_are_the_learners_up_to_float_error(model_tok):
                 logits = model(input_ids=ids).logits[0, :-1].float() / temperature
             want = torch.log_softmax(logits, -1)[torch.arange(ids.shape[1] - 1), ids[0, 1:]][-len(c.tokens):]
             assert torch.allclose(torch.tensor(c.logprobs), want, atol=1e-4), (c.logprobs, want)
+
+
+@pytest.mark.parametrize("model_name", ["tiny-llama", "tiny-moe"])
+def test_the_cached_loop_decodes_greedily_what_generate_does(model_name):
+    """Same tokens, same log-probs, for prompts of different lengths (left padding) and several
+    samples per prompt (the shared prefill), on a LoRA model whose adapters are not zero."""
+    torch.manual_seed(0)
+    model, tok = build_model(compose([f"model={model_name}", "lora.rank=4"]).model)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    rows = ["What is 3 + 4?", "Reverse the word stone.", "Mira has 12 apples and gives away 5. How many apples are left?"]
+    prompts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=True,
+                                       return_dict=True)["input_ids"] for q in rows]
+    assert len({len(p) for p in prompts}) == 3
+    ours = CachedSampler(model, tok).sample(prompts, n=2, max_new_tokens=24, temperature=0.0)
+    ref = HFSampler(model, tok).sample(prompts, n=2, max_new_tokens=24, temperature=0.0)
+    assert [c.tokens for c in ours] == [c.tokens for c in ref]
+    assert [c.finished for c in ours] == [c.finished for c in ref]
+    assert {len(c.tokens) for c in ours} != {24}  # some stop early, so rows leave the batch mid-loop
+    for a, b in zip(ours, ref):
+        assert a.prompt_index == b.prompt_index and a.text == b.text
+        assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4)
+
+
+def test_the_cached_loop_draws_from_the_distribution_it_reports(model_tok):
+    """4000 one-token samples of one prompt at temperature 0.8: each frequent token's share is within
+    4.5 binomial standard errors of exp(its reported log-prob)."""
+    model, tok = model_tok
+    prompt = tok.apply_chat_template([{"role": "user", "content": "What is 3 + 4?"}], add_generation_prompt=True,
+                                     tokenize=True, return_dict=True)["input_ids"]
+    torch.manual_seed(3)
+    n = 4000
+    out = CachedSampler(model, tok, max_batch=n).sample([prompt], n=n, max_new_tokens=1, temperature=0.8)
+    counts: dict[int, int] = {}
+    prob: dict[int, float] = {}
+    for c in out:
+        counts[c.tokens[0]] = counts.get(c.tokens[0], 0) + 1
+        prob[c.tokens[0]] = math.exp(c.logprobs[0])
+    assert len(counts) > 2  # a spread to test
+    assert sum(prob.values()) <= 1 + 1e-4
+    for t, k in counts.items():
+        p = prob[t]
+        if p > 0.02:
+            assert abs(k / n - p) < 4.5 * math.sqrt(p * (1 - p) / n), (tok.decode([t]), k / n, p)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
@@ -156,7 +204,8 @@ def test_rl_keys_are_part_of_an_rl_runs_identity_only():
     assert config_hash(compose(["rl.clip_eps=0.2", "rl.instruction=hi"])) == config_hash(sft)
     a = compose(["task=rl", "data=tiny-math"])
     assert "_rl8x8_" in run_id(a) and "_bs" not in run_id(a)
-    for other in (["rl.group_size=4"], ["rl.updates_per_batch=2"], ["rl.normalize_std=true"], ["rl.clip_eps=0.2"]):
+    for other in (["rl.group_size=4"], ["rl.updates_per_batch=2"], ["rl.normalize_std=true"], ["rl.clip_eps=0.2"],
+                  ["rl.sampler=generate"]):
         assert run_id(compose(["task=rl", "data=tiny-math", *other])) != run_id(a), other
 
 
@@ -169,6 +218,7 @@ def test_rl_keys_are_part_of_an_rl_runs_identity_only():
     (["rl.temperature=0"], "rl.temperature"),
     (["rl.max_new_tokens=0"], "rl.max_new_tokens"),
     (["task=ppo"], "task"),
+    (["rl.sampler=vllm"], "rl.sampler"),
 ])
 def test_bad_rl_values_name_the_key(overrides, key):
     with pytest.raises(ConfigError, match=rf"^{key}="):
