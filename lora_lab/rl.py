@@ -61,6 +61,7 @@ import torch.nn.functional as F
 from lora_lab import lora as lora_mod
 from lora_lab.config import Config
 from lora_lab.data import BatchOrder, _messages, order_seed
+from lora_lab.models import target_logits
 from lora_lab.rewards import reference_for, reward_task, score
 from lora_lab.runs import RunDir, read_metrics
 from lora_lab.sampler import SAMPLERS, Completion, Sampler
@@ -98,10 +99,9 @@ def policy_loss(logp: torch.Tensor, sampler_logp: torch.Tensor, advantages: torc
 def completion_logprobs(model, batch: dict[str, torch.Tensor], temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The learner's log-prob (with grad) and entropy (detached) of softmax(logits / temperature) at
     every completion token of a right-padded batch, flattened in row-major order."""
-    with lora_mod.cached():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     where = batch["target_mask"]  # [B, L-1]: next-token positions whose target is a completion token
-    selected = logits[:, :-1][where].float() / temperature
+    with lora_mod.cached():
+        selected = target_logits(model, batch["input_ids"], batch["attention_mask"], where).float() / temperature
     logp_all = torch.log_softmax(selected, dim=-1)
     logp = logp_all.gather(1, batch["input_ids"][:, 1:][where].unsqueeze(1)).squeeze(1)
     with torch.no_grad():

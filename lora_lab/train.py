@@ -32,7 +32,8 @@ from lora_lab import distributed
 from lora_lab import lora as lora_mod
 from lora_lab.config import Config, ConfigError, run_dir, run_id
 from lora_lab.data import IGNORE_INDEX, BatchOrder, collate, load_data, load_rows, order_seed
-from lora_lab.models import build_model, count_params, model_config, resolve_device, set_threads_from_env
+from lora_lab.models import (build_model, count_params, model_config, resolve_device, set_threads_from_env,
+                             target_logits)
 from lora_lab.runs import FINAL_STATUSES, RunDir
 
 
@@ -54,12 +55,11 @@ def preflight(cfg: Config) -> None:
 
 def batch_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Summed next-token NLL over target tokens, and their count."""
-    with lora_mod.cached():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     targets = batch["labels"][:, 1:]
-    nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                          ignore_index=IGNORE_INDEX, reduction="sum")
-    return nll, int((targets != IGNORE_INDEX).sum())
+    where = targets != IGNORE_INDEX
+    with lora_mod.cached():
+        logits = target_logits(model, batch["input_ids"], batch["attention_mask"], where)
+    return F.cross_entropy(logits.float(), targets[where], reduction="sum"), int(where.sum())
 
 
 @torch.no_grad()

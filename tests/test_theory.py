@@ -107,6 +107,9 @@ def test_model_lookup_offline_and_errors(tmp_path):
 
 
 def _counted(model_name, method, layers="all", rank=8, unembed=False, batch=2, seq=48):
+    """FLOPs torch counts for (1) forward and backward of the loss over every position's logits,
+    the per-token quantity the analytic model counts; (2) batch_nll's, which unembeds only the
+    positions with a target; (3) the unembedding (with its adapter, if any) of one position."""
     m, _ = build_model(ModelConfig(name=model_name))
     m.set_attn_implementation("eager")  # attention as bmm, which the counter sees (CPU SDPA it does not)
     if method == "lora":
@@ -114,22 +117,31 @@ def _counted(model_name, method, layers="all", rank=8, unembed=False, batch=2, s
     else:
         m.requires_grad_(True)
     ids = torch.randint(3, 2000, (batch, seq))
-    batch_ = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
-    with FlopCounterMode(display=False) as fwd:
-        nll, _ = batch_nll(m, batch_)
-    with FlopCounterMode(display=False) as bwd:
-        nll.backward()
-    return fwd.get_total_flops(), bwd.get_total_flops()
+
+    def count(loss_fn):
+        with FlopCounterMode(display=False) as fwd:
+            loss = loss_fn()
+        with FlopCounterMode(display=False) as bwd:
+            loss.backward()
+        return fwd.get_total_flops(), bwd.get_total_flops()
+
+    every = count(lambda: torch.nn.functional.cross_entropy(m(input_ids=ids).logits.flatten(0, 1), ids.flatten()))
+    nll = count(lambda: batch_nll(m, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids})[0])
+    h = torch.randn(1, m.config.hidden_size, requires_grad=True)
+    one = count(lambda: m.lm_head(h).sum())
+    return every, nll, one
 
 
 @pytest.mark.parametrize("method, layers, unembed", [("full", "all", False), ("lora", "all", False), ("lora", "attn", False),
                                                      ("lora", "mlp", True)])
 def test_flops_equal_torch_flop_counter(method, layers, unembed):
-    seq, tokens = 48, 2 * 48
-    fwd, bwd = _counted("tiny-llama", method, layers, 8, unembed, 2, seq)
+    batch, seq = 2, 48
+    (fwd, bwd), (nll_fwd, nll_bwd), (head_fwd, head_bwd) = _counted("tiny-llama", method, layers, 8, unembed, batch, seq)
     f = theory.flops_per_token("tiny-llama", method, 8, layers, seq, unembed)
-    assert f.forward * tokens == fwd
-    assert f.backward * tokens == bwd
+    assert f.forward * batch * seq == fwd
+    assert f.backward * batch * seq == bwd
+    # The training loss unembeds the positions with a target only: here all but each row's last.
+    assert head_fwd > 0 and nll_fwd == fwd - batch * head_fwd and nll_bwd == bwd - batch * head_bwd
 
 
 def test_weight_gradient_flops_are_two_per_trained_parameter():

@@ -9,9 +9,10 @@ from peft import PeftModel
 
 from conftest import LORA_LAB, SMALL
 from lora_lab import train as train_mod
-from lora_lab.config import ModelConfig, run_dir
+from lora_lab import lora as lora_mod
+from lora_lab.config import LoraConfig, ModelConfig, run_dir
 from lora_lab.data import load_data
-from lora_lab.models import build_model, set_threads_from_env
+from lora_lab.models import build_model, set_threads_from_env, target_logits
 from lora_lab.runs import RunBusy, RunDir, load_run, read_metrics
 from lora_lab.train import evaluate, train
 
@@ -20,6 +21,32 @@ TRAIN_KEYS = {"step", "train_loss", "lr", "examples", "tokens", "wall_s", "grad_
 
 def _steps(rows, key):
     return [r["step"] for r in rows if key in r]
+
+
+@pytest.mark.parametrize("name, unembed", [("tiny-llama", False), ("tiny-llama", True), ("tiny-moe", False)])
+def test_target_logits_are_the_full_logits_at_the_target_positions(name, unembed):
+    torch.manual_seed(0)
+    model, _ = build_model(ModelConfig(name=name))
+    lora_mod.apply_lora(model, LoraConfig(rank=4, unembed=unembed))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    ids = torch.randint(3, 2000, (3, 20))
+    mask = torch.ones_like(ids)
+    mask[1, 14:] = 0  # a right-padded row
+    where = torch.zeros(3, 19, dtype=torch.bool)
+    where[0, 5:12] = True
+    where[1, 2:13] = True  # row 2 has no target
+    full = model(input_ids=ids, attention_mask=mask).logits[:, :-1][where]
+    got = target_logits(model, ids, mask, where)
+    assert got.shape == (18, model.config.vocab_size)
+    assert torch.allclose(got, full, atol=1e-5)
+    got.sum().backward()  # gradients flow through the selection
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    assert target_logits(model, ids, mask, torch.zeros_like(where)).shape == (0, model.config.vocab_size)
+    # The hook is gone afterwards: a plain forward gives every position's logits.
+    assert model(input_ids=ids, attention_mask=mask).logits.shape == (3, 20, model.config.vocab_size)
 
 
 def test_lora_and_full_write_complete_run_dirs_and_see_the_same_batches(small):
