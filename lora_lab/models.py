@@ -138,8 +138,8 @@ def target_logits(model: torch.nn.Module, input_ids: torch.Tensor, attention_mas
     head their hidden states, as one row, and the head runs as it always does (its own forward, so
     FSDP2's gathering of the root's weights, an adapter on lm_head and any logit scaling all
     apply). Assistant-only SFT targets are ~30% of tiny-tulu's positions: a LoRA step's forward and
-    backward take 0.82x the time of full logits (experiments/LOG.md), and at a 128k vocabulary the
-    [B, L, vocab] logits tensor is never built."""
+    backward take 0.95x the time of full logits there (experiments/bench_micro_batches.py), and at a
+    128k vocabulary the [B, L, vocab] logits tensor is never built."""
     keep = torch.nn.functional.pad(where, (0, 1))  # the last position predicts nothing
 
     def hook(module, args, out):
