@@ -31,6 +31,7 @@ from lora_lab.sections import EARLY, INVARIANCE_TOL, SHORT_RUN_STEPS, Section
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_RUN = "reproduced", "not reproduced", "inconclusive", "not run"
 EARLY_REL = 0.1  # C7: early differences up to this fraction of the early loss drop count as coinciding
 BITS_RANGE = (1.0, 4.0)  # C9: "about 2 bits per parameter" = within a factor 2 of 2
+C5_Z = 2.0  # C5: paired held-out comparisons count beyond |z| = 2 (McNemar, normal form)
 
 
 @dataclass
@@ -169,6 +170,9 @@ def judge_c4(s: Section) -> tuple[str, str, str]:
 def judge_c5(s: Section) -> tuple[str, str, str]:
     opt = s.measured.get("optimal")
     metric = s.measured.get("metric", "reward")
+    paired = s.measured.get("paired")
+    if paired:
+        return _judge_c5_paired(s, opt, metric, paired)
     how = (f"best {metric} over the LR grid per rank and FullFT; a rank 'matches' when it is at most two standard errors "
            "of a difference of two accuracies below FullFT (or 0.02 for a reward); FullFT must beat the base model by as much.")
     if opt is None or not (opt["method"] == "full").any() or not (opt["method"] == "lora").any():
@@ -191,6 +195,37 @@ def judge_c5(s: Section) -> tuple[str, str, str]:
         return INCONCLUSIVE, measured + " (FullFT did not beat the base model: nothing to match)", how
     ok = (lora["best_score"] >= full - tol).all()
     return (REPRODUCED if ok else NOT_REPRODUCED), measured, how
+
+
+def _mcnemar_z(wins: int, losses: int) -> float:
+    """Paired comparison on the same problems: (wins - losses) / sqrt(wins + losses), McNemar's
+    statistic in its normal form (0 when no problem changes)."""
+    return (wins - losses) / math.sqrt(wins + losses) if wins + losses else 0.0
+
+
+def _judge_c5_paired(s: Section, opt: pd.DataFrame, metric: str, paired: dict) -> tuple[str, str, str]:
+    how = (f"best {metric} over the LR grid per rank and FullFT, compared problem by problem on the same held-out set "
+           "(McNemar's z = (wins - losses) / sqrt(wins + losses), problems one policy solves and the other does not): "
+           f"FullFT must beat the base model (z > {C5_Z:g}), and a rank 'matches' FullFT when it is not worse beyond "
+           f"noise (z >= -{C5_Z:g}).")
+    full = float(opt.loc[opt["method"] == "full", "best_score"].iloc[0])
+    lora = opt[opt["method"] == "lora"].sort_values("rank")
+    base = s.measured.get("base", math.nan)
+    w, l = paired["full_vs_base"]
+    z_base = _mcnemar_z(w, l)
+    parts = [f"{metric}: FullFT {full:.3f} vs base model {base:.3f} (+{w}/-{l} problems, z {z_base:.1f})"]
+    zs = []
+    for _, r in lora.iterrows():
+        w_r, l_r = paired["vs_full"].get(r["curve"], (0, 0))
+        zs.append(_mcnemar_z(w_r, l_r))
+        parts.append(f"r{int(r['rank'])} {r['best_score']:.3f} (vs FullFT +{w_r}/-{l_r}, z {zs[-1]:.1f})")
+    measured = "; ".join(parts)
+    edges = opt.loc[opt["edge"], "curve"].tolist()
+    if edges:
+        measured += f" (best LR at a grid edge for {', '.join(edges)}: a better LR may lie outside the grid)"
+    if z_base <= C5_Z:
+        return INCONCLUSIVE, measured + " (FullFT did not beat the base model: nothing to match)", how
+    return (REPRODUCED if all(z >= -C5_Z for z in zs) else NOT_REPRODUCED), measured, how
 
 
 def counted_flops_ratio(model: str, rank: int, seq_len: int | None) -> float | None:

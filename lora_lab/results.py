@@ -154,7 +154,9 @@ class Results:
     def curve(self, run_dir: str, column: str = "train_loss") -> pd.DataFrame:
         """(step, value) of one run's lines that have `column`, sorted by step."""
         m = self.metrics
-        m = m[(m["run_dir"] == run_dir) & m[column].notna()] if column in m else m.iloc[0:0]
+        if column not in m:
+            return pd.DataFrame(columns=["step", column])
+        m = m[(m["run_dir"] == run_dir) & m[column].notna()]
         if "diverged" in m:
             m = m[m["diverged"] != True]
         return m[["step", column]].sort_values("step").reset_index(drop=True)

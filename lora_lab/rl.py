@@ -35,7 +35,8 @@ others add exactly nothing to the gradient and are not run; null when no group h
 completion tokens), and `loss`, `finished` (fraction that ended with end-of-sequence),
 `zero_adv_groups` (fraction of groups with equal rewards: no signal), `sample_s`, `learn_s`.
 Eval lines: `eval_accuracy` by greedy decoding of the data.eval_size held-out problems at step 0
-(the base model), every train.eval_every steps and at the end.
+(the base model), every train.eval_every steps and at the end, and `eval_solved`, which of them
+("1"/"0" per problem, in the held-out order) for paired comparisons (lora_lab/report.py, C5).
 
 summary.json: as SFT's, plus `final_reward` (mean reward over the last tenth of the steps, at least
 one), `final_eval_accuracy`, `base_eval_accuracy`. Run directory, checkpoint, resume and failure
@@ -164,10 +165,13 @@ class PromptCache:
 
 
 @torch.no_grad()
-def eval_accuracy(sampler: Sampler, prompts: Sequence[Prompt], task: str, max_new_tokens: int) -> float:
-    """Fraction of held-out problems solved by greedy decoding."""
+def eval_accuracy(sampler: Sampler, prompts: Sequence[Prompt], task: str, max_new_tokens: int) -> tuple[float, str]:
+    """Fraction of held-out problems solved by greedy decoding, and which: a string with "1" or "0"
+    per problem in the held-out order (the same problems every eval, so two evals, or two runs, can
+    be compared problem by problem)."""
     outs = sampler.sample([p.ids for p in prompts], n=1, max_new_tokens=max_new_tokens, temperature=0.0)
-    return sum(score(task, c.text, prompts[c.prompt_index].reference) == 1.0 for c in outs) / len(prompts)
+    solved = "".join("1" if score(task, c.text, prompts[c.prompt_index].reference) == 1.0 else "0" for c in outs)
+    return solved.count("1") / len(prompts), solved
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -259,8 +263,8 @@ def train_rl(cfg: Config, rid: str, rd: RunDir, rows: tuple) -> dict:
 
         if base_acc is None:
             sampler.sync(model)
-            base_acc = eval_accuracy(sampler, eval_prompts, task, eval_tokens)
-            log({"step": 0, "eval_accuracy": base_acc})
+            base_acc, solved = eval_accuracy(sampler, eval_prompts, task, eval_tokens)
+            log({"step": 0, "eval_accuracy": base_acc, "eval_solved": solved})
         summary["base_eval_accuracy"] = base_acc
         eval_acc = base_acc
 
@@ -324,16 +328,16 @@ def train_rl(cfg: Config, rid: str, rd: RunDir, rows: tuple) -> dict:
             log(row)
             progress.update(step, row["reward"])
             if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < total:
-                eval_acc = eval_accuracy(sampler, eval_prompts, task, eval_tokens)
-                log({"step": step, "eval_accuracy": eval_acc})
+                eval_acc, solved = eval_accuracy(sampler, eval_prompts, task, eval_tokens)
+                log({"step": step, "eval_accuracy": eval_acc, "eval_solved": solved})
             if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 and step < total:
                 checkpoint()
         progress.close()
 
         if status == "completed":
             sampler.sync(model)
-            eval_acc = eval_accuracy(sampler, eval_prompts, task, eval_tokens)
-            log({"step": step, "eval_accuracy": eval_acc})
+            eval_acc, solved = eval_accuracy(sampler, eval_prompts, task, eval_tokens)
+            log({"step": step, "eval_accuracy": eval_acc, "eval_solved": solved})
             if learner.sites:
                 lora_mod.export_peft(learner.sites, cfg.lora, rd.adapter_path, cfg.model.name)
             checkpoint(final=True)

@@ -279,7 +279,35 @@ def rl_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
                "Mean reward of the training batches (smoothed) at each curve's best grid LR.")
     base = pd.to_numeric(runs.get("base_eval_accuracy"), errors="coerce").median() if "base_eval_accuracy" in runs else math.nan
     sec.measured.update(optimal=opt, metric=metric, base=base, uses_accuracy=bool(use_acc),
-                        eval_size=pd.to_numeric(runs.get("data.eval_size"), errors="coerce").median())
+                        eval_size=pd.to_numeric(runs.get("data.eval_size"), errors="coerce").median(),
+                        paired=paired_outcomes(res, best_runs) if use_acc else None)
+
+
+def _solved(res: Results, run_dir: str) -> tuple[str, str] | None:
+    """A run's first and last `eval_solved` strings (the base model's and the final policy's)."""
+    c = res.curve(run_dir, "eval_solved")
+    return (c["eval_solved"].iloc[0], c["eval_solved"].iloc[-1]) if len(c) >= 2 else None
+
+
+def _discordant(a: str, b: str) -> tuple[int, int]:
+    """(problems solved in a but not in b, solved in b but not in a)."""
+    return sum(x == "1" and y == "0" for x, y in zip(a, b)), sum(x == "0" and y == "1" for x, y in zip(a, b))
+
+
+def paired_outcomes(res: Results, best_runs: pd.DataFrame) -> dict | None:
+    """Problem-by-problem comparisons of held-out outcomes at each curve's best LR (first seed):
+    `full_vs_base` = (problems FullFT's final policy solves and the base model does not, the
+    reverse), and `vs_full[curve]` = (problems that curve's final policy solves and FullFT's does
+    not, the reverse). None when the runs have no `eval_solved` (written since 2026-11-24) or
+    their held-out sets differ in size."""
+    firsts = {name: g.iloc[0] for name, g in best_runs.groupby("curve", sort=False)}
+    solved = {name: _solved(res, r["run_dir"]) for name, r in firsts.items()}
+    full = [n for n, r in firsts.items() if r["method"] == "full"]
+    if not full or any(v is None for v in solved.values()) or len({len(v[1]) for v in solved.values()}) != 1:
+        return None
+    base, full_final = solved[full[0]]
+    return {"full_vs_base": _discordant(full_final, base),
+            "vs_full": {n: _discordant(v[1], full_final) for n, v in solved.items() if n != full[0]}}
 
 
 # ----------------------------------------------------------------------------- C7

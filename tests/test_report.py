@@ -61,6 +61,41 @@ def make_rl(root: Path, rank1_acc: float = 0.58) -> None:
                       extra_lines=lines)
 
 
+def make_rl_paired(root: Path, base: str, finals: dict[tuple[str, int | None], str]) -> None:
+    """RL runs whose eval lines say which of the held-out problems each policy solves: the best LR
+    (3e-3) ends with `finals[(method, rank)]`, the others solve nothing."""
+    data = DataConfig(name="tiny-math", eval_size=len(base))
+    for (method, rank), final in finals.items():
+        for lr in GRID:
+            end = final if lr == 3e-3 else "0" * len(base)
+            acc = end.count("1") / len(end)
+            lines = [{"step": t, "reward": acc, "accuracy": acc, "completion_len": 20} for t in range(1, 21)]
+            lines += [{"step": 0, "eval_accuracy": base.count("1") / len(base), "eval_solved": base},
+                      {"step": 20, "eval_accuracy": acc, "eval_solved": end}]
+            cfg = make_config(root, "tiny/rl", method, rank=rank or 4, lr=lr, data=data, task="rl", steps=20)
+            write_run(cfg, [], summary={"final_eval_accuracy": acc, "base_eval_accuracy": base.count("1") / len(base),
+                                        "final_reward": acc}, extra_lines=lines)
+
+
+@pytest.mark.parametrize("finals, verdict, shown", [
+    # FullFT solves 40 more of 200 problems than the base model (z = 6.3); rank 1 loses 10 of FullFT's and wins
+    # 6 others (z = -1.0): a match.
+    ({("full", None): "1" * 100 + "0" * 100, ("lora", 1): "1" * 90 + "0" * 10 + "1" * 6 + "0" * 94},
+     REPRODUCED, "vs FullFT +6/-10"),
+    # Rank 1 solves 30 fewer (z = -5.5).
+    ({("full", None): "1" * 100 + "0" * 100, ("lora", 1): "1" * 70 + "0" * 130}, NOT_REPRODUCED, "+0/-30"),
+    # FullFT's 64 solved are the base model's 60 plus 4 (z = 2.0, not beyond 2): nothing to match.
+    ({("full", None): "1" * 64 + "0" * 136, ("lora", 1): "1" * 64 + "0" * 136}, INCONCLUSIVE, "+4/-0"),
+])
+def test_c5_compares_held_out_outcomes_problem_by_problem(tmp_path, finals, verdict, shown):
+    base = "1" * 60 + "0" * 140
+    make_rl_paired(tmp_path / "runs", base, finals)
+    result = analyze([tmp_path / "runs"], tmp_path / "out", progress=False)
+    c5 = result["verdicts"]["C5"][0]
+    assert c5["verdict"] == verdict, c5["measured"]
+    assert shown in c5["measured"] and "problem by problem" in c5["how"]
+
+
 def make_early(root: Path, early_gap: float = 0.001) -> None:
     for rank in (1, 4, 16, 64):
         gap = (64 - rank) / 64

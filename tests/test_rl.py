@@ -252,6 +252,10 @@ def test_rl_run_writes_the_run_directory_contract(rl_small):
     assert [r["step"] for r in steps] == [1, 2, 3]
     assert [(r["step"], r["eval_accuracy"]) for r in rows if "eval_accuracy" in r][0] == (0, s["base_eval_accuracy"])
     assert [r["step"] for r in rows if "eval_accuracy" in r] == [0, 2, 3]
+    for r in rows:  # which held-out problems were solved, one character each, agreeing with the accuracy
+        if "eval_accuracy" in r:
+            assert len(r["eval_solved"]) == 16 and set(r["eval_solved"]) <= {"0", "1"}
+            assert r["eval_solved"].count("1") / 16 == r["eval_accuracy"]
     for key in ("reward", "accuracy", "completion_len", "lr", "wall_s", "grad_norm", "examples", "tokens"):
         assert all(isinstance(r[key], (int, float)) for r in steps), key
     # Learner statistics: over completions with a nonzero advantage, null in a step without any.
