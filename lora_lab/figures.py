@@ -143,13 +143,17 @@ def curves_figure(curves: pd.DataFrame, styles: Mapping[str, dict], *, x: str = 
 
 
 def ucurve_figure(uc: pd.DataFrame, optimal: pd.DataFrame | None, styles: Mapping[str, dict], *,
-                  ylabel: str = "final train loss (nats)", title: str = "", maximize: bool = False) -> Figure:
+                  ylabel: str = "final train loss (nats)", title: str = "", maximize: bool = False,
+                  reference: tuple[str, float] | None = None) -> Figure:
     """Final value vs LR per curve (log LR); diverged LRs as crosses at the worst edge of the plot;
-    the fitted optimum as a marker with its interval (an arrow where the interval is open)."""
+    the fitted optimum as a marker with its interval (an arrow where the interval is open);
+    `reference` = (label, value): a dashed horizontal line, e.g. the base model's accuracy."""
     fig, axes = new_figure()
     ax = axes[0, 0]
     finite = uc[np.isfinite(uc["value"])]
     lo, hi = (finite["value"].min(), finite["value"].max()) if len(finite) else (0.0, 1.0)
+    if reference is not None and np.isfinite(reference[1]):
+        lo, hi = min(lo, reference[1]), max(hi, reference[1])
     pad = 0.08 * (hi - lo or 1.0)
     worst = (lo - pad) if maximize else (hi + pad)
     with matplotlib.rc_context(RC):
@@ -173,6 +177,8 @@ def ucurve_figure(uc: pd.DataFrame, optimal: pd.DataFrame | None, styles: Mappin
                         if open_:
                             ax.annotate("", xy=(o["best_lr"] * (0.6 if side == "low" else 1.67), yv), xytext=(o["best_lr"], yv),
                                         arrowprops={"arrowstyle": "->", "color": st["color"]})
+        if reference is not None and np.isfinite(reference[1]):
+            ax.axhline(reference[1], ls="--", lw=1, color="0.5", label=reference[0])
         ax.set_xscale("log")
         ax.set_ylim((worst - pad / 2, hi + pad) if maximize else (lo - pad, worst + pad / 2))
         ax.set_xlabel("learning rate")

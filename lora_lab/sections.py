@@ -263,9 +263,12 @@ def rl_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
     opt = optimal_lrs(runs, "score", "score_sem", maximize=True).rename(columns={"best_final_loss": "best_score"})
     opt.insert(len(opt.columns), "experiment", sec.experiment)
     sec.table("optimal_lr_rl", opt)
+    base = pd.to_numeric(runs.get("base_eval_accuracy"), errors="coerce").median() if "base_eval_accuracy" in runs else math.nan
     sec.figure("rl_lr", figures.ucurve_figure(uc, opt.rename(columns={"best_score": "best_final_loss"}), styles,
-                                              ylabel=metric, title=f"{sec.experiment}: {metric} vs LR", maximize=True),
-               f"Final {metric} vs LR per rank and FullFT; diamonds: fitted optimum.")
+                                              ylabel=metric, title=f"{sec.experiment}: {metric} vs LR", maximize=True,
+                                              reference=("base model", base) if use_acc else None),
+               f"Final {metric} vs LR per rank and FullFT; diamonds: fitted optimum"
+               + ("; dashed: the base model." if use_acc and np.isfinite(base) else "."))
     at_best = []
     for name, g in uc.groupby("curve", sort=False):
         finite = g[np.isfinite(g["value"])]
@@ -277,7 +280,6 @@ def rl_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
     sec.figure("rl_curves", figures.curves_figure(rc, styles, ylabel="reward (train batches)", logx=False,
                                                   title=f"{sec.experiment}: reward at each best LR"),
                "Mean reward of the training batches (smoothed) at each curve's best grid LR.")
-    base = pd.to_numeric(runs.get("base_eval_accuracy"), errors="coerce").median() if "base_eval_accuracy" in runs else math.nan
     sec.measured.update(optimal=opt, metric=metric, base=base, uses_accuracy=bool(use_acc),
                         eval_size=pd.to_numeric(runs.get("data.eval_size"), errors="coerce").median(),
                         paired=paired_outcomes(res, best_runs) if use_acc else None)
