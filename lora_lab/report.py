@@ -296,7 +296,8 @@ def judge_c8(s: Section) -> tuple[str, str, str]:
         return INCONCLUSIVE, "no class has two equivalent variants", how
     worst = float(others["max_abs_diff"].max())
     measured = (f"largest within-class difference {worst:.2g} nats over {int(others['steps'].max())} steps "
-                f"({len(others)} variants in {multi['class'].nunique()} classes)")
+                f"({len(others)} variants against their class's reference, "
+                f"{multi['class'].nunique()} class{'es' if multi['class'].nunique() != 1 else ''})")
     between = s.measured.get("between")
     if between is not None and np.isfinite(between):
         measured += f"; smallest difference between classes {between:.2g} nats"
