@@ -152,7 +152,9 @@ def ucurve_figure(uc: pd.DataFrame, optimal: pd.DataFrame | None, styles: Mappin
     ax = axes[0, 0]
     finite = uc[np.isfinite(uc["value"])]
     lo, hi = (finite["value"].min(), finite["value"].max()) if len(finite) else (0.0, 1.0)
-    if reference is not None and np.isfinite(reference[1]):
+    if reference is not None and not np.isfinite(reference[1]):
+        reference = None
+    if reference is not None:
         lo, hi = min(lo, reference[1]), max(hi, reference[1])
     pad = 0.08 * (hi - lo or 1.0)
     worst = (lo - pad) if maximize else (hi + pad)
@@ -177,7 +179,7 @@ def ucurve_figure(uc: pd.DataFrame, optimal: pd.DataFrame | None, styles: Mappin
                         if open_:
                             ax.annotate("", xy=(o["best_lr"] * (0.6 if side == "low" else 1.67), yv), xytext=(o["best_lr"], yv),
                                         arrowprops={"arrowstyle": "->", "color": st["color"]})
-        if reference is not None and np.isfinite(reference[1]):
+        if reference is not None:
             ax.axhline(reference[1], ls="--", lw=1, color="0.5", label=reference[0])
         ax.set_xscale("log")
         ax.set_ylim((worst - pad / 2, hi + pad) if maximize else (lo - pad, worst + pad / 2))

@@ -255,7 +255,14 @@ def train_rl(cfg: Config, rid: str, rd: RunDir, rows: tuple) -> dict:
         def log(row: dict) -> None:
             rd.log(row)
             if run:
-                run.log({k: v for k, v in row.items() if k != "step" and v is not None}, step=row["step"])
+                # eval_solved (a string per held-out set) stays in metrics.jsonl: wandb charts numbers.
+                run.log({k: v for k, v in row.items() if k != "step" and v is not None and not isinstance(v, str)},
+                        step=row["step"])
+
+        def evaluate(at: int) -> float:
+            acc, solved = eval_accuracy(sampler, eval_prompts, task, eval_tokens)
+            log({"step": at, "eval_accuracy": acc, "eval_solved": solved})
+            return acc
 
         def checkpoint(final: bool = False) -> None:
             save_checkpoint(cfg, rd, learner, final, step=step, wall_s=wall, tokens=tokens, examples=examples,
@@ -263,8 +270,7 @@ def train_rl(cfg: Config, rid: str, rd: RunDir, rows: tuple) -> dict:
 
         if base_acc is None:
             sampler.sync(model)
-            base_acc, solved = eval_accuracy(sampler, eval_prompts, task, eval_tokens)
-            log({"step": 0, "eval_accuracy": base_acc, "eval_solved": solved})
+            base_acc = evaluate(0)
         summary["base_eval_accuracy"] = base_acc
         eval_acc = base_acc
 
@@ -328,16 +334,14 @@ def train_rl(cfg: Config, rid: str, rd: RunDir, rows: tuple) -> dict:
             log(row)
             progress.update(step, row["reward"])
             if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < total:
-                eval_acc, solved = eval_accuracy(sampler, eval_prompts, task, eval_tokens)
-                log({"step": step, "eval_accuracy": eval_acc, "eval_solved": solved})
+                eval_acc = evaluate(step)
             if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 and step < total:
                 checkpoint()
         progress.close()
 
         if status == "completed":
             sampler.sync(model)
-            eval_acc, solved = eval_accuracy(sampler, eval_prompts, task, eval_tokens)
-            log({"step": step, "eval_accuracy": eval_acc, "eval_solved": solved})
+            eval_acc = evaluate(step)
             if learner.sites:
                 lora_mod.export_peft(learner.sites, cfg.lora, rd.adapter_path, cfg.model.name)
             checkpoint(final=True)
