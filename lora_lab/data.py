@@ -400,8 +400,7 @@ def encode_chat(tokenizer, messages: list[dict], max_len: int | None) -> tuple[l
     Uses the template's {% generation %} blocks when it has them; otherwise marks each assistant
     turn by rendering the conversation before it (with the generation prompt) and after it, which
     is exact for prefix-stable templates and then also counts the turn's trailing separator."""
-    template = getattr(tokenizer, "chat_template", None) or ""
-    if "{% generation %}" in template or "{%- generation %}" in template:
+    if _has_generation_blocks(tokenizer):
         out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
         ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
     else:
@@ -426,6 +425,26 @@ def encode_chat(tokenizer, messages: list[dict], max_len: int | None) -> tuple[l
     return ids, labels
 
 
+def _has_generation_blocks(tokenizer) -> bool:
+    template = getattr(tokenizer, "chat_template", None) or ""
+    return "{% generation %}" in template or "{%- generation %}" in template
+
+
+def encode_chats(tokenizer, conversations: Sequence[list[dict]], chunk: int = 256) -> list[tuple[list[int], list[int]]]:
+    """encode_chat (not cut) of many conversations. With {% generation %} blocks the tokenizer runs
+    on chunks of conversations at once (same ids and masks as one at a time, about 2x faster for
+    the tiny sets); otherwise one conversation at a time."""
+    if not _has_generation_blocks(tokenizer):
+        return [encode_chat(tokenizer, m, None) for m in conversations]
+    out = []
+    for i in range(0, len(conversations), chunk):
+        enc = tokenizer.apply_chat_template(list(conversations[i:i + chunk]), tokenize=True, return_dict=True,
+                                            return_assistant_tokens_mask=True)
+        for ids, mask in zip(enc["input_ids"], enc["assistant_masks"]):
+            out.append((list(ids), [t if k else IGNORE_INDEX for t, k in zip(ids, mask)]))
+    return out
+
+
 @dataclass
 class TokenizedSplit:
     ids: list[torch.Tensor]
@@ -442,8 +461,7 @@ def tokenize(rows: Sequence[dict], tokenizer, max_len: int, label: str = "data")
     target) is dropped. Both counts go to stderr, prefixed by `label`."""
     ids, labels = [], []
     cut = dropped = 0
-    for row in rows:
-        full_ids, full_labels = encode_chat(tokenizer, _messages(row), None)
+    for full_ids, full_labels in encode_chats(tokenizer, [_messages(row) for row in rows]):
         i, l = full_ids[:max_len], full_labels[:max_len]
         cut += len(full_ids) > max_len
         if sum(x != IGNORE_INDEX for x in l[1:]) == 0:

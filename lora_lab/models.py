@@ -24,13 +24,13 @@ if TYPE_CHECKING:
 # Sized so that a few hundred steps of batch 32 run in minutes on a 2-core CPU.
 TINY_CONFIGS: dict[str, dict] = {
     "tiny-llama": dict(
-        model_type="llama", hidden_size=160, intermediate_size=448, num_hidden_layers=4,
-        num_attention_heads=5, num_key_value_heads=1, max_position_embeddings=1024,
+        model_type="llama", hidden_size=128, intermediate_size=384, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=32, max_position_embeddings=1024,
         rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=False, attention_bias=False,
     ),
     "tiny-moe": dict(
         model_type="qwen3_moe", hidden_size=128, intermediate_size=384, moe_intermediate_size=128,
-        num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+        num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
         num_experts=8, num_experts_per_tok=2, norm_topk_prob=True, decoder_sparse_step=1,
         mlp_only_layers=[], max_position_embeddings=1024, rope_theta=10000.0, rms_norm_eps=1e-6,
         tie_word_embeddings=False, router_aux_loss_coef=0.0, output_router_logits=False,

@@ -7,6 +7,9 @@ they still have something to teach):
 - arithmetic with worked steps (column addition with carries, subtraction, small products);
 - list and string manipulation (sorting, reversing, counting, picking items);
 - question/answer turns in the chat format of the tiny tokenizer;
+- text skills: quoting, spelling, capitals, reversed strings, made-up names, markup and a tutor's
+  connectives, so that every token the post-training sets answer with has been produced in
+  pretraining (in templates of the corpus's own);
 and, mixed into the pretraining stream only (`--drill`, the tokenizer never sees it), arithmetic
 drill: the addition and times tables as text and as chat turns that ask for a fact and answer it.
 
@@ -32,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from lora_lab.tiny_common import invented_name, invented_word
 from lora_lab.tokenizer import ASSETS, CHAT_TEMPLATE, train_tokenizer
 
 SEQ_LEN = 256
@@ -271,10 +275,91 @@ def _chat(r: random.Random) -> list[dict]:
     return turns
 
 
+_TAGS = ("note", "item", "answer", "think", "b", "quote", "title", "step")
+_TOWN_ENDS = ("port", "ford", "holm", "mere", "gard", "wick", "stead", "vale", "ton", "by")
+_EXTRA_WORDS = ("silver thunder violet river sugar winter summer letter number garden shadow ladder pepper "
+                "tunnel velvet copper wonder").split()
+
+
+def _spelled_word(r: random.Random) -> str:
+    """A word to quote, spell, reverse or capitalise: everyday English or a made-up word."""
+    if r.random() < 0.3:
+        return invented_word(r)
+    return r.choice(_WORDS + COLOURS + _EXTRA_WORDS)
+
+
+def _text_skills(r: random.Random) -> str | list[dict]:
+    """Quoting, spelling, capitals, reversal, markup and a tutor's connectives, as plain text or chat.
+
+    A base model has produced every token of its vocabulary in many contexts before post-training:
+    quoted words (the quote character and what BPE makes of the words after it), upper-case
+    fragments, reversed letter strings, made-up names, tags and backticks. The post-training sets
+    use these tokens in their answers; without this generator 10-25% of their target tokens never
+    occurred in pretraining (experiments/LOG.md), which only FullFT or an lm_head adapter can fix."""
+    w, v = _spelled_word(r), _spelled_word(r)
+    a, b = r.sample(NAMES, 2)
+    kind = r.randrange(14)
+    if kind == 0:
+        return f"{a} said, '{_sentence(r)}' and {b} answered, '{r.choice(OPENERS)} {_sentence(r)}'"
+    if kind == 1:
+        return (f"The word '{w}' has {len(w)} letters. It starts with '{w[0]}' and ends with '{w[-1]}'. "
+                f"Spelled out: {'-'.join(w)}.")
+    if kind == 2:
+        return f"Backwards, '{w}' becomes '{w[::-1]}', and '{v}' becomes '{v[::-1]}'."
+    if kind == 3:
+        return f"In upper case, '{w} {v}' is '{(w + ' ' + v).upper()}'. {a.upper()} WROTE IT ON THE {r.choice(OBJECTS).upper()}."
+    if kind == 4:
+        town = invented_name(r, (1, 2)) + r.choice(_TOWN_ENDS)
+        who = invented_name(r)
+        return (f"In the old story, {who} travels from {town} to {r.choice(TOWNS)}. "
+                f"The name '{who}' has {len(who)} letters; '{town}' has {len(town)}.")
+    if kind == 5:
+        tag = r.choice(_TAGS)
+        return f"<{tag}>{_sentence(r)}</{tag}>\n<{r.choice(_TAGS)}>{w}</{r.choice(_TAGS)}>"
+    if kind == 6:
+        x, y, z = r.randint(2, 9), r.randint(2, 9), r.randint(1, 9)
+        lines = [f"Okay, first we multiply {x} by {y}: {x * y}.", f"After that, add {z} to get {x * y + z}.",
+                 f"Alright, let me check: {x * y + z} - {z} = {x * y}. Good.",
+                 f"Divide {x * y} by {y} and we are back at {x}, so {x * y}/{y} = {x}.",
+                 f"However, if we subtract {z} first, we get {x * y - z} instead.",
+                 f"Only then do we count the {r.choice(OBJECTS)}s: there are {x}.",
+                 f"Check: {y} * {x} = {x * y} as well. To undo a product, divide; to undo a sum, subtract.",
+                 f"Item {z} of the list is the {r.choice(OBJECTS)}; the list reversed starts with item {z + x}.",
+                 f"Suppose {a} is a knight: then {b} is a knave, and if {b} is a **knave**, {a} is a **knight**.",
+                 f"Reversed: {[x, y, z][::-1]}. Sorted: {sorted([x, y, z])}. Undo the swap and the list is {[x, y, z]}."]
+        return " ".join(lines[i] for i in sorted(r.sample(range(len(lines)), r.randint(3, 6))))
+    if kind == 7:
+        return r.choice([f"Type `print('{w}')` and Python shows `{w}`. Type `len('{w}')` and it shows `{len(w)}`.",
+                         f"The string `'{v}'` is **{v}**, and reversed it is `'{v[::-1]}'`.",
+                         f"The **{w}** is **{len(w)}** letters long. Write it as `{w}`."])
+    if kind == 8:
+        x, y = r.choice(sorted(OPPOSITES.items()))
+        en, fr = r.choice(sorted(FRENCH.items()))
+        return r.choice([f"People say '{x}' and mean the reverse of '{y}'. The French word '{fr}' means '{en}'.",
+                         f"'{fr.capitalize()}' is French for '{en}', just as '{y}' is the opposite of '{x}'.",
+                         f"Quiz: '{x}' against '{y}', '{en}' against '{fr}'. In short: {x.upper()}, {y.upper()}."])
+    if kind == 9:
+        ws = r.sample(_WORDS + _EXTRA_WORDS, r.randint(2, 5))
+        k = r.randrange(len(ws))
+        return (f"The list is {', '.join(repr(x) for x in ws)}. Number {k + 1} on it is '{ws[k]}', "
+                f"which has {len(ws[k])} letters.")
+    q = r.randrange(4)
+    if q == 0:
+        ask, ans = f"Say '{w}' backwards.", f"Backwards: '{w[::-1]}'."
+    elif q == 1:
+        ask, ans = f"Shout '{w}'!", f"'{w.upper()}!'"
+    elif q == 2:
+        ask, ans = f"Quote the word {w}.", f"'{w}'"
+    else:
+        ask, ans = f"Which letter does '{w}' start with?", f"'{w}' starts with '{w[0]}'."
+    return [{"role": "user", "content": ask}, {"role": "assistant", "content": ans}]
+
+
 def corpus_docs(n: int, seed: int) -> list[str | list[dict]]:
     """n documents: plain text, or a conversation (list of messages) for the chat template."""
     r = random.Random(seed)
-    gens = (_language, _general, _general, _arithmetic, _arithmetic, _lists, _code, _logic, _chat, _chat, _chat)
+    gens = (_language, _general, _general, _arithmetic, _arithmetic, _lists, _code, _logic, _chat, _chat, _chat,
+            _text_skills, _text_skills)
     return [r.choice(gens)(r) for _ in range(n)]
 
 

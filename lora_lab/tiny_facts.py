@@ -24,9 +24,9 @@ twice with different answers). Hence, for N = data.num_examples entities,
 (100 facts: 1,997 bits; 1,000: 19,966; 20,000: 399,316). Not counted: a constant, N-independent
 overhead (the answer templates and the 64 city names themselves), which any model must also learn.
 For scale: rank-r LoRA on all layers has r * sum(d_in + d_out) parameters over the adapted
-matrices; for tiny-llama (as of this writing) that is ~11.4k per rank, ~23 kbit at 2 bits per
-parameter, i.e. ~1,100 facts for rank 1 and ~73k facts for rank 64; FullFT has ~1.7 M parameters
-(~3.4 Mbit, ~170k facts).
+matrices; for tiny-llama (as of this writing) that is 7,104 per rank, ~14 kbit at 2 bits per
+parameter, i.e. ~710 facts for rank 1 and ~45k facts for rank 64; FullFT has ~1.1 M parameters
+(~2.2 Mbit, ~109k facts).
 
 Two eval splits, both fixed independently of num_examples:
 - `tiny-facts` (use this for C9): the eval rows re-ask facts of the TRAINING set, the first

@@ -1,7 +1,7 @@
 import torch
 
 from lora_lab.config import compose
-from lora_lab.data import IGNORE_INDEX, BatchOrder, collate, encode_chat, order_seed, tokenize
+from lora_lab.data import IGNORE_INDEX, BatchOrder, collate, encode_chat, encode_chats, order_seed, tokenize
 from lora_lab.tiny_world import load_tiny_tulu, tiny_tulu_rows
 from lora_lab.models import load_tokenizer
 
@@ -46,6 +46,18 @@ def test_prefix_fallback_matches_generation_masks():
         # The prefix method also counts the newline after <|end|>, which the template emits with the turn.
         ta, tb = [i for i, t in enumerate(a[1]) if t != IGNORE_INDEX], [i for i, t in enumerate(b[1]) if t != IGNORE_INDEX]
         assert set(ta) <= set(tb) and all(a[0][i] == tok.convert_tokens_to_ids("Ċ") for i in set(tb) - set(ta))
+
+
+def test_batched_encoding_equals_one_at_a_time():
+    """encode_chats runs the tokenizer on chunks of conversations (with uneven lengths, system
+    prompts and two-turn chats in one chunk); ids and labels must be those of encode_chat."""
+    tok = load_tokenizer("tiny-llama")
+    convs = [row["messages"] for row in tiny_tulu_rows(70, 5)]
+    assert len({len(c) for c in convs}) > 1
+    assert encode_chats(tok, convs, chunk=32) == [encode_chat(tok, c, None) for c in convs]
+    plain = load_tokenizer("tiny-llama")  # no generation blocks: the prefix path, one at a time
+    plain.chat_template = tok.chat_template.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+    assert encode_chats(plain, convs[:5]) == [encode_chat(plain, c, None) for c in convs[:5]]
 
 
 def test_truncation_and_collate_padding():

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from conftest import LORA_LAB
 from lora_lab import rl as rl_mod
 from lora_lab.config import ConfigError, _identity, compose, config_hash, run_dir, run_id
+from lora_lab.lora import apply_lora
 from lora_lab.models import build_model
 from lora_lab.rl import collate_rl, completion_logprobs, group_advantages, policy_loss
 from lora_lab.runs import RunDir, read_metrics
@@ -119,11 +120,13 @@ def test_the_cached_loop_decodes_greedily_what_generate_does(model_name):
     """Same tokens, same log-probs, for prompts of different lengths (left padding) and several
     samples per prompt (the shared prefill), on a LoRA model whose adapters are not zero."""
     torch.manual_seed(0)
-    model, tok = build_model(compose([f"model={model_name}", "lora.rank=4"]).model)
+    cfg = compose([f"model={model_name}", "lora.rank=4"])
+    model, tok = build_model(cfg.model)
+    apply_lora(model, cfg.lora)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.requires_grad:
-                p.add_(0.05 * torch.randn_like(p))
+                p.add_(0.02 * torch.randn_like(p))
     rows = ["What is 3 + 4?", "Reverse the word stone.", "Mira has 12 apples and gives away 5. How many apples are left?"]
     prompts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=True,
                                        return_dict=True)["input_ids"] for q in rows]

@@ -87,11 +87,11 @@ def test_counts_equal_the_parameters_a_run_trains(model, rank, layers, unembed):
 
 
 def test_tiny_counts_by_hand():
-    # tiny-llama: hidden 160, 5 heads x 32, 1 kv head, MLP 448, 4 layers.
-    assert theory.lora_param_count("tiny-llama", 1) == 4 * (2 * (160 + 160) + 2 * (160 + 32) + 3 * (160 + 448))
+    # tiny-llama: hidden 128, 4 heads x 32, 1 kv head, MLP 384, 3 layers.
+    assert theory.lora_param_count("tiny-llama", 1) == 3 * (2 * (128 + 128) + 2 * (128 + 32) + 3 * (128 + 384))
     # tiny-moe: hidden 128, 4 heads x 32, 2 kv heads; 8 experts of 128, 2 active: rank 2 -> 1 per expert.
     attn, experts = 256 + 192 + 192 + 256, 8 * ((128 + 256) + (128 + 128))
-    assert theory.lora_param_count("tiny-moe", 2) == 4 * (2 * attn + 1 * experts)
+    assert theory.lora_param_count("tiny-moe", 2) == 3 * (2 * attn + 1 * experts)
 
 
 def test_model_lookup_offline_and_errors(tmp_path):
@@ -182,7 +182,7 @@ def test_recommended_lr_by_hand():
     assert theory.recommended_lr("llama-3.1-8b", steps=101) == pytest.approx(2.8564e-4, rel=1e-4)
     assert theory.recommended_lr("llama-3.1-8b", "full", steps=10) == pytest.approx(2.8564e-5, rel=1e-4)
     # The tiny presets take their architecture's exponent.
-    assert theory.recommended_lr("tiny-llama") == pytest.approx(5e-4 * 12.5**0.781)
+    assert theory.recommended_lr("tiny-llama") == pytest.approx(5e-4 * 15.625**0.781)
     assert theory.recommended_lr("tiny-moe") == pytest.approx(5e-4 * 15.625**0.0775)
 
 
@@ -204,7 +204,7 @@ def test_fit_recovers_m_p_and_multiplier_from_handmade_csvs(tmp_path, capsys):
     # log-normal scatter; the fit must land within 3 standard errors, the errors must be small.
     rng = random.Random(0)
     models = {"meta-llama/Llama-3.2-1B": 2048, "meta-llama/Llama-3.2-3B": 3072, "meta-llama/Llama-3.1-8B": 4096,
-              "tiny-llama": 160}
+              "tiny-llama": 128}
     fields = ["method", "rank", "layers", "batch_size", "best_lr", "best_lr_low", "best_lr_high", "best_final_loss", "model",
               "edge"]
     for i, chunk in enumerate((list(models)[:2], list(models)[2:])):
@@ -259,10 +259,10 @@ def test_fit_exact_points_and_standard_errors_by_monte_carlo():
 
 def test_capacity_arithmetic_and_smallest_rank():
     cfg = compose(["data=tiny-facts", "lora.rank=1"])
-    per_rank_bits = 2 * 11392  # tiny-llama, all layers: 11,392 parameters per rank
+    per_rank_bits = 2 * 7104  # tiny-llama, all layers: 7,104 parameters per rank
     cap = theory.capacity_check(cfg, bits=2048 * 19.9658)  # tiny-facts' 2048 facts: 40.9 kbit
-    assert cap.params == 11392 and cap.capacity_bits == per_rank_bits and not cap.fits and not cap.upper_bound
-    assert cap.min_rank == 2  # 2 x 22,784 >= 40,887
+    assert cap.params == 7104 and cap.capacity_bits == per_rank_bits and not cap.fits and not cap.upper_bound
+    assert cap.min_rank == 4  # a power of 2: 2 x 14,208 < 40,887 <= 4 x 14,208
     assert theory.capacity_check(cfg, bits=1e9).min_rank is None
     rl = theory.capacity_check(cfg, episodes=5000)  # RL: ~1 bit per episode
     assert rl.bits == 5000 and rl.fits and rl.min_rank == 1
@@ -335,11 +335,12 @@ def test_c7_first_update_does_not_depend_on_rank(small):
     for r in (4, 64):
         drops[r], tensors = _first_update(small(*base, f"lora.rank={r}"))
         b = [v for k, v in tensors.items() if k.endswith("lora_B.weight")]
-        assert len(b) == 28 and all(torch.allclose(x.abs(), torch.full_like(x, 1e-3)) for x in b)
+        assert len(b) == 7 * 3 and all(torch.allclose(x.abs(), torch.full_like(x, 1e-3)) for x in b)  # 7 matrices x 3 layers
     assert drops[64] == pytest.approx(drops[4], rel=0.1) and drops[4] > 0.1
-    # Control: alpha growing with the rank (no 1/r), rank 64 at 16x rank 4's scale, drops far more.
+    # Control: alpha growing with the rank (no 1/r) puts rank 64 at 16x rank 4's scale, and its first
+    # step lands elsewhere entirely (on the shipped tiny-llama it overshoots: the loss rises).
     control, _ = _first_update(small(*base, "lora.rank=64", f"lora.alpha={32 * 16}"))
-    assert control > 1.5 * drops[4]
+    assert abs(control - drops[4]) > 0.5 * drops[4]
 
 
 # ----------------------------------------------------------------------------- 6. lora-lab plan
