@@ -54,7 +54,7 @@ def recommended_lr(config_or_name: ModelLike, method: str = "lora", steps: int |
     FullFT's (the cookbook's 10; the paper's fit is 9.8, "about 10x", nearly rank-independent, rank 1
     lower). Runs of <= 100 steps: LoRA at 15x FullFT's, i.e. x 15/10 (the paper, C2). The tiny presets
     take their architecture's exponent: tiny-llama is a Llama (0.781), tiny-moe a Qwen3-MoE (0.0775);
-    at hidden sizes of 128-160, far below the fitted models', that is an extrapolation: check it with
+    at hidden size 128, far below the fitted models', that is an extrapolation: check it with
     an LR sweep and `lora-lab fit-lr`."""
     if method not in ("lora", "full"):
         raise ConfigError(f"method={method!r}: choose lora or full")
