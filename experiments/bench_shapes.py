@@ -16,12 +16,12 @@ import statistics
 import time
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoModelForCausalLM
 
 from lora_lab.config import compose
 from lora_lab.data import IGNORE_INDEX, BatchOrder, collate, load_data, order_seed
 from lora_lab.lora import apply_lora
-from lora_lab.models import TINY_CONFIGS, load_tokenizer
+from lora_lab.models import load_tokenizer, tiny_config
 from lora_lab.train import batch_nll
 
 # (preset, hidden, layers, MLP or expert width, query heads, kv heads); head_dim 32 throughout.
@@ -30,10 +30,9 @@ SHAPES = [("tiny-llama", 160, 4, 448, 5, 1), ("tiny-llama", 128, 4, 256, 4, 1), 
 
 
 def build(tok, lora_cfg, preset, hidden, layers, width, heads, kv):
-    kw = dict(TINY_CONFIGS[preset], hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-              num_key_value_heads=kv, head_dim=32)
-    kw["moe_intermediate_size" if preset == "tiny-moe" else "intermediate_size"] = width
-    conf = AutoConfig.for_model(kw.pop("model_type"), vocab_size=len(tok), **kw)
+    width_key = "moe_intermediate_size" if preset == "tiny-moe" else "intermediate_size"
+    conf = tiny_config(preset, len(tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                       num_key_value_heads=kv, head_dim=32, **{width_key: width})
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(conf)
     apply_lora(model, lora_cfg)

@@ -71,10 +71,12 @@ def load_tokenizer(name: str, trust_remote_code: bool = False, revision: str | N
     return tok
 
 
-def tiny_config(name: str, vocab_size: int):
+def tiny_config(name: str, vocab_size: int, **overrides):
+    """The preset's transformers config; `overrides` replace or add config fields (architecture
+    changes for test builds and benches, special token ids)."""
     from transformers import AutoConfig
 
-    kw = dict(TINY_CONFIGS[name])
+    kw = {**TINY_CONFIGS[name], **overrides}
     model_type = kw.pop("model_type")
     return AutoConfig.for_model(model_type, vocab_size=vocab_size, **kw)
 

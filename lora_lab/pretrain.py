@@ -452,13 +452,13 @@ def _texts_for_tokenizer(docs) -> list[str]:
 
 def pretrain(name: str, out: Path, tok, tokens: int, lr: float, batch: int, seed: int, overrides: dict | None = None,
              log=print, drill: float = 0.0) -> dict:
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    from lora_lab.models import TINY_CONFIGS
+    from lora_lab.models import TINY_CONFIGS, tiny_config
 
-    kw = {**TINY_CONFIGS[name], **(overrides or {})}
-    conf = AutoConfig.for_model(kw.pop("model_type"), vocab_size=len(tok), bos_token_id=tok.bos_token_id,
-                                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **kw)
+    arch = {k: v for k, v in {**TINY_CONFIGS[name], **(overrides or {})}.items() if k != "model_type"}  # for the card
+    conf = tiny_config(name, len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                       pad_token_id=tok.pad_token_id, **(overrides or {}))
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(conf, dtype=torch.float32)
     n_params = sum(p.numel() for p in model.parameters())
@@ -494,7 +494,7 @@ def pretrain(name: str, out: Path, tok, tokens: int, lr: float, batch: int, seed
             "first_loss": round(first, 4), "final_train_loss": round(loss_ema, 4), "eval_loss": round(eval_loss, 4),
             "lr": lr, "batch": batch, "seq_len": SEQ_LEN, "seed": seed, "drill": drill, "tokens_requested": tokens,
             "wall_s": round(time.time() - t0, 1),
-            "architecture": {k: v for k, v in kw.items()}}
+            "architecture": arch}
     (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     (out / "README.md").write_text(_model_card(card))
     return card

@@ -54,14 +54,20 @@ def test_drill_documents_state_true_table_facts_at_the_asked_fraction():
             assert not q["content"].startswith(("What is", "Compute", "Evaluate", "Find"))  # tiny-math's wordings
 
 
+@pytest.fixture(scope="module")
+def pretraining_tokens() -> set[int]:
+    """The token ids of 3000 documents of tiny-llama's pretraining stream (drill included)."""
+    tok = load_tokenizer("tiny-llama")
+    return {t for d in pretrain_docs(3000, 0, 0.25) for t in _render(tok, d)}
+
+
 @pytest.mark.parametrize("data", ["tiny-tulu", "tiny-openthoughts", "tiny-facts", "tiny-math"])
-def test_pretraining_produces_the_tokens_post_training_answers_with(data):
+def test_pretraining_produces_the_tokens_post_training_answers_with(data, pretraining_tokens):
     """A base model has produced the tokens of a post-training answer before (quoted words,
     capitals, reversed strings, made-up names...). Without the corpus's text skills 4-25% of the
     target tokens of these sets never occurred in pretraining; in a sample of 3000 pretraining
     documents (~0.2M tokens) at most 3% may now be missing."""
-    tok = load_tokenizer("tiny-llama")
-    seen = {t for d in pretrain_docs(3000, 0, 0.25) for t in _render(tok, d)}
+    tok, seen = load_tokenizer("tiny-llama"), pretraining_tokens
     cfg = compose([f"data={data}", "data.num_examples=400", "data.eval_size=16"])
     train, _ = load_data(cfg, tok)
     targets = [int(t) for ids, labels in zip(train.ids, train.labels) for t, l in zip(ids, labels) if l != IGNORE_INDEX]
