@@ -22,7 +22,7 @@ import torch
 from lora_lab.config import compose
 from lora_lab.data import DATASETS, _messages
 from lora_lab.models import build_model
-from lora_lab.tiny_math import last_boxed, reference_answer
+from lora_lab.tiny.maths import last_boxed, reference_answer
 
 _INT = re.compile(r"-?\d[\d,]*")
 

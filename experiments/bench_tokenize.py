@@ -13,7 +13,7 @@ import time
 
 from lora_lab.data import encode_chat, encode_chats
 from lora_lab.models import load_tokenizer
-from lora_lab.tiny_world import tiny_tulu_rows
+from lora_lab.tiny.world import tiny_tulu_rows
 
 
 def main() -> None:

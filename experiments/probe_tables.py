@@ -11,7 +11,7 @@ import sys
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lora_lab.tokenizer import ASSETS
+from lora_lab.tiny.tokenizer import ASSETS
 
 FORMS = ("{a} + {b} =", "$ {a} + {b} =", "${a} + {b} =", "{a} * {b} =")
 

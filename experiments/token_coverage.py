@@ -19,8 +19,8 @@ from transformers import AutoTokenizer
 
 from lora_lab.config import compose
 from lora_lab.data import IGNORE_INDEX, load_data
-from lora_lab.pretrain import BUILD_DEFAULTS, _render, pretrain_docs
-from lora_lab.tokenizer import ASSETS
+from lora_lab.tiny.pretrain import BUILD_DEFAULTS, _render, pretrain_docs
+from lora_lab.tiny.tokenizer import ASSETS
 
 SETS = ("tiny-tulu", "tiny-openthoughts", "tiny-facts", "tiny-math")
 

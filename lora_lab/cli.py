@@ -26,13 +26,13 @@ EXIT_FAILED, EXIT_CONFIG = 1, 2
 # name -> (module, function, help). The function takes the argument list after the command name and
 # returns an exit code; it is imported only when its command runs (keeps `lora-lab --help` fast).
 EXTERNAL = {
-    "build-tiny": ("lora_lab.pretrain", "main", "rebuild the tiny tokenizer and base models"),
+    "build-tiny": ("lora_lab.tiny.pretrain", "main", "rebuild the tiny tokenizer and base models"),
     "sweep": ("lora_lab.sweep", "sweep_main", "run an experiment's grid (local or SLURM), skipping finished runs"),
     "status": ("lora_lab.sweep", "status_main", "table of an experiment's runs by state"),
     "analyze": ("lora_lab.analysis", "analyze_main", "figures, tables and the claims scorecard from run directories"),
     "reproduce": ("lora_lab.reproduce", "reproduce_main", "run every experiment of a scale, then analyze"),
-    "plan": ("lora_lab.theory", "plan_main", "parameter counts, FLOPs, recommended LRs and capacity for a config"),
-    "fit-lr": ("lora_lab.theory", "fit_lr_main", "refit the LR law from your own sweeps' optimal LRs"),
+    "plan": ("lora_lab.plan", "plan_main", "parameter counts, FLOPs, recommended LRs and capacity for a config"),
+    "fit-lr": ("lora_lab.plan", "fit_lr_main", "refit the LR law from your own sweeps' optimal LRs"),
     "gpus": ("lora_lab.distributed", "gpus_main", "GPU memory estimate of a config and how many GPUs it needs"),
 }
 

@@ -2,7 +2,7 @@
 assistant-only labels, and the deterministic batch order shared by every run of a sweep.
 
 A data set is a function `DataConfig -> (train_rows, eval_rows)`; rows are dicts in the schema of
-the real data set they stand for. Generated sets live in tiny_world.py; the real ones load here
+the real data set they stand for. Generated sets live in tiny/world.py; the real ones load here
 through `datasets.load_dataset`, from the hub (`data.hub_id`, `data.hub_config`, `data.split`) or
 from local files (`data.path`: a .jsonl/.json/.parquet file or a directory of them):
 
@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import numpy as np
 import torch
 
-from lora_lab.tiny_world import TINY_DATASETS
+from lora_lab.tiny.world import TINY_DATASETS
 
 if TYPE_CHECKING:
     from lora_lab.config import Config, DataConfig

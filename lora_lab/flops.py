@@ -11,7 +11,7 @@ Parameter counts build the model on the meta device (shapes, no weights) and app
 lora_lab.lora.apply_lora to it, so they are what a run trains: r (d_in + d_out) per adapted matrix;
 MoE experts one adapter each at per-expert rank = rank / active experts (the paper's rule), the
 fused Qwen3-MoE gate/up projection with one A (as peft's `target_parameters` does). The paper's
-Llama-3.1-8B table counts the unembedding adapter too (tests/test_theory.py).
+Llama-3.1-8B table counts the unembedding adapter too (tests/test_plan.py).
 
 FLOPs count the matmuls of one training step, per token, split into forward, input-gradient and
 weight-gradient parts (2 FLOPs per multiply-add). A linear d_in -> d_out costs 2 d_in d_out forward,

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from lora_lab.tokenizer import ASSETS, TOKENIZER_DIR
+from lora_lab.tiny.tokenizer import ASSETS, TOKENIZER_DIR
 
 if TYPE_CHECKING:
     from lora_lab.config import ModelConfig

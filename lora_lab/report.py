@@ -231,7 +231,7 @@ def _judge_c5_paired(s: Section, opt: pd.DataFrame, metric: str, paired: dict) -
 def counted_flops_ratio(model: str, rank: int, seq_len: int | None) -> float | None:
     """LoRA/FullFT FLOPs per token from the harness's FLOPs counter, None if it is not available."""
     fn = None
-    for mod in ("lora_lab.theory", "lora_lab.flops"):
+    for mod in ("lora_lab.plan", "lora_lab.flops"):
         try:
             fn = __import__(mod, fromlist=["flops_ratio"]).flops_ratio
             break

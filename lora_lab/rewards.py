@@ -1,7 +1,7 @@
 """Verifiable rewards for RL: `score(task, completion, reference) -> float`, 1.0 correct, 0.0 not.
 
     task        reference                                     the completion's answer
-    tiny-math   the exact answer (tiny_math.reference_answer)  its last \\boxed{...}; else the number after
+    tiny-math   the exact answer (tiny.maths.reference_answer)  its last \\boxed{...}; else the number after
                                                               its last "####"; else its last number
     gsm8k       a GSM8K answer ending "#### 42" (or "42")     its last number
     math        a MATH solution with \\boxed{...} (or the       its last \\boxed{...}, checked for mathematical
@@ -44,7 +44,7 @@ def reward_task(data_name: str) -> str:
 def reference_for(task: str, row: dict) -> str:
     """The reference string `score` compares against, from one row of the task's schema."""
     if task == "tiny-math":
-        from lora_lab.tiny_math import reference_answer
+        from lora_lab.tiny.maths import reference_answer
 
         return reference_answer(row)
     if task == "gsm8k":

@@ -424,7 +424,7 @@ def information_bits(row: pd.Series) -> float:
     """Information content of a run's training set in bits, where it is known (tiny-facts); NaN otherwise."""
     if not str(row.get("data.name", "")).startswith("tiny-facts") or pd.isna(row.get("data.num_examples")):
         return math.nan
-    from lora_lab.tiny_facts import bits_per_fact
+    from lora_lab.tiny.facts import bits_per_fact
 
     return float(row["data.num_examples"]) * bits_per_fact()
 

@@ -236,7 +236,7 @@ def test_analyze_python_entry_point(tmp_path):
     assert result["verdicts"]["C2"][0]["verdict"] == "reproduced"  # 10x at ranks >= 4, within 2x of the paper's 15x (50 steps)
     assert result["verdicts"]["C3"][0]["verdict"] == "not run"
     # `lora-lab fit-lr` reads the optimal_lr.csv written here: one point per curve, none at a grid edge
-    theory = pytest.importorskip("lora_lab.theory")
+    theory = pytest.importorskip("lora_lab.plan")
     points = theory.read_optimal_lr([tmp_path / "out"])
     assert sorted(p.lr for p in points) == pytest.approx(sorted(TRUE_OPT.values()))
 

@@ -2,7 +2,7 @@ import torch
 
 from lora_lab.config import compose
 from lora_lab.data import IGNORE_INDEX, BatchOrder, collate, encode_chat, encode_chats, order_seed, tokenize
-from lora_lab.tiny_world import load_tiny_tulu, tiny_tulu_rows
+from lora_lab.tiny.world import load_tiny_tulu, tiny_tulu_rows
 from lora_lab.models import load_tokenizer
 
 

@@ -8,7 +8,7 @@ import torch
 from conftest import LORA_LAB, SMALL
 from lora_lab.config import compose
 from lora_lab.data import IGNORE_INDEX, load_data
-from lora_lab.pretrain import _render, corpus_docs, packed, pretrain_docs
+from lora_lab.tiny.pretrain import _render, corpus_docs, packed, pretrain_docs
 from lora_lab.models import load_tokenizer
 
 SMALL_ARCH = ["hidden_size=64", "intermediate_size=128", "num_hidden_layers=2", "num_attention_heads=2",

@@ -15,7 +15,7 @@ from lora_lab.analysis import analyze
 from lora_lab.config import DataConfig
 from lora_lab.report import CLAIMS, INCONCLUSIVE, NOT_REPRODUCED, NOT_RUN, REPRODUCED, judge, judge_c3, judge_c8, md_table
 from lora_lab.sections import Section, capacity_bounds
-from lora_lab.tiny_facts import bits_per_fact
+from lora_lab.tiny.facts import bits_per_fact
 
 GRID = (1e-3, 3e-3, 1e-2)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from lora_lab.rewards import TASKS, last_boxed, numbers, reference_for, reward_task, score
-from lora_lab.tiny_math import gsm8k_row, math_row, problems, reference_answer
+from lora_lab.tiny.maths import gsm8k_row, math_row, problems, reference_answer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -12,10 +12,10 @@ import pytest
 
 from lora_lab.config import compose
 from lora_lab.data import DATASETS, encode_chat, IGNORE_INDEX
-from lora_lab.tiny_facts import (ATTRIBUTES, CITIES, Attribute, Fact, bits_per_fact, fact_messages, facts_information_bits,
+from lora_lab.tiny.facts import (ATTRIBUTES, CITIES, Attribute, Fact, bits_per_fact, fact_messages, facts_information_bits,
                                  facts_table, load_tiny_facts, load_tiny_facts_heldout)
-from lora_lab.tiny_math import gsm8k_row, math_row, problems, reference_answer
-from lora_lab.tiny_world import TINY_DATASETS
+from lora_lab.tiny.maths import gsm8k_row, math_row, problems, reference_answer
+from lora_lab.tiny.world import TINY_DATASETS
 
 NEW_SETS = ("tiny-openthoughts", "tiny-facts", "tiny-facts-heldout", "tiny-math")
 

@@ -249,7 +249,7 @@ def test_the_default_run_fine_tunes_the_shipped_base_model(tmp_path, model):
     """`lora-lab train` on tiny-tulu from the shipped pretrained weights: the loss falls well below
     the base model's starting loss within one short epoch."""
     from lora_lab.config import compose
-    from lora_lab.tokenizer import ASSETS
+    from lora_lab.tiny.tokenizer import ASSETS
 
     assert (ASSETS / model / "model.safetensors").exists(), "pretrained tiny weights are shipped"
     cfg = compose([f"model={model}", "data.num_examples=640", "optim.lr=3e-3", "logger.progress=none",

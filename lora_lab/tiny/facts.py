@@ -49,7 +49,7 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
 
-from lora_lab.tiny_common import EVAL_SEED_OFFSET, invented_name, require_size
+from lora_lab.tiny.common import EVAL_SEED_OFFSET, invented_name, require_size
 
 if TYPE_CHECKING:
     from lora_lab.config import DataConfig

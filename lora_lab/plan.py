@@ -28,7 +28,7 @@ from pathlib import Path
 
 from lora_lab.config import LAYER_SETS, MAX_RANK, Config, ConfigError
 
-# Re-exported: theory is the one import for planning (lora_lab.flops holds the model arithmetic).
+# Re-exported: plan is the one import for planning (lora_lab.flops holds the model arithmetic).
 from lora_lab.flops import (GPU_PEAK_TFLOPS, Arch, Flops, ModelLike, flops_per_token, flops_ratio,  # noqa: F401
                             full_param_count, gpu_hours, hf_config, lora_param_count, paper_flops_ratio, rank_unit,
                             rl_episodes, run_cost, run_steps)

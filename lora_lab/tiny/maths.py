@@ -29,7 +29,7 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from lora_lab.tiny_common import fixed_eval_split, invented_name, require_size
+from lora_lab.tiny.common import fixed_eval_split, invented_name, require_size
 
 if TYPE_CHECKING:
     from lora_lab.config import DataConfig

@@ -1,4 +1,4 @@
-"""lora_lab.theory and lora_lab.flops against independent numbers: the paper's Llama-3.1-8B table,
+"""lora_lab.plan and lora_lab.flops against independent numbers: the paper's Llama-3.1-8B table,
 the models' published sizes, hand calculations, torch's FLOP counter, and the training code itself
 for the invariances C7 and C8."""
 
@@ -13,13 +13,13 @@ from safetensors.torch import load_file
 from torch.utils.flop_counter import FlopCounterMode
 
 from lora_lab import lora as lora_mod
-from lora_lab import theory
+from lora_lab import plan
 from lora_lab.config import ConfigError, LoraConfig, ModelConfig, compose, run_dir
 from lora_lab.data import load_data
 from lora_lab.flops import linear_flops, shipped_config
 from lora_lab.models import build_model
 from lora_lab.runs import load_run, read_metrics
-from lora_lab.tiny_facts import facts_information_bits
+from lora_lab.tiny.facts import facts_information_bits
 from lora_lab.train import batch_nll, evaluate, train
 
 # Llama-3.1-8B's architecture as published on its model card / config.json.
@@ -49,32 +49,32 @@ def llama8b(tmp_path):
 def test_paper_table_of_llama_8b_lora_parameters(llama8b, layers, rank, paper_b):
     # The paper's table counts the unembedding adapter: with it every entry rounds to the printed
     # value; without it three of the four do not (0.23, 0.45, 0.22, 0.67).
-    assert round(theory.lora_param_count(llama8b, rank, layers, unembed=True) / 1e9, 2) == paper_b
+    assert round(plan.lora_param_count(llama8b, rank, layers, unembed=True) / 1e9, 2) == paper_b
     per_layer = {"attn": 2 * (4096 + 4096) + 2 * (4096 + 1024), "mlp": 3 * (4096 + 14336)}
     by_hand = rank * 32 * sum(per_layer[k] for k in (("attn", "mlp") if layers == "all" else (layers,)))
-    assert theory.lora_param_count(llama8b, rank, layers) == by_hand
-    assert theory.lora_param_count(llama8b, rank, layers, unembed=True) == by_hand + rank * (4096 + 128256)
+    assert plan.lora_param_count(llama8b, rank, layers) == by_hand
+    assert plan.lora_param_count(llama8b, rank, layers, unembed=True) == by_hand + rank * (4096 + 128256)
 
 
 @pytest.mark.parametrize("model, total", [("meta-llama/Llama-3.1-8B", 8_030_261_248), ("llama-3.2-1b", 1_235_814_400),
                                           ("qwen3-8b-base", 8_190_735_360), ("Qwen/Qwen3-30B-A3B", 30_532_122_624)])
 def test_shipped_configs_give_the_published_model_sizes(model, total):
     # Published sizes: 8.03B, 1.24B, 8.2B, 30.5B.
-    assert theory.full_param_count(model) == total
+    assert plan.full_param_count(model) == total
 
 
 def test_shipped_llama_8b_config_matches_the_public_architecture(llama8b):
-    assert theory.full_param_count(shipped_config("meta-llama/Llama-3.1-8B")) == theory.full_param_count(llama8b)
+    assert plan.full_param_count(shipped_config("meta-llama/Llama-3.1-8B")) == plan.full_param_count(llama8b)
 
 
 def test_moe_experts_follow_the_paper_rank_rule():
     # Qwen3-30B-A3B: 48 layers x 128 experts, 8 active, per-expert rank = rank / 8; gate and up are one
     # fused matrix [2 x 768, 2048] with one A, down is [2048, 768].
     per_expert = (2048 + 2 * 768) + (768 + 2048)
-    assert theory.lora_param_count("qwen3-30b-a3b-base", 64, "mlp") == 48 * 128 * (64 // 8) * per_expert
+    assert plan.lora_param_count("qwen3-30b-a3b-base", 64, "mlp") == 48 * 128 * (64 // 8) * per_expert
     with pytest.raises(ConfigError, match="multiple of the 8 active experts"):
-        theory.lora_param_count("qwen3-30b-a3b-base", 4, "all")
-    assert theory.lora_param_count("qwen3-30b-a3b-base", 4, "attn") == 4 * 48 * (2 * (2048 + 4096) + 2 * (2048 + 512))
+        plan.lora_param_count("qwen3-30b-a3b-base", 4, "all")
+    assert plan.lora_param_count("qwen3-30b-a3b-base", 4, "attn") == 4 * 48 * (2 * (2048 + 4096) + 2 * (2048 + 512))
 
 
 @pytest.mark.parametrize("model, rank, layers, unembed", [("tiny-llama", 1, "all", False), ("tiny-llama", 8, "attn", True),
@@ -83,24 +83,24 @@ def test_moe_experts_follow_the_paper_rank_rule():
 def test_counts_equal_the_parameters_a_run_trains(model, rank, layers, unembed):
     m, _ = build_model(ModelConfig(name=model))
     lora_mod.apply_lora(m, LoraConfig(rank=rank, layers=layers, unembed=unembed))
-    assert theory.lora_param_count(model, rank, layers, unembed) == sum(p.numel() for p in m.parameters() if p.requires_grad)
+    assert plan.lora_param_count(model, rank, layers, unembed) == sum(p.numel() for p in m.parameters() if p.requires_grad)
 
 
 def test_tiny_counts_by_hand():
     # tiny-llama: hidden 128, 4 heads x 32, 1 kv head, MLP 384, 3 layers.
-    assert theory.lora_param_count("tiny-llama", 1) == 3 * (2 * (128 + 128) + 2 * (128 + 32) + 3 * (128 + 384))
+    assert plan.lora_param_count("tiny-llama", 1) == 3 * (2 * (128 + 128) + 2 * (128 + 32) + 3 * (128 + 384))
     # tiny-moe: hidden 128, 4 heads x 32, 2 kv heads; 8 experts of 128, 2 active: rank 2 -> 1 per expert.
     attn, experts = 256 + 192 + 192 + 256, 8 * ((128 + 256) + (128 + 128))
-    assert theory.lora_param_count("tiny-moe", 2) == 3 * (2 * attn + 1 * experts)
+    assert plan.lora_param_count("tiny-moe", 2) == 3 * (2 * attn + 1 * experts)
 
 
 def test_model_lookup_offline_and_errors(tmp_path):
-    assert theory.Arch.of("llama-3.1-8b").hidden == 4096  # conf/model preset -> hub id -> shipped config
-    assert theory.Arch.of(ModelConfig(name="Qwen/Qwen3-8B-Base")).layers == 36
+    assert plan.Arch.of("llama-3.1-8b").hidden == 4096  # conf/model preset -> hub id -> shipped config
+    assert plan.Arch.of(ModelConfig(name="Qwen/Qwen3-8B-Base")).layers == 36
     with pytest.raises(ConfigError, match="model=nobody/nothing"):
-        theory.Arch.of("nobody/nothing")
+        plan.Arch.of("nobody/nothing")
     with pytest.raises(ConfigError, match="no config.json"):
-        theory.Arch.of(str(tmp_path))
+        plan.Arch.of(str(tmp_path))
 
 
 # ----------------------------------------------------------------------------- 2. FLOPs (C6)
@@ -137,7 +137,7 @@ def _counted(model_name, method, layers="all", rank=8, unembed=False, batch=2, s
 def test_flops_equal_torch_flop_counter(method, layers, unembed):
     batch, seq = 2, 48
     (fwd, bwd), (nll_fwd, nll_bwd), (head_fwd, head_bwd) = _counted("tiny-llama", method, layers, 8, unembed, batch, seq)
-    f = theory.flops_per_token("tiny-llama", method, 8, layers, seq, unembed)
+    f = plan.flops_per_token("tiny-llama", method, 8, layers, seq, unembed)
     assert f.forward * batch * seq == fwd
     assert f.backward * batch * seq == bwd
     # The training loss unembeds the positions with a target only: here all but each row's last.
@@ -146,9 +146,9 @@ def test_flops_equal_torch_flop_counter(method, layers, unembed):
 
 def test_weight_gradient_flops_are_two_per_trained_parameter():
     # Each trained weight gets one multiply-add per token in its gradient (the embedding's is a scatter).
-    f = theory.flops_per_token("llama-3.1-8b", "lora", 64, "all", 2048, unembed=True)
-    assert f.weight_grad == 2 * theory.lora_param_count("llama-3.1-8b", 64, "all", unembed=True)
-    full = theory.flops_per_token("llama-3.1-8b", "full", seq_len=2048)
+    f = plan.flops_per_token("llama-3.1-8b", "lora", 64, "all", 2048, unembed=True)
+    assert f.weight_grad == 2 * plan.lora_param_count("llama-3.1-8b", 64, "all", unembed=True)
+    full = plan.flops_per_token("llama-3.1-8b", "full", seq_len=2048)
     matmul_params = 8_030_261_248 - 128256 * 4096 - (2 * 32 + 1) * 4096  # minus embeddings and norms
     assert full.weight_grad == 2 * matmul_params
     # PaLM's MFU count (Chowdhery et al. 2022, appendix B): 6N + 12 L H Q T per token.
@@ -160,14 +160,14 @@ def test_c6_paper_ratio_for_a_square_matrix(n, r):
     lora, _ = linear_flops(n, n, rank=r)
     full, _ = linear_flops(n, n, trainable=True)
     assert lora.total / full.total == pytest.approx((2 * n * n + 6 * n * r) / (3 * n * n), rel=1e-12)
-    assert theory.paper_flops_ratio(n, r) == pytest.approx(lora.total / full.total, rel=1e-12)
+    assert plan.paper_flops_ratio(n, r) == pytest.approx(lora.total / full.total, rel=1e-12)
 
 
 def test_model_ratio_approaches_two_thirds_at_small_rank():
-    assert theory.flops_ratio("llama-3.1-8b", rank=1, seq_len=0) == pytest.approx(2 / 3, abs=0.01)
+    assert plan.flops_ratio("llama-3.1-8b", rank=1, seq_len=0) == pytest.approx(2 / 3, abs=0.01)
     # Attention has no weights: with long sequences both pay its backward, the ratio rises.
-    assert theory.flops_ratio("llama-3.1-8b", rank=1, seq_len=8192) > theory.flops_ratio("llama-3.1-8b", rank=1, seq_len=0)
-    assert theory.gpu_hours(989e12 * 0.5 * 3600, "h100", 0.5) == pytest.approx(1.0)
+    assert plan.flops_ratio("llama-3.1-8b", rank=1, seq_len=8192) > plan.flops_ratio("llama-3.1-8b", rank=1, seq_len=0)
+    assert plan.gpu_hours(989e12 * 0.5 * 3600, "h100", 0.5) == pytest.approx(1.0)
 
 
 # ----------------------------------------------------------------------------- 3. learning rates
@@ -175,24 +175,24 @@ def test_model_ratio_approaches_two_thirds_at_small_rank():
 
 def test_recommended_lr_by_hand():
     # 5e-5 x 10 x (2000/4096)^0.781 = 2.8564e-4 (Llama); (2000/4096)^0.0775 for Qwen3-8B: 4.7298e-4.
-    assert theory.recommended_lr("llama-3.1-8b") == pytest.approx(2.8564e-4, rel=1e-4)
-    assert theory.recommended_lr("qwen3-8b-base") == pytest.approx(4.7298e-4, rel=1e-4)
-    assert theory.recommended_lr("llama-3.1-8b", "full") == pytest.approx(2.8564e-5, rel=1e-4)
-    assert theory.recommended_lr("llama-3.1-8b", steps=100) == pytest.approx(1.5 * 2.8564e-4, rel=1e-4)
-    assert theory.recommended_lr("llama-3.1-8b", steps=101) == pytest.approx(2.8564e-4, rel=1e-4)
-    assert theory.recommended_lr("llama-3.1-8b", "full", steps=10) == pytest.approx(2.8564e-5, rel=1e-4)
+    assert plan.recommended_lr("llama-3.1-8b") == pytest.approx(2.8564e-4, rel=1e-4)
+    assert plan.recommended_lr("qwen3-8b-base") == pytest.approx(4.7298e-4, rel=1e-4)
+    assert plan.recommended_lr("llama-3.1-8b", "full") == pytest.approx(2.8564e-5, rel=1e-4)
+    assert plan.recommended_lr("llama-3.1-8b", steps=100) == pytest.approx(1.5 * 2.8564e-4, rel=1e-4)
+    assert plan.recommended_lr("llama-3.1-8b", steps=101) == pytest.approx(2.8564e-4, rel=1e-4)
+    assert plan.recommended_lr("llama-3.1-8b", "full", steps=10) == pytest.approx(2.8564e-5, rel=1e-4)
     # The tiny presets take their architecture's exponent.
-    assert theory.recommended_lr("tiny-llama") == pytest.approx(5e-4 * 15.625**0.781)
-    assert theory.recommended_lr("tiny-moe") == pytest.approx(5e-4 * 15.625**0.0775)
+    assert plan.recommended_lr("tiny-llama") == pytest.approx(5e-4 * 15.625**0.781)
+    assert plan.recommended_lr("tiny-moe") == pytest.approx(5e-4 * 15.625**0.0775)
 
 
 def test_recommended_lr_rejects_unknown_family(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**LLAMA_8B, "model_type": "mistral",
                                                       "architectures": ["MistralForCausalLM"]}))
     with pytest.raises(ConfigError, match="no published LR exponent"):
-        theory.recommended_lr(str(tmp_path))
+        plan.recommended_lr(str(tmp_path))
     with pytest.raises(ConfigError, match="method="):
-        theory.recommended_lr("tiny-llama", "qlora")
+        plan.recommended_lr("tiny-llama", "qlora")
 
 
 def _law(hidden, m, p):
@@ -222,10 +222,10 @@ def test_fit_recovers_m_p_and_multiplier_from_handmade_csvs(tmp_path, capsys):
                 # An optimum at the grid's edge is a bound, not a point of the law: left out.
                 w.writerow({"method": "lora", "rank": 16, "layers": "all", "batch_size": 32, "best_lr": 1.0,
                             "best_lr_low": 1.0, "best_lr_high": "", "best_final_loss": 1.0, "model": model, "edge": True})
-    points = theory.read_optimal_lr([tmp_path / "sweep0", tmp_path / "sweep1" / "optimal_lr.csv"], min_rank=4)
-    assert len(theory.read_optimal_lr([tmp_path / "sweep0"], keep_edge=True)) == 2 * 6
+    points = plan.read_optimal_lr([tmp_path / "sweep0", tmp_path / "sweep1" / "optimal_lr.csv"], min_rank=4)
+    assert len(plan.read_optimal_lr([tmp_path / "sweep0"], keep_edge=True)) == 2 * 6
     assert len(points) == 4 * (1 + 3) and {p.hidden_size for p in points} == set(models.values())
-    fit = theory.fit_lr_law(points)
+    fit = plan.fit_lr_law(points)
     assert fit.method == "both" and fit.n == 16
     assert abs(fit.p - 0.7) < 3 * fit.p_se and fit.p_se < 0.03
     assert abs(fit.m - 6e-4) < 3 * fit.m_se and fit.m_se / fit.m < 0.05
@@ -239,19 +239,19 @@ def test_fit_recovers_m_p_and_multiplier_from_handmade_csvs(tmp_path, capsys):
 
 def test_fit_exact_points_and_standard_errors_by_monte_carlo():
     hidden = [1024, 2048, 3072, 4096, 5120, 8192]
-    exact = theory.fit_lr_law([(h, _law(h, 5e-4, 0.781)) for h in hidden])
+    exact = plan.fit_lr_law([(h, _law(h, 5e-4, 0.781)) for h in hidden])
     assert exact.m == pytest.approx(5e-4, rel=1e-9) and exact.p == pytest.approx(0.781, rel=1e-9)
     # The reported standard error of p matches the spread of p over repeated noisy data sets.
     rng = random.Random(1)
-    fits = [theory.fit_lr_law([(h, _law(h, 5e-4, 0.781) * math.exp(rng.gauss(0, 0.1))) for h in hidden * 3])
+    fits = [plan.fit_lr_law([(h, _law(h, 5e-4, 0.781) * math.exp(rng.gauss(0, 0.1))) for h in hidden * 3])
             for _ in range(300)]
     ps = [f.p for f in fits]
     sd = math.sqrt(sum((p - sum(ps) / len(ps)) ** 2 for p in ps) / (len(ps) - 1))
     assert sum(f.p_se for f in fits) / len(fits) == pytest.approx(sd, rel=0.15)
-    fixed = theory.fit_lr_law([(4096, 3e-4), (4096, 2e-4)], p=0.781)
+    fixed = plan.fit_lr_law([(4096, 3e-4), (4096, 2e-4)], p=0.781)
     assert fixed.p_se == 0 and fixed.m == pytest.approx(math.sqrt(6e-8) / (2000 / 4096) ** 0.781)
     with pytest.raises(ValueError, match="same hidden size"):
-        theory.fit_lr_law([(4096, 3e-4), (4096, 2e-4)])
+        plan.fit_lr_law([(4096, 3e-4), (4096, 2e-4)])
 
 
 # ----------------------------------------------------------------------------- 4. capacity (C9)
@@ -260,11 +260,11 @@ def test_fit_exact_points_and_standard_errors_by_monte_carlo():
 def test_capacity_arithmetic_and_smallest_rank():
     cfg = compose(["data=tiny-facts", "lora.rank=1"])
     per_rank_bits = 2 * 7104  # tiny-llama, all layers: 7,104 parameters per rank
-    cap = theory.capacity_check(cfg, bits=2048 * 19.9658)  # tiny-facts' 2048 facts: 40.9 kbit
+    cap = plan.capacity_check(cfg, bits=2048 * 19.9658)  # tiny-facts' 2048 facts: 40.9 kbit
     assert cap.params == 7104 and cap.capacity_bits == per_rank_bits and not cap.fits and not cap.upper_bound
     assert cap.min_rank == 4  # a power of 2: 2 x 14,208 < 40,887 <= 4 x 14,208
-    assert theory.capacity_check(cfg, bits=1e9).min_rank is None
-    rl = theory.capacity_check(cfg, episodes=5000)  # RL: ~1 bit per episode
+    assert plan.capacity_check(cfg, bits=1e9).min_rank is None
+    rl = plan.capacity_check(cfg, episodes=5000)  # RL: ~1 bit per episode
     assert rl.bits == 5000 and rl.fits and rl.min_rank == 1
 
 
@@ -272,11 +272,11 @@ def test_base_model_bits_bound_the_exact_information_of_tiny_facts():
     # The summed target NLL under any model is at least the targets' entropy (Gibbs' inequality), so
     # the scaled base-model estimate must not fall below tiny-facts' exact 19.97 bits per fact.
     cfg = compose(["data=tiny-facts", "data.num_examples=2048", "data.eval_size=16"])
-    stats = theory.measure_data(cfg, sample=24)
+    stats = plan.measure_data(cfg, sample=24)
     exact = facts_information_bits(cfg.data)
     assert stats.rows == 2048 and stats.bits >= exact
     assert stats.target_tokens > 2048 * 3  # three answers per fact, several tokens each
-    cap = theory.capacity_check(cfg, stats=stats)
+    cap = plan.capacity_check(cfg, stats=stats)
     assert cap.bits == stats.bits and cap.fits == (cap.bits <= 2 * 91136) and cap.upper_bound
 
 
@@ -291,7 +291,7 @@ def test_bits_from_a_runs_first_epoch(tmp_path, small):
              {"step": 2, "train_loss": 1.0, "target_tokens": 50, "epoch": 0},
              {"step": 3, "train_loss": 0.5, "target_tokens": 80, "epoch": 1}]
     (d / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    assert theory.bits_from_run(d) == (pytest.approx(250 / math.log(2)), 150.0, 8)
+    assert plan.bits_from_run(d) == (pytest.approx(250 / math.log(2)), 150.0, 8)
 
 
 # ----------------------------------------------------------------------------- 5. invariances (C7, C8)
@@ -365,8 +365,8 @@ def test_plan_prints_the_table_offline(capsys):
     # all layers hold 2 x 2,621,440 bits per rank -> 39.1 -> rank 64.
     assert "data 205Mbit" in text and "smallest sufficient rank 64" in text
     steps, tokens = 100_000 // 32, 100_000 // 32 * 32 * 2048
-    flops = theory.flops_per_token("llama-3.1-8b", "lora", 128, "all", 2048).total * tokens
-    assert f"{steps:,} steps" in text and f"{theory.gpu_hours(flops, 'a100', 0.5):.3g} GPU-hours (a100, MFU 0.5)" in text
+    flops = plan.flops_per_token("llama-3.1-8b", "lora", 128, "all", 2048).total * tokens
+    assert f"{steps:,} steps" in text and f"{plan.gpu_hours(flops, 'a100', 0.5):.3g} GPU-hours (a100, MFU 0.5)" in text
 
 
 def test_plan_tiny_with_experiment_and_bad_args(capsys):

@@ -24,7 +24,7 @@ import itertools
 import random
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from lora_lab.tiny_common import fixed_eval_split, invented_name, invented_word, require_size
+from lora_lab.tiny.common import fixed_eval_split, invented_name, invented_word, require_size
 
 if TYPE_CHECKING:
     from lora_lab.config import DataConfig

@@ -3,13 +3,13 @@ one loader serves both scales and everything runs offline.
 
 - tiny-tulu: an instruction mixture in allenai/tulu-3-sft-mixture's schema
       {"id": str, "source": "tiny-tulu", "messages": [{"role": "system"|"user"|"assistant", "content": str}]}
-- tiny-openthoughts (tiny_thoughts.py): reasoning traces in open-thoughts/OpenThoughts3-1.2M's schema
+- tiny-openthoughts (tiny/thoughts.py): reasoning traces in open-thoughts/OpenThoughts3-1.2M's schema
       {"conversations": [{"from": "human", "value": str}, {"from": "gpt", "value": "<think>\n...\n</think>\n\n..."}],
        "domain": "math"|"code"|"puzzle", "source": "tiny-openthoughts", "difficulty": int}
-- tiny-facts, tiny-facts-heldout (tiny_facts.py): invented entities with random attributes and an
+- tiny-facts, tiny-facts-heldout (tiny/facts.py): invented entities with random attributes and an
   exactly known information content (claim C9), in tulu's `messages` schema (source "tiny-facts");
   tiny-facts' eval re-asks training facts, tiny-facts-heldout's asks unseen ones
-- tiny-math (tiny_math.py): verifiable integer-answer problems, levels 1-5, per row in GSM8K's
+- tiny-math (tiny/maths.py): verifiable integer-answer problems, levels 1-5, per row in GSM8K's
       {"question": str, "answer": "...\n#### 42"}
   or MATH's schema
       {"problem": str, "level": "Level 1".."Level 5", "type": str, "solution": "... $\\boxed{42}$."}
@@ -27,9 +27,9 @@ import json
 import random
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from lora_lab.tiny_facts import facts_information_bits, load_tiny_facts, load_tiny_facts_heldout
-from lora_lab.tiny_math import load_tiny_math, reference_answer
-from lora_lab.tiny_thoughts import load_tiny_openthoughts
+from lora_lab.tiny.facts import facts_information_bits, load_tiny_facts, load_tiny_facts_heldout
+from lora_lab.tiny.maths import load_tiny_math, reference_answer
+from lora_lab.tiny.thoughts import load_tiny_openthoughts
 
 if TYPE_CHECKING:
     from lora_lab.config import DataConfig

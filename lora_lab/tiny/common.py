@@ -1,7 +1,7 @@
-"""Helpers shared by the generated data sets (tiny_world.py, tiny_facts.py, tiny_math.py,
-tiny_thoughts.py): invented names, the fixed held-out split, and the size check.
+"""Helpers shared by the generated data sets (tiny/world.py, tiny/facts.py, tiny/maths.py,
+tiny/thoughts.py): invented names, the fixed held-out split, and the size check.
 
-Kept apart from tiny_world.py so that the generator modules can import them while tiny_world.py
+Kept apart from tiny/world.py so that the generator modules can import them while tiny/world.py
 imports the generators for its registry (no import cycle).
 """
 

@@ -1,7 +1,7 @@
 """Pretraining of the tiny base models on a generated corpus: `lora-lab build-tiny`.
 
 The corpus gives a small model general skills the post-training sets build on, in surface forms
-of its own (the post-training sets in tiny_world.py use other templates and invented names, so
+of its own (the post-training sets in tiny/world.py use other templates and invented names, so
 they still have something to teach):
 - templated language: short descriptive paragraphs;
 - arithmetic with worked steps (column addition with carries, subtraction, small products);
@@ -35,12 +35,12 @@ from pathlib import Path
 
 import torch
 
-from lora_lab.tiny_common import invented_name, invented_word
-from lora_lab.tokenizer import ASSETS, CHAT_TEMPLATE, train_tokenizer
+from lora_lab.tiny.common import invented_name, invented_word
+from lora_lab.tiny.tokenizer import ASSETS, CHAT_TEMPLATE, train_tokenizer
 
 SEQ_LEN = 256
 
-from lora_lab.corpus_words import (ADJECTIVES, ANIMALS, COLOURS, CONTAINERS, FRENCH, NAMES, OBJECTS, OPENERS,
+from lora_lab.tiny.words import (ADJECTIVES, ANIMALS, COLOURS, CONTAINERS, FRENCH, NAMES, OBJECTS, OPENERS,
                                    OPPOSITES, PLACES, SENTENCES, TIMES, TOWNS, VERBS)
 
 _NAMES, _ANIMALS, _OBJECTS, _ADJ, _PLACES, _VERBS = NAMES, ANIMALS, OBJECTS, ADJECTIVES, PLACES, VERBS
@@ -505,7 +505,7 @@ def _model_card(c: dict) -> str:
     return f"""# {c['model']}
 
 A tiny base model of lora-lab, pretrained from scratch on the project's generated corpus
-(lora_lab/pretrain.py: templated language, worked arithmetic, list and string manipulation,
+(lora_lab/tiny/pretrain.py: templated language, worked arithmetic, list and string manipulation,
 chat-format question/answer turns), with a fraction `drill` of arithmetic-table drill documents
 ({c.get('drill', 0.0)} here).
 

@@ -2,7 +2,7 @@
 saved as a transformers tokenizer whose chat template marks assistant tokens with
 {% generation %} blocks (so `apply_chat_template(..., return_assistant_tokens_mask=True)` works).
 
-    python -m lora_lab.tokenizer lora_lab/assets/tokenizer   # rebuild the shipped tokenizer
+    python -m lora_lab.tiny.tokenizer lora_lab/assets/tokenizer   # rebuild the shipped tokenizer
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Iterable
 
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
 TOKENIZER_DIR = ASSETS / "tokenizer"
 
 BOS, EOS, PAD = "<|bos|>", "<|end|>", "<|pad|>"
@@ -57,7 +57,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path):
 
 
 def corpus_texts(n: int = 20000, seed: int = 0) -> list[str]:
-    from lora_lab.tiny_world import tiny_tulu_rows
+    from lora_lab.tiny.world import tiny_tulu_rows
 
     return ["\n".join(m["content"] for m in row["messages"]) for row in tiny_tulu_rows(n, seed)]
 
