@@ -1,12 +1,13 @@
 # Two commands set everything up from nothing and run (README):
-#   make run    the main job on the tiny default (CPU, offline, minutes)
+#   make run    the main job: `lora-lab reproduce --quick` on the tiny default (CPU, offline, minutes),
+#               ending with the claims scorecard and the path of report.html
 #   make test   the test suite
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test test-fast clean
+.PHONY: install run pair test test-fast clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +18,10 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 run: $(STAMP)
+	$(BIN)/lora-lab reproduce --quick
+
+# LoRA and FullFT on the tiny default, both final losses (two ~25-second runs).
+pair: $(STAMP)
 	$(BIN)/lora-lab pair
 
 test: $(STAMP)
@@ -26,4 +31,4 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
-	rm -rf $(VENV) runs outputs .pytest_cache
+	rm -rf $(VENV) runs runs-quick outputs .pytest_cache

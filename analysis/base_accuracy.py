@@ -1,9 +1,9 @@
 """Accuracy of a model on a math set's held-out problems, by greedy decoding: how much a base
 model solves before any post-training (tiny-math is sized so that tiny-llama solves some).
 
-The prompt is the problem as a user turn (chat template, generation prompt on); the completion's
-answer is its last \\boxed{...} if it has one, else its last integer, compared with the reference
-answer exactly. (RL rewards with math-verify come with lora_lab/rewards.py.)
+The prompt is the problem as a user turn (chat template, generation prompt on); a completion is
+scored by the RL reward of the data set (lora_lab/rewards.py, which reads answers by the rules of
+lora_lab/answers.py), so this count and RL's eval_accuracy of the base model use the same rule.
 
     python analysis/base_accuracy.py model=tiny-llama data=tiny-math data.eval_size=200
     python analysis/base_accuracy.py model=tiny-llama data=tiny-math data.levels=[1,2] --max-new-tokens 48
@@ -14,29 +14,28 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import re
 import sys
 
 import torch
 
-from lora_lab.config import compose
+from lora_lab import answers
+from lora_lab.config import ConfigError, compose
 from lora_lab.data import DATASETS, _messages
 from lora_lab.models import build_model
-from lora_lab.tiny.maths import last_boxed, reference_answer
-
-_INT = re.compile(r"-?\d[\d,]*")
+from lora_lab.rewards import reference_for, reward_task, score
 
 
-def extract(completion: str) -> str | None:
-    boxed = last_boxed(completion)
-    if boxed is not None:
-        return boxed.replace(",", "").strip()
-    nums = _INT.findall(completion)
-    return nums[-1].replace(",", "") if nums else None
+def judged(task: str, row: dict, completion: str) -> dict:
+    """One held-out problem, scored as RL scores it."""
+    ref = reference_for(task, row)
+    final = answers.final_number(completion)
+    return {"level": row.get("level") or "gsm8k-form", "reference": ref,
+            "answer": None if final is None else str(final), "correct": score(task, completion, ref) == 1.0,
+            "completion": completion}
 
 
 @torch.no_grad()
-def accuracy(model, tok, rows: list[dict], max_new_tokens: int, batch: int = 32) -> list[dict]:
+def accuracy(model, tok, rows: list[dict], max_new_tokens: int, task: str, batch: int = 32) -> list[dict]:
     tok.padding_side = "left"
     out = []
     for i in range(0, len(rows), batch):
@@ -47,10 +46,7 @@ def accuracy(model, tok, rows: list[dict], max_new_tokens: int, batch: int = 32)
         gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
                              eos_token_id=tok.eos_token_id)
         for r, g in zip(chunk, gen[:, enc["input_ids"].shape[1]:]):
-            text = tok.decode(g, skip_special_tokens=True)
-            ref = reference_answer(r)
-            out.append({"level": r.get("level") or "gsm8k-form", "reference": ref, "answer": extract(text),
-                        "correct": extract(text) == ref, "completion": text})
+            out.append(judged(task, r, tok.decode(g, skip_special_tokens=True)))
     return out
 
 
@@ -62,11 +58,15 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.max_new_tokens <= 0:
         p.error(f"--max-new-tokens={a.max_new_tokens}: must be > 0")
-    cfg = compose(a.overrides)
+    try:
+        cfg = compose(a.overrides)
+        task = reward_task(cfg.data.name)
+    except (ConfigError, ValueError) as exc:
+        p.exit(2, f"{p.prog}: {exc}\n")
     model, tok = build_model(cfg.model)
     model.eval()
     _, held_out = DATASETS[cfg.data.name](cfg.data)
-    results = accuracy(model, tok, list(held_out), a.max_new_tokens)
+    results = accuracy(model, tok, list(held_out), a.max_new_tokens, task)
     by_level = collections.defaultdict(list)
     for r in results:
         by_level[r["level"]].append(r["correct"])

@@ -8,20 +8,11 @@ from __future__ import annotations
 
 import sys
 
-from lora_lab.analysis import script_setup
-from lora_lab.sections import analyze_experiment
+from lora_lab.report import script_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    res, out, experiments = script_setup(__doc__, "invariance", argv)
-    for exp in experiments:
-        sec = analyze_experiment(res, exp, out)
-        print(f"{exp}: wrote {', '.join(str(p) for p in sec.files)}")
-        if "invariance" in sec.tables:
-            print(sec.tables["invariance"].to_string(index=False))
-        for note in sec.notes:
-            print(f"{exp}: {note}")
-    return 0
+    return script_main(__doc__, "invariance", tables=("invariance",), argv=argv)
 
 
 if __name__ == "__main__":

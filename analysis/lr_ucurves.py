@@ -7,24 +7,28 @@ interval, and the LoRA/FullFT optimal-LR ratio per rank (optimal_lr.csv, lr_rati
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from lora_lab import figures
-from lora_lab.analysis import curve_table, label_runs, lr_ratios, optimal_lrs, script_setup, ucurves
+from lora_lab.curves import curve_table, label_runs, lr_ratios, optimal_lrs, ucurves
+from lora_lab.report import script_main
+from lora_lab.results import Results
+
+
+def lr_ucurves(res: Results, exp: str, out: Path) -> None:
+    runs = label_runs(res.of(exp).plotted())
+    opt = optimal_lrs(runs)
+    fig = figures.ucurve_figure(ucurves(runs), opt, figures.curve_styles(curve_table(runs)), title=f"{exp}: final loss vs LR")
+    print(f"{exp}: wrote {', '.join(map(str, figures.save(fig, out / exp, 'lr_ucurves')))}")
+    opt.to_csv(out / exp / "optimal_lr.csv", index=False)
+    ratios = lr_ratios(opt, runs)
+    ratios.to_csv(out / exp / "lr_ratios.csv", index=False)
+    print(opt.drop(columns=["model"]).to_string(index=False))
+    print(ratios.to_string(index=False))
 
 
 def main(argv: list[str] | None = None) -> int:
-    res, out, experiments = script_setup(__doc__, "rank", argv)
-    for exp in experiments:
-        runs = label_runs(res.of(exp).plotted())
-        opt = optimal_lrs(runs)
-        fig = figures.ucurve_figure(ucurves(runs), opt, figures.curve_styles(curve_table(runs)), title=f"{exp}: final loss vs LR")
-        print(f"{exp}: wrote {', '.join(map(str, figures.save(fig, out / exp, 'lr_ucurves')))}")
-        opt.to_csv(out / exp / "optimal_lr.csv", index=False)
-        ratios = lr_ratios(opt, runs)
-        ratios.to_csv(out / exp / "lr_ratios.csv", index=False)
-        print(opt.drop(columns=["model"]).to_string(index=False))
-        print(ratios.to_string(index=False))
-    return 0
+    return script_main(__doc__, "rank", argv=argv, each=lr_ucurves)
 
 
 if __name__ == "__main__":

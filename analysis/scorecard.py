@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from lora_lab.analysis import analyze_main
+from lora_lab.report import analyze_main
 
 if __name__ == "__main__":
     sys.exit(analyze_main(sys.argv[1:]))

@@ -21,7 +21,8 @@ from transformers import AutoModelForCausalLM
 from lora_lab.config import compose
 from lora_lab.data import IGNORE_INDEX, BatchOrder, collate, load_data, order_seed
 from lora_lab.lora import apply_lora
-from lora_lab.models import load_tokenizer, tiny_config
+from lora_lab.models import load_tokenizer
+from lora_lab.tiny.presets import tiny_config
 from lora_lab.train import batch_nll
 
 # (preset, hidden, layers, MLP or expert width, query heads, kv heads); head_dim 32 throughout.

@@ -1,8 +1,14 @@
 """lora-lab: LoRA vs full fine-tuning, from a laptop CPU to SLURM GPU clusters.
 
     from lora_lab import compose, load_run
-    from lora_lab.train import train
+    from lora_lab.launch import train
     summary = train(compose(["method=lora", "lora.rank=4", "train.max_steps=20"]))
+
+The package is layered (imports point down only; tests/test_layers.py checks it): config; hub,
+answers, models, lora, data, rewards, flops, sampler and the generated tiny world (tiny/); the run
+directory (runs) and distributed; what SFT and RL share (learner); the loops train and rl, and
+launch; sweep, reproduce, plan, the analysis chain results -> curves -> figures -> sections ->
+claims -> report, and the cli on top.
 """
 
 __version__ = "0.1.0"

@@ -11,6 +11,7 @@ Overrides use Hydra's syntax: `method=full`, `lora.rank=4`, `model=tiny-moe`, `o
 Bad keys or values stop with exit code 2 and a one-line message, before any model is loaded; so
 does a data set that cannot be used (not available offline, wrong schema, too many malformed rows).
 Exit codes: 0 completed or diverged (a diverged run is a result), 1 failed, 2 bad config or data.
+`python -m lora_lab <command> ...` is the same command (also under torchrun).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ EXTERNAL = {
     "build-tiny": ("lora_lab.tiny.pretrain", "main", "rebuild the tiny tokenizer and base models"),
     "sweep": ("lora_lab.sweep", "sweep_main", "run an experiment's grid (local or SLURM), skipping finished runs"),
     "status": ("lora_lab.sweep", "status_main", "table of an experiment's runs by state"),
-    "analyze": ("lora_lab.analysis", "analyze_main", "figures, tables and the claims scorecard from run directories"),
+    "analyze": ("lora_lab.report", "analyze_main", "figures, tables and the claims scorecard from run directories"),
     "reproduce": ("lora_lab.reproduce", "reproduce_main", "run every experiment of a scale, then analyze"),
     "plan": ("lora_lab.plan", "plan_main", "parameter counts, FLOPs, recommended LRs and capacity for a config"),
     "fit-lr": ("lora_lab.plan", "fit_lr_main", "refit the LR law from your own sweeps' optimal LRs"),
@@ -52,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
 def _train(overrides: list[str]) -> int:
     from lora_lab.config import compose
     from lora_lab.runs import FINAL_STATUSES
-    from lora_lab.train import train
+    from lora_lab.launch import train
 
     cfg = compose(overrides)
     summary = train(cfg)
@@ -69,10 +70,11 @@ def _train(overrides: list[str]) -> int:
 
 
 def _pair(overrides: list[str]) -> int:
-    """The main job until `lora-lab reproduce` exists: LoRA vs FullFT on the tiny default."""
-    from lora_lab.config import compose, run_dir
+    """LoRA vs FullFT on the tiny default, each at its best LR of a coarse sweep: both final losses."""
+    from lora_lab.config import compose
+    from lora_lab.runs import run_dir
     from lora_lab.runs import FINAL_STATUSES
-    from lora_lab.train import train
+    from lora_lab.launch import train
 
     lora_keys = [o for o in overrides if o.lstrip("+~").startswith("lora.")]
     common = [o for o in overrides if o not in lora_keys and not o.startswith("method=")]
@@ -96,7 +98,8 @@ def _pair(overrides: list[str]) -> int:
 
 
 def _show(overrides: list[str]) -> int:
-    from lora_lab.config import compose, run_dir, to_yaml
+    from lora_lab.config import compose, to_yaml
+    from lora_lab.runs import run_dir
 
     cfg = compose(overrides)
     print(to_yaml(cfg), end="")

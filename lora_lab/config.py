@@ -12,9 +12,6 @@ key and the fix; the CLI turns it into exit code 2 before any model is loaded.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import hashlib
-import json
 import math
 import os
 import re
@@ -37,6 +34,12 @@ PROGRESS_MODES = ("auto", "bar", "lines", "none")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 MAX_RANK = 512
+# Names the validators check against, as plain tuples so that this module imports nothing of
+# lora_lab (tests/test_config.py holds them against the registries they mirror).
+TINY_DATA_SETS = ("tiny-tulu", "tiny-openthoughts", "tiny-facts", "tiny-facts-heldout", "tiny-math")  # tiny/world.py
+REAL_DATA_SETS = ("tulu3", "openthoughts3", "math", "gsm8k", "deepmath")  # data.py REAL_SETS
+DATA_SETS = TINY_DATA_SETS + REAL_DATA_SETS  # data.py DATASETS
+RL_DATA_SETS = ("tiny-math", "gsm8k", "math", "deepmath")  # rewards.py TASKS: sets with a verifiable reward
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
@@ -106,9 +109,7 @@ class DataConfig:
     max_bad_fraction: float = 0.01
 
     def __post_init__(self) -> None:
-        from lora_lab.data import DATASETS, REAL_SETS  # registry lives next to the loaders
-
-        _check(self.name in DATASETS, "data.name", self.name, f"unknown data set; choose one of {', '.join(sorted(DATASETS))}")
+        _check(self.name in DATA_SETS, "data.name", self.name, f"unknown data set; choose one of {', '.join(sorted(DATA_SETS))}")
         _check(self.num_examples is None or self.num_examples > 0, "data.num_examples", self.num_examples, "must be > 0 (or null for all)")
         _check(self.eval_size > 0, "data.eval_size", self.eval_size, "must be > 0")
         _check(self.max_seq_len >= 8, "data.max_seq_len", self.max_seq_len, "must be >= 8")
@@ -117,7 +118,7 @@ class DataConfig:
         _check(0 <= self.max_bad_fraction <= 1, "data.max_bad_fraction", self.max_bad_fraction, "must be in [0, 1]")
         if self.path is not None:
             _check(Path(self.path).expanduser().exists(), "data.path", self.path, "no such file or directory")
-        elif self.name in REAL_SETS:
+        elif self.name in REAL_DATA_SETS:
             _check(bool(self.hub_id and _HUB_ID.match(self.hub_id)), "data.hub_id", self.hub_id,
                    f"data={self.name} needs a hub id (org/name) or data.path=<local jsonl/parquet file or directory>")
 
@@ -173,14 +174,11 @@ class OptimConfig:
         _check(self.adam_eps >= 0, "optim.adam_eps", self.adam_eps, "must be >= 0")
         _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "must be >= 0")
         _check(self.grad_clip >= 0, "optim.grad_clip", self.grad_clip, "must be >= 0 (0 turns clipping off)")
-        from lora_lab.distributed import check_batch, world_size_from_env
 
-        # Under torchrun / multi-task srun each process takes batch_size / world_size sequences.
-        check_batch(self.batch_size, self.micro_batch_size, world_size_from_env())
-
-    @property
-    def micro(self) -> int:
-        """Sequences per forward/backward. null: the largest divisor of batch_size up to 8.
+    def micro_for(self, world_size: int = 1) -> int:
+        """Sequences per forward/backward in each of world_size processes (each takes batch_size /
+        world_size sequences of a step; the run's pre-flight checks that they divide evenly, see
+        lora_lab/distributed.py). null: the largest divisor of the per-process share up to 8.
 
         Each step's sequences are sorted by length before they are split, so a micro-batch pads
         only to its own longest sequence: on the 2-core CPU the forward and backward of a tiny-tulu
@@ -189,9 +187,7 @@ class OptimConfig:
         up to float summation order."""
         if self.micro_batch_size:
             return self.micro_batch_size
-        from lora_lab.distributed import world_size_from_env
-
-        local = self.batch_size // world_size_from_env()  # per process (lora_lab/distributed.py)
+        local = self.batch_size // max(world_size, 1)
         return max(d for d in range(1, min(8, local) + 1) if local % d == 0)
 
 
@@ -323,10 +319,8 @@ class Config:
         _check(self.method in METHODS, "method", self.method, f"choose one of {', '.join(METHODS)}")
         _check(self.task in TASKS, "task", self.task, f"choose one of {', '.join(TASKS)}")
         if self.task == "rl":
-            from lora_lab.rewards import TASKS as REWARD_TASKS
-
-            _check(self.data.name in REWARD_TASKS, "data.name", self.data.name,
-                   f"task=rl needs a data set with a verifiable reward: {', '.join(REWARD_TASKS)}")
+            _check(self.data.name in RL_DATA_SETS, "data.name", self.data.name,
+                   f"task=rl needs a data set with a verifiable reward: {', '.join(RL_DATA_SETS)}")
             default_bs = OptimConfig.__dataclass_fields__["batch_size"].default
             _check(self.optim.batch_size == default_bs, "optim.batch_size", self.optim.batch_size,
                    f"is unused with task=rl (a step is rl.prompts_per_step x rl.group_size completions); drop it (default {default_bs})")
@@ -365,59 +359,6 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     cs.store(group="hydra/sweeper", name="lora_lab", node=SweepGridConfig, provider="lora_lab")
-
-
-@functools.lru_cache(maxsize=None)
-def tiny_weights_fingerprint(name: str) -> str | None:
-    """A short hash of a shipped tiny model's weights (lora_lab/assets/<name>/model.safetensors):
-    part of a run's identity, so that runs of rebuilt base models never pass for runs of the old ones."""
-    path = Path(__file__).resolve().parent / "assets" / name / "model.safetensors"
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:12] if path.is_file() else None
-
-
-def _identity(cfg: Config) -> dict:
-    """The part of the config that decides what a run computes (where it is written and how it
-    logs do not)."""
-    d = cfg.to_dict()
-    if cfg.model.name in TINY_PRESETS:
-        d["model"]["weights"] = tiny_weights_fingerprint(cfg.model.name)
-    for k in ("run", "logger", "dist"):
-        d.pop(k)
-    if cfg.task != "rl":
-        # rl.* does not affect an SFT run: leaving it out keeps SFT run ids as they were before it existed.
-        d.pop("rl")
-    if cfg.method == "full":
-        d.pop("lora")
-    return d
-
-
-def config_hash(cfg: Config) -> str:
-    blob = json.dumps(_identity(cfg), sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:8]
-
-
-def _fmt(x: float) -> str:
-    return f"{x:.0e}".replace("e-0", "e-").replace("e+0", "e")
-
-
-def run_id(cfg: Config) -> str:
-    """Readable key values plus a hash of everything that affects the result (seed included),
-    so that relaunching a grid finds its finished runs."""
-    if cfg.run.id:
-        return cfg.run.id
-    model = Path(cfg.model.name.rstrip("/")).name
-    parts = [model, cfg.data.name]
-    if cfg.method == "lora":
-        parts += [f"lora-r{cfg.lora.rank}-{cfg.lora.layers}" + ("-unembed" if cfg.lora.unembed else "")]
-    else:
-        parts += ["full"]
-    batch = f"rl{cfg.rl.prompts_per_step}x{cfg.rl.group_size}" if cfg.task == "rl" else f"bs{cfg.optim.batch_size}"
-    parts += [f"lr{_fmt(cfg.optim.lr)}", batch, f"s{cfg.train.seed}", config_hash(cfg)]
-    return "_".join(parts)
-
-
-def run_dir(cfg: Config) -> Path:
-    return Path(cfg.run.root) / cfg.run.experiment / run_id(cfg)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -28,15 +28,10 @@ the same step.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import re
-import socket
 import sys
-import urllib.parse
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import numpy as np
 import torch
 
+from lora_lab import answers, hub
 from lora_lab.tiny.world import TINY_DATASETS
 
 if TYPE_CHECKING:
@@ -66,10 +62,6 @@ class BadRow(ValueError):
 # ----------------------------------------------------------------------------- rows -> chat messages
 
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
-# GSM8K's answer format: the worked solution, then a last line "#### 72" that graders parse.
-_GSM8K_FINAL = re.compile(r"####\s*-?[\d,]*\.?\d+\s*$")
-# MATH's answer format: the final answer inside \boxed{...} (a few MATH solutions use \fbox).
-_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 
 
 def _text(row: dict, key: str) -> str:
@@ -130,7 +122,7 @@ def _messages(row: dict) -> list[dict]:
         msgs = _turns(row["conversations"], "conversations", "from", "value")
     elif "problem" in row or "solution" in row:
         problem, solution = _text(row, "problem"), _text(row, "solution")
-        if not _BOXED.search(solution):
+        if not answers.BOXED.search(solution):
             raise BadRow("'solution' has no \\boxed{...} answer")
         msgs = _qa(problem, solution)
     elif "final_answer" in row or "r1_solution_1" in row:
@@ -141,7 +133,7 @@ def _messages(row: dict) -> list[dict]:
         msgs = _qa(question, r1 if r1 and r1.strip() else f"The final answer is $\\boxed{{{final}}}$.")
     elif "question" in row or "answer" in row:
         question, answer = _text(row, "question"), _text(row, "answer")
-        if not _GSM8K_FINAL.search(answer):
+        if not answers.GSM8K_FINAL.search(answer):
             raise BadRow("'answer' does not end with '#### <number>'")
         msgs = _qa(question, answer)
     else:
@@ -168,7 +160,6 @@ REAL_SETS: dict[str, tuple[str, ...]] = {
     "deepmath": ("question", "final_answer"),
 }
 _FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-_OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 _CHUNK = 1024  # rows decoded per Arrow read
 
 
@@ -223,44 +214,6 @@ def _where(cfg: "DataConfig") -> str:
     return f"data.path={cfg.path}" if cfg.path else f"{cfg.hub_id}" + (f" ({cfg.hub_config})" if cfg.hub_config else "")
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the hub's host (or the https proxy in front of it) takes a TCP connection within
-    `timeout` s. Without this check an air-gapped node spends ~25 s in datasets' retries first."""
-    url = urllib.parse.urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
-    proxy = urllib.request.getproxies().get(url.scheme)
-    if proxy and not urllib.request.proxy_bypass(host):
-        p = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-        host, port = p.hostname or host, p.port or 80
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def _offline() -> bool:
-    if any(os.environ.get(k, "").strip().upper() in ("1", "ON", "YES", "TRUE") for k in _OFFLINE_VARS):
-        return True
-    return not _hub_reachable()
-
-
-@contextlib.contextmanager
-def _hub_offline(on: bool) -> Iterator[None]:
-    """datasets and huggingface_hub read HF_HUB_OFFLINE once, at import: set their flags for one
-    load, so that an unreachable hub goes straight to the local cache instead of retrying."""
-    import datasets.config as ds_config
-    from huggingface_hub import constants as hub_constants
-
-    saved = ds_config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE
-    if on:
-        ds_config.HF_HUB_OFFLINE = hub_constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        ds_config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE = saved
-
-
 def _offline_message(cfg: "DataConfig") -> str:
     return (f"data={cfg.name}: {_where(cfg)} is not available offline (no network, not in the datasets cache); "
             f"on a machine with network run `hf download --repo-type dataset {cfg.hub_id} --local-dir <dir>` "
@@ -270,9 +223,9 @@ def _offline_message(cfg: "DataConfig") -> str:
 def _open_hub(cfg: "DataConfig", split: str, key: str) -> Any:
     import datasets
 
-    offline = _offline()
+    offline = hub.offline()
     try:
-        with _hub_offline(offline):
+        with hub.offline_flags(offline):
             return datasets.load_dataset(cfg.hub_id, cfg.hub_config, split=split)
     except ValueError as exc:  # an unknown config or split name
         bad = f"{key}={split!r}" if "split" in str(exc).lower() else f"data.hub_config={cfg.hub_config!r}"
@@ -307,7 +260,7 @@ def _open_local(cfg: "DataConfig", split: str, key: str) -> Any:
         has_configs = readme.is_file() and "config_name:" in readme.read_text(errors="replace")
         args, kwargs = (str(path), cfg.hub_config if has_configs else None), dict(split=split)
     try:
-        with _hub_offline(True):  # local files need no network: never wait on it
+        with hub.offline_flags(True):  # local files need no network: never wait on it
             return datasets.load_dataset(*args, **kwargs)
     except ValueError as exc:
         bad = f"{key}={split!r}" if "split" in str(exc).lower() else f"data.path={cfg.path}"

@@ -7,7 +7,7 @@ environment: torchrun's RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PO
 srun step with several tasks (what submitit starts for a profile with tasks_per_node or nodes > 1),
 SLURM's through submitit's JobEnvironment. Backend: nccl on GPU, gloo on CPU.
 
-    torchrun --nproc_per_node 2 -m lora_lab.train method=full optim.batch_size=32 train.max_steps=20
+    torchrun --nproc_per_node 2 -m lora_lab train method=full optim.batch_size=32 train.max_steps=20
     lora-lab gpus model=llama-3.1-8b method=full data.max_seq_len=4096 gpu_gib=80
 
 Sharding (`fully_shard`): every decoder layer, then the root (embeddings, final norm, lm_head). FullFT
@@ -43,7 +43,6 @@ import torch
 import torch.distributed as dist
 
 from lora_lab.config import ConfigError
-from lora_lab.runs import RunDir
 
 if TYPE_CHECKING:
     from lora_lab.config import Config
@@ -196,16 +195,6 @@ def local_share(idx: list[int]) -> list[int]:
     """This rank's sequences of a length-sorted optimizer batch: dealt round-robin, so every rank gets
     the same number and a similar spread of lengths."""
     return idx[_ENV.rank::_ENV.world_size]
-
-
-class ReadOnlyRunDir(RunDir):
-    """The run directory as ranks other than 0 see it: they read it, rank 0 alone writes it."""
-
-    def _skip(self, *args, **kwargs) -> None:
-        return None
-
-    lock = unlock = write_config = write_meta = write_summary = clear_summary = _skip
-    open_metrics = log = save_checkpoint = _skip
 
 
 # ----------------------------------------------------------------------------- sharding

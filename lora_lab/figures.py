@@ -3,7 +3,7 @@
 Colour is the rank (viridis over log2 rank 1..512, the same rank the same colour in every figure),
 black is FullFT; line style is the layer set (all solid, MLP dashed, attention dotted). Steps and
 LRs are on log axes, as in the paper's figures. The functions take the tidy tables of
-lora_lab/analysis.py and return matplotlib Figures (no pyplot state), which `save` writes as PNG and
+lora_lab/curves.py and return matplotlib Figures (no pyplot state), which `save` writes as PNG and
 PDF; a notebook shows them with `display(fig)`.
 
     from lora_lab import figures
@@ -43,7 +43,7 @@ def rank_color(rank: float | None) -> tuple:
 
 def curve_styles(table: pd.DataFrame, labels: Mapping[str, str] | None = None) -> dict[str, dict]:
     """curve -> matplotlib keyword arguments (color, linestyle, label) from a curve table
-    (analysis.curve_table); `labels` renames curves in legends."""
+    (curves.curve_table); `labels` renames curves in legends."""
     styles = {}
     for _, r in table.iterrows():
         rank = None if r["method"] == "full" else r.get("rank")

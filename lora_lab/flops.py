@@ -40,6 +40,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
+from lora_lab import hub
 from lora_lab.config import CONF_DIR, ConfigError, LoraConfig, ModelConfig
 
 if TYPE_CHECKING:
@@ -93,7 +94,8 @@ def hf_config(model: ModelLike) -> PretrainedConfig:
 def _lookup(name: str, trust_remote_code: bool, revision: str | None) -> PretrainedConfig:
     from transformers import AutoConfig
 
-    from lora_lab.models import TINY_CONFIGS, model_config
+    from lora_lab.models import model_config
+    from lora_lab.tiny.presets import TINY_CONFIGS
 
     if name in TINY_CONFIGS:
         return model_config(ModelConfig(name=name))
@@ -112,10 +114,9 @@ def _lookup(name: str, trust_remote_code: bool, revision: str | None) -> Pretrai
     ModelConfig(name=name)  # validates the hub-id form with the usual one-line message
     shipped = shipped_config(name)
     # The project's one hub-reachability check: no 30 s of retries on an air-gapped node.
-    from lora_lab.data import _offline
 
     try:
-        if _offline():
+        if hub.offline():
             return AutoConfig.from_pretrained(name, revision=revision, local_files_only=True,
                                               trust_remote_code=trust_remote_code)
         return AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)

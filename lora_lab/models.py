@@ -16,27 +16,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from lora_lab import hub
+from lora_lab.tiny.presets import TINY_CONFIGS, tiny_config
 from lora_lab.tiny.tokenizer import ASSETS, TOKENIZER_DIR
 
 if TYPE_CHECKING:
     from lora_lab.config import ModelConfig
-
-# Sized so that a few hundred steps of batch 32 run in minutes on a 2-core CPU.
-TINY_CONFIGS: dict[str, dict] = {
-    "tiny-llama": dict(
-        model_type="llama", hidden_size=128, intermediate_size=384, num_hidden_layers=3,
-        num_attention_heads=4, num_key_value_heads=1, head_dim=32, max_position_embeddings=1024,
-        rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=False, attention_bias=False,
-    ),
-    "tiny-moe": dict(
-        model_type="qwen3_moe", hidden_size=128, intermediate_size=384, moe_intermediate_size=128,
-        num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-        num_experts=8, num_experts_per_tok=2, norm_topk_prob=True, decoder_sparse_step=1,
-        mlp_only_layers=[], max_position_embeddings=1024, rope_theta=10000.0, rms_norm_eps=1e-6,
-        tie_word_embeddings=False, router_aux_loss_coef=0.0, output_router_logits=False,
-    ),
-}
-
 
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
@@ -61,24 +46,13 @@ def load_tokenizer(name: str, trust_remote_code: bool = False, revision: str | N
         shipped = ASSETS / name
         tok = AutoTokenizer.from_pretrained(str(shipped if (shipped / "tokenizer.json").exists() else TOKENIZER_DIR))
     else:
-        from lora_lab.data import _offline
 
         # An unreachable hub goes straight to the local cache (no ~25 s of retries on an air-gapped node).
         tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code, revision=revision,
-                                            local_files_only=_offline() or None)
+                                            local_files_only=hub.offline() or None)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
-
-
-def tiny_config(name: str, vocab_size: int, **overrides):
-    """The preset's transformers config; `overrides` replace or add config fields (architecture
-    changes for test builds and benches, special token ids)."""
-    from transformers import AutoConfig
-
-    kw = {**TINY_CONFIGS[name], **overrides}
-    model_type = kw.pop("model_type")
-    return AutoConfig.for_model(model_type, vocab_size=vocab_size, **kw)
 
 
 def model_config(cfg: "ModelConfig"):

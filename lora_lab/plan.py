@@ -141,14 +141,14 @@ def measure_data(cfg: Config, sample: int = 64, bits: bool = True) -> DataStats:
 def bits_from_run(path: str | Path) -> tuple[float, float, int]:
     """(bits, target tokens, rows) of a run's first epoch: its summed train loss in bits, a
     prequential code length of the rows it saw (each batch is scored before the model trains on it)."""
-    from lora_lab.config import load_config
-    from lora_lab.runs import read_metrics
+    from lora_lab.runs import RunDir
 
-    lines = [r for r in read_metrics(Path(path) / "metrics.jsonl")
+    rd = RunDir(path)
+    lines = [r for r in rd.metrics()
              if "train_loss" in r and r.get("epoch", 0) == 0 and r.get("target_tokens")]
     if not lines:
         raise ConfigError(f"from_run={path}: no first-epoch train lines with target_tokens in its metrics.jsonl")
-    batch = load_config(Path(path) / "config.yaml").optim.batch_size
+    batch = rd.config().optim.batch_size
     return (sum(r["train_loss"] * r["target_tokens"] for r in lines) / math.log(2),
             float(sum(r["target_tokens"] for r in lines)), len(lines) * batch)
 
@@ -379,8 +379,11 @@ def _plan_args(argv: Sequence[str]) -> tuple[dict, list[str]]:
         raise ConfigError(f"ranks={','.join(map(str, o['ranks']))}: each must be in 1..{MAX_RANK}")
     if o["bits_per_token"] is not None and not o["bits_per_token"] > 0:
         raise ConfigError(f"bits_per_token={o['bits_per_token']}: must be > 0")
-    if o["from_run"] and not (Path(o["from_run"]) / "metrics.jsonl").is_file():
-        raise ConfigError(f"from_run={o['from_run']}: no metrics.jsonl there; give a run directory")
+    if o["from_run"]:
+        from lora_lab.runs import RunDir  # here, not at the top: `lora-lab plan` imports torch only when it must
+
+        if not RunDir(o["from_run"]).metrics_path.is_file():
+            raise ConfigError(f"from_run={o['from_run']}: no metrics.jsonl there; give a run directory")
     return o, rest
 
 

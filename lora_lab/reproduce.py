@@ -66,7 +66,7 @@ def reproduce(scale: str = "tiny", quick: bool = False, overrides: list[str] | N
         code = launch_jobs(f"reproduce {scale}", jobs, root / scale, launcher, cluster, max_parallel,
                            overrides=overrides)
         print(f"runs: {time.monotonic() - t0:.0f} s", flush=True)
-    from lora_lab.analysis import analyze
+    from lora_lab.report import analyze, verdict_table
 
     out = out or root / scale / "analysis"
     paths = [root / name for name in experiments if (root / name).is_dir()]
@@ -74,11 +74,11 @@ def reproduce(scale: str = "tiny", quick: bool = False, overrides: list[str] | N
         print("no run directories to analyze", file=sys.stderr)
         return code or 1
     result = analyze(paths, out, progress=True)
-    print(f"analysis: {len(result['files'])} files in {out} (report: {out / 'report.md'}, {out / 'report.html'})")
-    for claim, verdicts in sorted(result.get("verdicts", {}).items()):
-        for v in verdicts:
-            print(f"  {claim}: {v.get('verdict')}: {v.get('measured', '')}")
-    print(f"reproduce: done in {time.monotonic() - t0:.0f} s", flush=True)
+    print(f"analysis: {len(result['files'])} files in {out}; reproduce: done in {time.monotonic() - t0:.0f} s")
+    # The scorecard, then where to read it in full: the last lines of `make run`.
+    print("\nclaims scorecard:")
+    print(verdict_table(result.get("verdicts", {})))
+    print(f"\nreport: {out / 'report.html'} (and {out / 'report.md'})", flush=True)
     return code
 
 

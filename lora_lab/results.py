@@ -1,7 +1,7 @@
 """The results loader: run directories -> tidy pandas tables, for the analysis and notebooks.
 
-It reads only the files of the run-directory contract (config.yaml, metrics.jsonl, summary.json;
-DESIGN.md), so it works on runs written by any version of the harness, on this machine or copied
+It reads only the files of the run-directory contract (config.yaml, metrics.jsonl, summary.json,
+meta.json), through lora_lab/runs.py, so it works on runs written by any version of the harness, on this machine or copied
 back from a cluster, and while sweeps are still writing.
 
     from lora_lab.results import load_results
@@ -18,20 +18,16 @@ Status: a run with a summary.json has its `status` (completed | diverged | faile
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
-from lora_lab.runs import read_json, read_metrics
+from lora_lab.runs import RunDir, RunsError, find_run_dirs
 
 PLOTTED = ("completed", "diverged")
-# libyaml's safe loader where PyYAML was built with it (10x faster on a sweep of hundreds of runs)
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 STATUSES = ("completed", "diverged", "failed", "unfinished")
 # "Final" values are the mean over the last FINAL_WINDOW of the logged steps (at least one step):
 # a single step's train loss of a small batch is noisy, and an LR sweep compares runs by it.
@@ -45,27 +41,9 @@ SUMMARY_KEYS = ("status", "steps", "max_steps", "final_train_loss", "final_eval_
 META_KEYS = ("host", "device", "device_name", "git_commit", "git_dirty", "slurm_job_id")
 
 
-class ResultsError(ValueError):
-    """A path given to the loader holds no run directory (one line, names the path)."""
-
-
-def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
-    """Every run directory (one holding config.yaml) at or below the given paths, sorted, without
-    duplicates. Raises ResultsError for a path that does not exist."""
-    found: set[Path] = set()
-    for p in map(Path, paths):
-        if not p.exists():
-            raise ResultsError(f"{p}: no such file or directory; give a runs directory, an experiment directory or a run directory")
-        if (p / "config.yaml").is_file():
-            found.add(p.resolve())
-            continue
-        for root, dirs, files in os.walk(p):
-            if "config.yaml" in files:
-                found.add(Path(root).resolve())
-                dirs[:] = []  # a run directory holds no other run
-            else:
-                dirs[:] = [d for d in dirs if not d.startswith(".")]
-    return sorted(found)
+# A path given to the loader that holds no run directory (one line, names the path); the run
+# directory's own error, so that a missing path reads the same from `status` and `analyze`.
+ResultsError = RunsError
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -96,16 +74,17 @@ def final_value(values: list[float] | np.ndarray, window: float = FINAL_WINDOW) 
 def read_run(path: Path) -> tuple[dict, list[dict]]:
     """(row, metric lines) of one run directory; row has the flattened config, the summary's fields,
     `status` and the final values the analysis compares runs by."""
-    cfg = yaml.load((path / "config.yaml").read_text(), Loader=_YAML_LOADER) or {}
+    rd = RunDir(path)
+    cfg = rd.config_dict()
     row: dict = _flatten(cfg)
-    summary = read_json(path / "summary.json")
-    lines = read_metrics(path / "metrics.jsonl")
+    summary = rd.summary()
+    lines = rd.metrics()
     row["run_dir"] = str(path)
     row["run_id"] = path.name
     row["experiment"] = (cfg.get("run") or {}).get("experiment") or path.parent.name
     for k in SUMMARY_KEYS:
         row[k] = (summary or {}).get(k)
-    meta = read_json(path / "meta.json") or {}
+    meta = rd.meta() or {}
     for k in META_KEYS:
         row[f"meta.{k}"] = meta.get(k)
     if summary is None or summary.get("status") not in ("completed", "diverged", "failed"):
@@ -116,7 +95,7 @@ def read_run(path: Path) -> tuple[dict, list[dict]]:
     rewards = [r["reward"] for r in lines if r.get("reward") is not None]
     row["final_reward_smoothed"], row["final_reward_sem"] = final_value(rewards)
     if row["status"] == "diverged":
-        # A diverged run is infinitely bad at its LR (DESIGN.md): it bounds the LR sweep, it is not missing.
+        # A diverged run is infinitely bad at its LR (docs/design.md): it bounds the LR sweep, it is not missing.
         row["final_loss"], row["final_loss_sem"] = math.inf, 0.0
         row["final_reward_smoothed"] = -math.inf
     return row, lines

@@ -1,16 +1,16 @@
 """Verifiable rewards for RL: `score(task, completion, reference) -> float`, 1.0 correct, 0.0 not.
 
     task        reference                                     the completion's answer
-    tiny-math   the exact answer (tiny.maths.reference_answer)  its last \\boxed{...}; else the number after
+    tiny-math   the exact answer (answers.reference_answer)   its last \\boxed{...}; else the number after
                                                               its last "####"; else its last number
     gsm8k       a GSM8K answer ending "#### 42" (or "42")     its last number
     math        a MATH solution with \\boxed{...} (or the       its last \\boxed{...}, checked for mathematical
                 bare answer)                                  equivalence with math-verify
     deepmath    DeepMath's final_answer (or a \\boxed{...})     as for math
 
-Numbers are compared as exact rationals after removing thousands separators, a leading currency
-sign and trailing units or a sentence's full stop ("$1,250.00 in total." is 1250). A completion with
-no answer scores 0. The reward is binary: the paper's RL experiments reward correctness only.
+Answers are read by lora_lab/answers.py, the one owner of answer formats: numbers compare as exact
+rationals after removing thousands separators, a leading currency sign and trailing units or a
+sentence's full stop ("$1,250.00 in total." is 1250). A completion with no answer scores 0. The reward is binary: the paper's RL experiments reward correctness only.
 
 `reference_for(task, row)` gives the reference string of a data row of the task's schema, and
 `reward_task(data_name)` the reward task of a data set preset.
@@ -20,19 +20,14 @@ no answer scores 0. The reward is binary: the paper's RL experiments reward corr
 
 from __future__ import annotations
 
-import re
 import sys
 import threading
 from fractions import Fraction
 from functools import lru_cache
 
+from lora_lab import answers
+
 TASKS = ("tiny-math", "gsm8k", "math", "deepmath")
-
-# A number as people write it: optional sign (ASCII or Unicode minus), optional currency sign,
-# digits with comma-separated thousands or plain, optional decimals. "1,000" is one number,
-# "3, 4" two; a full stop that ends a sentence is not a decimal point.
-_NUMBER = re.compile(r"(?<![\w.])([-\u2212]?)(?:\$\s?)?(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?(?!\d)")
-
 
 def reward_task(data_name: str) -> str:
     """The reward task of a data set preset (data.name); raises ValueError if it has none."""
@@ -44,9 +39,7 @@ def reward_task(data_name: str) -> str:
 def reference_for(task: str, row: dict) -> str:
     """The reference string `score` compares against, from one row of the task's schema."""
     if task == "tiny-math":
-        from lora_lab.tiny.maths import reference_answer
-
-        return reference_answer(row)
+        return answers.reference_answer(row)
     if task == "gsm8k":
         return row["answer"]
     if task == "math":
@@ -56,47 +49,9 @@ def reference_for(task: str, row: dict) -> str:
     raise ValueError(f"unknown reward task {task!r}; choose one of {', '.join(TASKS)}")
 
 
-def numbers(text: str) -> list[Fraction]:
-    """Every number in `text`, in order, as an exact rational."""
-    out = []
-    for sign, digits, decimals in _NUMBER.findall(text):
-        value = Fraction(digits.replace(",", "") + (decimals or ""))
-        out.append(-value if sign else value)
-    return out
-
-
-def _number(text: str) -> Fraction | None:
-    """`text` as one number ("42", "-7", "1,000", "$3.50", "12 kg"), or None."""
-    found = numbers(text)
-    return found[-1] if len(found) == 1 else None
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last \\boxed{...} or \\fbox{...} (nested braces allowed), or None."""
-    starts = [m.end() for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text)]
-    if not starts:
-        return None
-    depth = 1
-    for j in range(starts[-1], len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[starts[-1]:j]
-    return None
-
-
 def _gsm8k_reference(reference: str) -> Fraction | None:
-    tail = reference.rsplit("####", 1)[-1]
-    return _number(tail)
-
-
-def _tiny_math_answer(completion: str) -> Fraction | None:
-    boxed = last_boxed(completion)
-    if boxed is not None:
-        return _number(boxed)
-    if "####" in completion:
-        return _number(completion.rsplit("####", 1)[1].strip().split("\n", 1)[0])
-    found = numbers(completion)
-    return found[-1] if found else None
+    tail = answers.after_hashes(reference)
+    return answers.single_number(reference if tail is None else tail)
 
 
 def _timeout() -> int | None:
@@ -115,7 +70,7 @@ def _parse_gold(answer: str):
 def _math_equivalent(reference_answer: str, completion: str) -> bool:
     from math_verify import parse, verify
 
-    predicted = last_boxed(completion)
+    predicted = answers.last_boxed(completion)
     if predicted is None or not predicted.strip():
         return False
     gold = _parse_gold(reference_answer.strip())
@@ -128,13 +83,11 @@ def _math_equivalent(reference_answer: str, completion: str) -> bool:
 def score(task: str, completion: str, reference: str) -> float:
     """1.0 if the completion's final answer equals the reference's, else 0.0 (see the module doc)."""
     if task == "tiny-math":
-        want, got = _number(reference), _tiny_math_answer(completion)
+        want, got = answers.single_number(reference), answers.final_number(completion)
     elif task == "gsm8k":
-        want = _gsm8k_reference(reference)
-        found = numbers(completion)
-        got = found[-1] if found else None
+        want, got = _gsm8k_reference(reference), answers.last_number(completion)
     elif task in ("math", "deepmath"):
-        boxed = last_boxed(reference)
+        boxed = answers.last_boxed(reference)
         return float(_math_equivalent(boxed if boxed is not None else reference, completion))
     else:
         raise ValueError(f"unknown reward task {task!r}; choose one of {', '.join(TASKS)}")

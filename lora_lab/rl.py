@@ -40,7 +40,7 @@ Eval lines: `eval_accuracy` by greedy decoding of the data.eval_size held-out pr
 
 summary.json: as SFT's, plus `final_reward` (mean reward over the last tenth of the steps, at least
 one), `final_eval_accuracy`, `base_eval_accuracy`. Run directory, checkpoint, resume and failure
-handling are SFT's (lora_lab/train.py). A run diverges when the loss or the gradient norm is not
+handling are SFT's (lora_lab/learner.py). A run diverges when the loss or the gradient norm is not
 finite (train.diverge_loss bounds SFT's loss only). In RL, data.max_seq_len bounds the prompt:
 longer prompts are skipped (counted as `skipped_prompts`); completions add rl.max_new_tokens.
 
@@ -51,13 +51,11 @@ longer prompts are skipped (counted as `skipped_prompts`); completions add rl.ma
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from lora_lab import lora as lora_mod
 from lora_lab.config import Config
@@ -66,8 +64,8 @@ from lora_lab.models import target_logits
 from lora_lab.rewards import reference_for, reward_task, score
 from lora_lab.runs import RunDir, read_metrics
 from lora_lab.sampler import SAMPLERS, Completion, Sampler
-from lora_lab.train import (Learner, Progress, build_learner, record_failure, resume, save_checkpoint,
-                            start_logging)
+from lora_lab.learner import (Learner, Progress, build_learner, record_failure, resume, save_checkpoint,
+                              start_logging)
 
 
 # ----------------------------------------------------------------------------- objective
@@ -361,13 +359,3 @@ def train_rl(cfg: Config, rid: str, rd: RunDir, rows: tuple) -> dict:
     finally:
         if run:
             run.finish()
-
-
-def main(argv: list[str] | None = None) -> int:
-    from lora_lab.cli import main as cli_main
-
-    return cli_main(["train", "task=rl", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""The run directory: the one contract between training and analysis (DESIGN.md).
+"""The run directory: the one contract between training and analysis (docs/runs.md).
 
     <run.root>/<experiment>/<run_id>/
         config.yaml     fully resolved config
@@ -8,12 +8,17 @@
         adapter/        LoRA adapter in peft's format (completed LoRA runs)
         checkpoint/     state.pt, what resume needs; replaced atomically
 
-Analysis reads only these files; `load_run(run_dir)` gives back the trained model.
+This module owns the directory: the run id and path of a config, writing, locking, reading metrics
+and summaries, and the state of a run (`run_state`). Sweeps, status and the analysis's loader go
+through it; nothing else reads these files by hand. Analysis reads only these files;
+`load_run(run_dir)` gives back the trained model.
 """
 
 from __future__ import annotations
 
 import fcntl
+import functools
+import hashlib
 import json
 import math
 import os
@@ -27,11 +32,94 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
-from lora_lab.config import Config, _identity, load_config, to_yaml
+from lora_lab.config import TINY_PRESETS, Config, load_config, to_yaml
 
 FINAL_STATUSES = ("completed", "diverged")
+# libyaml's safe loader where PyYAML was built with it (10x faster on a sweep of hundreds of runs);
+# a safe loader builds plain dicts and lists only: nothing in a run directory runs.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# The states of a run directory (run_state): a summary's status, or what the files say.
+STATES = ("completed", "diverged", "failed", "running", "unfinished", "pending")
 PACKAGES = ("torch", "transformers", "peft", "hydra-core", "omegaconf", "submitit", "datasets", "tokenizers", "safetensors")
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_weights_fingerprint(name: str) -> str | None:
+    """A short hash of a shipped tiny model's weights (lora_lab/assets/<name>/model.safetensors):
+    part of a run's identity, so that runs of rebuilt base models never pass for runs of the old ones."""
+    path = Path(__file__).resolve().parent / "assets" / name / "model.safetensors"
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12] if path.is_file() else None
+
+
+def identity(cfg: Config) -> dict:
+    """The part of the config that decides what a run computes (where it is written and how it
+    logs do not)."""
+    d = cfg.to_dict()
+    if cfg.model.name in TINY_PRESETS:
+        d["model"]["weights"] = tiny_weights_fingerprint(cfg.model.name)
+    for k in ("run", "logger", "dist"):
+        d.pop(k)
+    if cfg.task != "rl":
+        # rl.* does not affect an SFT run: leaving it out keeps SFT run ids as they were before it existed.
+        d.pop("rl")
+    if cfg.method == "full":
+        d.pop("lora")
+    return d
+
+
+def config_hash(cfg: Config) -> str:
+    blob = json.dumps(identity(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.0e}".replace("e-0", "e-").replace("e+0", "e")
+
+
+def run_id(cfg: Config) -> str:
+    """Readable key values plus a hash of everything that affects the result (seed included),
+    so that relaunching a grid finds its finished runs."""
+    if cfg.run.id:
+        return cfg.run.id
+    model = Path(cfg.model.name.rstrip("/")).name
+    parts = [model, cfg.data.name]
+    if cfg.method == "lora":
+        parts += [f"lora-r{cfg.lora.rank}-{cfg.lora.layers}" + ("-unembed" if cfg.lora.unembed else "")]
+    else:
+        parts += ["full"]
+    batch = f"rl{cfg.rl.prompts_per_step}x{cfg.rl.group_size}" if cfg.task == "rl" else f"bs{cfg.optim.batch_size}"
+    parts += [f"lr{_fmt(cfg.optim.lr)}", batch, f"s{cfg.train.seed}", config_hash(cfg)]
+    return "_".join(parts)
+
+
+def run_dir(cfg: Config) -> Path:
+    """<run.root>/<run.experiment>/<run id>: where the run of this config lives."""
+    return Path(cfg.run.root) / cfg.run.experiment / run_id(cfg)
+
+
+class RunsError(ValueError):
+    """A path that should hold run directories does not exist (one line, names the path)."""
+
+
+def find_run_dirs(paths) -> list[Path]:
+    """Every run directory (one holding config.yaml) at or below the given paths, sorted, without
+    duplicates. Raises RunsError for a path that does not exist."""
+    found: set[Path] = set()
+    for p in map(Path, paths):
+        if not p.exists():
+            raise RunsError(f"{p}: no such file or directory; give a runs directory, an experiment directory or a run directory")
+        if (p / "config.yaml").is_file():
+            found.add(p.resolve())
+            continue
+        for root, dirs, files in os.walk(p):
+            if "config.yaml" in files:
+                found.add(Path(root).resolve())
+                dirs[:] = []  # a run directory holds no other run
+            else:
+                dirs[:] = [d for d in dirs if not d.startswith(".")]
+    return sorted(found)
 
 
 class RunBusy(RuntimeError):
@@ -106,10 +194,61 @@ def _versions() -> dict:
     return out
 
 
-def _world_size() -> int:
-    from lora_lab import distributed
+# -- the state of a run directory ---------------------------------------------------------------
 
-    return distributed.current().world_size
+def last_metrics(path: Path) -> dict:
+    """Steps done and the last training value, from the tail of metrics.jsonl."""
+    f = path / "metrics.jsonl"
+    if not f.exists():
+        return {}
+    with open(f, "rb") as fh:
+        fh.seek(max(0, f.stat().st_size - 8192))
+        lines = fh.read().decode(errors="replace").splitlines()
+    out: dict = {}
+    for line in reversed(lines):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a truncated last line, or the cut-off first line of the tail
+        for key in ("train_loss", "reward"):
+            if key in row and "last" not in out:
+                out["last"], out["last_key"], out["step"] = row[key], key, row.get("step")
+        if "last" in out:
+            break
+    return out
+
+
+def is_locked(path: Path) -> bool:
+    """Whether a live process holds the run directory's lock."""
+    lock = path / ".lock"
+    if not lock.exists():
+        return False
+    with open(lock, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
+
+
+def run_state(path: Path) -> dict:
+    """{state, step, last, error} of one run directory (state in STATES)."""
+    info = {"path": path, **last_metrics(path)}
+    summary = read_json(path / "summary.json")
+    if summary and summary.get("status") in ("completed", "diverged", "failed"):
+        info["state"] = summary["status"]
+        info["step"] = summary.get("steps", info.get("step"))
+        if summary.get("error"):
+            info["error"] = str(summary["error"]).strip().splitlines()[-1]
+    elif not path.exists():
+        info["state"] = "pending"
+    elif is_locked(path):
+        info["state"] = "running"
+    else:
+        info["state"] = "unfinished" if (path / "metrics.jsonl").exists() else "pending"
+    return info
+
 
 
 class RunDir:
@@ -131,6 +270,20 @@ class RunDir:
 
     def summary(self) -> dict | None:
         return read_json(self.summary_path)
+
+    def config(self) -> Config:
+        """The run's config.yaml as a validated Config (safe YAML; nothing in it runs)."""
+        return load_config(self.config_path)
+
+    def config_dict(self) -> dict:
+        """config.yaml as plain dicts, not validated: the analysis reads runs of any version."""
+        return yaml.load(self.config_path.read_text(), Loader=_YAML_LOADER) or {}
+
+    def metrics(self) -> list[dict]:
+        return read_metrics(self.metrics_path)
+
+    def meta(self) -> dict | None:
+        return read_json(self.meta_path)
 
     def lock(self) -> None:
         """One process per run directory; the lock dies with the process (also on SIGKILL)."""
@@ -155,13 +308,13 @@ class RunDir:
     def write_config(self, cfg: Config) -> None:
         if self.config_path.exists():
             old = load_config(self.config_path)
-            if _identity(old) != _identity(cfg):
+            if identity(old) != identity(cfg):
                 raise ValueError(f"{self.config_path} holds a different config; use another run.root or run.id")
         tmp = self.config_path.with_suffix(".yaml.tmp")
         tmp.write_text(to_yaml(cfg))
         os.replace(tmp, self.config_path)
 
-    def write_meta(self, device: torch.device, resumed_from: int) -> None:
+    def write_meta(self, device: torch.device, resumed_from: int, world_size: int = 1) -> None:
         meta = {
             **_git_info(),
             "packages": _versions(),
@@ -173,7 +326,7 @@ class RunDir:
             "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
             "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
             "slurm_array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID"),
-            "world_size": _world_size(),
+            "world_size": world_size,
             "argv": sys.argv,
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "resumed_from_step": resumed_from,
@@ -221,6 +374,17 @@ class RunDir:
         if not self.checkpoint_path.exists():
             return None
         return torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+
+
+class ReadOnlyRunDir(RunDir):
+    """The run directory as the processes of a multi-process run other than rank 0 see it
+    (lora_lab/distributed.py): they read it, rank 0 alone writes it."""
+
+    def _skip(self, *args, **kwargs) -> None:
+        return None
+
+    lock = unlock = write_config = write_meta = write_summary = clear_summary = _skip
+    open_metrics = log = save_checkpoint = _skip
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu"):

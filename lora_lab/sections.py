@@ -1,11 +1,12 @@
-"""The analysis of one experiment by its kind: its figures, its tables and the numbers the claims
-scorecard judges (lora_lab/report.py). One function per kind; each takes the experiment's Results
-and its runs labelled by curve (analysis.label_runs), and fills a Section.
+"""The analysis of one experiment by its kind: its figures, its tables and the record of the numbers
+its claims are judged by (lora_lab/records.py, lora_lab/claims.py). One function per kind; each
+takes the experiment's Results and its runs labelled by curve (curves.label_runs), and fills a
+Section.
 
     from lora_lab.results import load_results
     from lora_lab.sections import analyze_experiment
     sec = analyze_experiment(load_results(["runs/tiny/rank"]), "tiny/rank", out_dir)
-    sec.tables["optimal_lr"], sec.measured["ratios"], sec.figures
+    sec.tables["optimal_lr"], sec.record.ratios, sec.figures
 
 Figures and tables go to <out>/<experiment>/ (PNG, PDF, CSV).
 """
@@ -16,14 +17,13 @@ import math
 import sys
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from lora_lab import figures
-from lora_lab.analysis import (
+from lora_lab.curves import (
     TOL_REL,
     curve_table,
     departures,
@@ -39,42 +39,14 @@ from lora_lab.analysis import (
     ucurves,
     value_at_step,
 )
+from lora_lab.records import (BatchRecord, CapacityRecord, EarlyRecord, InvarianceRecord, LayersRecord, RankRecord,
+                              RLRecord, Section)
 from lora_lab.results import Results
 
 SHORT_RUN_STEPS = 100  # the paper's ~15x LoRA/FullFT LR ratio is for runs of 100 steps or fewer
 EARLY = 0.1  # C7: the early part of a run, as a fraction of its steps (at least EARLY_MIN steps)
 EARLY_MIN = 5
 INVARIANCE_TOL = 1e-3  # C8: nats; fp32 trajectories that agree to this are "identical"
-
-
-@dataclass
-class Section:
-    experiment: str
-    kind: str | None
-    out: Path
-    files: list[Path] = field(default_factory=list)
-    figures: dict[str, Path] = field(default_factory=dict)  # name -> PNG, for the report
-    drawn: dict[str, object] = field(default_factory=dict)  # name -> matplotlib Figure, for notebooks
-    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
-    measured: dict = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    error: str | None = None  # the analysis of this experiment raised: the report says so
-
-    def figure(self, name: str, fig, caption: str = "") -> None:
-        paths = figures.save(fig, self.out, name)
-        self.drawn[name] = fig
-        self.files += paths
-        self.figures[name] = paths[0]
-        if caption:
-            self.measured.setdefault("captions", {})[name] = caption
-
-    def table(self, name: str, df: pd.DataFrame) -> pd.DataFrame:
-        path = self.out / f"{name}.csv"
-        self.out.mkdir(parents=True, exist_ok=True)
-        df.to_csv(path, index=False)
-        self.files.append(path)
-        self.tables[name] = df
-        return df
 
 
 def _steps(runs: pd.DataFrame) -> int:
@@ -129,11 +101,10 @@ def rank_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
         early = runs.assign(final_loss=v["value"].to_numpy(), final_loss_sem=v["sem"].to_numpy())
         early = early[np.isfinite(early["final_loss"]) | (early["final_loss"] == math.inf)]
         short = sec.table(f"lr_ratios_{SHORT_RUN_STEPS}_steps", lr_ratios(optimal_lrs(early), early))
-    sec.table("step_time", step_times(runs))
-    sec.measured.update(departures=dep, ratios=ratios, short_ratios=short, steps=steps, optimal=opt,
-                        step_time=sec.tables["step_time"], has_full=has_full,
-                        ranks=sorted(int(r) for r in table["rank"].dropna().unique()),
-                        model=runs["model.name"].iloc[0], seq_len=runs.get("data.max_seq_len", pd.Series([None])).iloc[0])
+    sec.record = RankRecord(departures=dep, ratios=ratios, short_ratios=short, steps=steps,
+                            step_time=sec.table("step_time", step_times(runs)),
+                            ranks=sorted(int(r) for r in table["rank"].dropna().unique()), model=runs["model.name"].iloc[0],
+                            seq_len=runs.get("data.max_seq_len", pd.Series([None])).iloc[0])
 
 
 def step_times(runs: pd.DataFrame) -> pd.DataFrame:
@@ -197,8 +168,8 @@ def batch_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
             rows.append({"family": f, "method": method_of[f], "batch_small": small["batch_size"],
                          "batch_large": large["batch_size"], "loss_small": small["best_final_loss"],
                          "loss_large": large["best_final_loss"], "penalty": large["best_final_loss"] - small["best_final_loss"]})
-    sec.measured["penalties"] = sec.table("batch_penalty", pd.DataFrame(
-        rows, columns=["family", "method", "batch_small", "batch_large", "loss_small", "loss_large", "penalty"]))
+    sec.record = BatchRecord(penalties=sec.table("batch_penalty", pd.DataFrame(
+        rows, columns=["family", "method", "batch_small", "batch_large", "loss_small", "loss_large", "penalty"])))
 
 
 def _family_order(runs: pd.DataFrame) -> list[str]:
@@ -227,7 +198,7 @@ def layers_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
                "Final train loss vs LR per layer set, with the fitted optima.")
     best = opt[["curve", "method", "rank", "layers", "best_lr", "best_final_loss", "edge_side"]].copy()
     best["trainable_params"] = best["curve"].map(params)
-    sec.measured["layers"] = sec.table("layers_best", best)
+    sec.record = LayersRecord(layers=sec.table("layers_best", best))
 
 
 def _si(n: float | None) -> str:
@@ -280,9 +251,9 @@ def rl_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
     sec.figure("rl_curves", figures.curves_figure(rc, styles, ylabel="reward (train batches)", logx=False,
                                                   title=f"{sec.experiment}: reward at each best LR"),
                "Mean reward of the training batches (smoothed) at each curve's best grid LR.")
-    sec.measured.update(optimal=opt, metric=metric, base=base, uses_accuracy=bool(use_acc),
-                        eval_size=pd.to_numeric(runs.get("data.eval_size"), errors="coerce").median(),
-                        paired=paired_outcomes(res, best_runs) if use_acc else None)
+    sec.record = RLRecord(optimal=opt, metric=metric, base=base, uses_accuracy=bool(use_acc),
+                          eval_size=pd.to_numeric(runs.get("data.eval_size"), errors="coerce").median(),
+                          paired=paired_outcomes(res, best_runs) if use_acc else None)
 
 
 def _solved(res: Results, run_dir: str) -> tuple[str, str] | None:
@@ -353,7 +324,7 @@ def early_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
         f"Train loss of each rank at LR {lr:g} (no smoothing); lower panel: difference to the largest rank. "
         f"The early part judged for C7 is the first {window} steps.")
     pair = ("LoRA r16", "LoRA r256") if {16, 256} <= set(ranks) else (table.loc[table["rank"] == ranks[0], "curve"].iloc[0], top)
-    sec.measured.update(lr=lr, window=window, diffs=diffs, pair=pair, ranks=ranks)
+    sec.record = EarlyRecord(lr=lr, window=window, diffs=diffs, pair=pair)
 
 
 # ----------------------------------------------------------------------------- C8
@@ -363,7 +334,7 @@ def invariance_class(r: pd.Series) -> tuple:
     """Runs of one class should train identically under Adam with eps = 0: the map
     (alpha, s, eta_A, eta_B) -> (alpha/(pq), p s, p eta_A, q eta_B) leaves s/eta_A and
     alpha eta_A eta_B unchanged (s: init_a_scale, eta_A = lr * lr_a_mult, eta_B = lr * lr_b_mult),
-    and those two numbers, with everything else, determine the trajectory (DESIGN.md, C8)."""
+    and those two numbers, with everything else, determine the trajectory (docs/design.md, C8)."""
     eta_a, eta_b = r["lr"] * r["lora.lr_a_mult"], r["lr"] * r["lora.lr_b_mult"]
     inv = (round(math.log(r["lora.init_a_scale"] / eta_a), 6), round(math.log(r["lora.alpha"] * eta_a * eta_b), 6))
     keep = ("model.name", "data.name", "data.num_examples", "rank", "layers", "lora.unembed", "optim.batch_size",
@@ -414,7 +385,7 @@ def invariance_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
         diff_label="|difference| to class reference", title=f"{sec.experiment}: equivalent parametrisations"),
         "Train loss of each (alpha, init_A, LR_A, LR_B) variant (unsmoothed); runs of one class should coincide. "
         "Lower panel: absolute difference to the class's reference run (0 drawn at 1e-12).")
-    sec.measured.update(table=table, between=between, classes=int(lora["class"].nunique()))
+    sec.record = InvarianceRecord(table=table, between=between)
 
 
 # ----------------------------------------------------------------------------- C9
@@ -466,8 +437,7 @@ def capacity_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
                                                 hlines=hl, vlines=vl),
                "Final eval loss (re-asked training facts) at the best LR vs LoRA parameters, one line per data size; "
                "dashed: FullFT at that size; dotted: the parameter count that holds the set at 2 bits per parameter.")
-    sec.measured["points"] = pts
-    sec.measured["bounds"] = capacity_bounds(pts)
+    sec.record = CapacityRecord(points=pts, bounds=capacity_bounds(pts))
 
 
 def capacity_bounds(pts: pd.DataFrame) -> dict:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import fcntl
 import itertools
 import json
 import os
@@ -35,12 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from lora_lab.config import CONF_DIR, EXPERIMENTS_DIR, Config, ConfigError, compose_dict, from_dictconfig, run_dir, run_id
-from lora_lab.runs import FINAL_STATUSES, read_json
+from lora_lab.config import CONF_DIR, EXPERIMENTS_DIR, Config, ConfigError, compose_dict, from_dictconfig
+from lora_lab.runs import FINAL_STATUSES, STATES, find_run_dirs, run_dir, run_id, run_state
 
 SLURM_DIR = Path(os.environ.get("LORA_LAB_SLURM", CONF_DIR.parent / "slurm"))
 LAUNCHERS = ("local", "slurm")
-STATES = ("completed", "diverged", "failed", "running", "unfinished", "pending")
 # Runs that a launch skips; everything else (failed, unfinished, pending) is (re)launched.
 DONE = FINAL_STATUSES
 
@@ -183,59 +181,6 @@ def expand(experiment: str, overrides: Sequence[str] = (), quick: bool = False,
 
 # -- run states ----------------------------------------------------------------------------------
 
-def _last_metrics(path: Path) -> dict:
-    """Steps done and the last training value, from the tail of metrics.jsonl."""
-    f = path / "metrics.jsonl"
-    if not f.exists():
-        return {}
-    with open(f, "rb") as fh:
-        fh.seek(max(0, f.stat().st_size - 8192))
-        lines = fh.read().decode(errors="replace").splitlines()
-    out: dict = {}
-    for line in reversed(lines):
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a truncated last line, or the cut-off first line of the tail
-        for key in ("train_loss", "reward"):
-            if key in row and "last" not in out:
-                out["last"], out["last_key"], out["step"] = row[key], key, row.get("step")
-        if "last" in out:
-            break
-    return out
-
-
-def _locked(path: Path) -> bool:
-    lock = path / ".lock"
-    if not lock.exists():
-        return False
-    with open(lock, "a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(fh, fcntl.LOCK_UN)
-    return False
-
-
-def run_state(path: Path) -> dict:
-    """{state, step, last, error} of one run directory (state in STATES)."""
-    info = {"path": path, **_last_metrics(path)}
-    summary = read_json(path / "summary.json")
-    if summary and summary.get("status") in ("completed", "diverged", "failed"):
-        info["state"] = summary["status"]
-        info["step"] = summary.get("steps", info.get("step"))
-        if summary.get("error"):
-            info["error"] = str(summary["error"]).strip().splitlines()[-1]
-    elif not path.exists():
-        info["state"] = "pending"
-    elif _locked(path):
-        info["state"] = "running"
-    else:
-        info["state"] = "unfinished" if (path / "metrics.jsonl").exists() else "pending"
-    return info
-
-
 def status_table(infos: list[dict], names: list[str]) -> str:
     counts = {s: sum(i["state"] == s for i in infos) for s in STATES}
     lines = [f"{len(infos)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)]
@@ -258,7 +203,7 @@ def run_job(dcfg: Any) -> dict:
     recorded in its summary.json), so that one bad run does not stop the rest of a batch."""
     import torch
 
-    from lora_lab.train import train
+    from lora_lab.launch import train
 
     if "SLURM_CPUS_PER_TASK" not in os.environ:
         from hydra.core.hydra_config import HydraConfig
@@ -493,8 +438,6 @@ def status_main(argv: list[str]) -> int:
     if not target.is_dir() and args.experiment.startswith(("/", ".", "~")):
         raise ConfigError(f"{args.experiment}: no such directory; give a runs directory or an experiment name")
     if target.is_dir():
-        from lora_lab.results import find_run_dirs
-
         paths = find_run_dirs([target])
         if not paths:
             raise ConfigError(f"{target}: no run directories (config.yaml) below it")

@@ -3,83 +3,16 @@ results directories whose answers are known (the losses come from written-down U
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import FULL_GRID, LORA_GRID, TRUE_OPT, make_config, u_curve_losses, write_run
 
-from lora_lab.analysis import FULL, analyze, departures, fit_optimum, kind_of, label_runs, lr_ratios, optimal_lrs, pointwise_min
-from lora_lab.config import Config, DataConfig, LoraConfig, OptimConfig, RunConfig, TrainConfig, run_dir, to_yaml
+from lora_lab.curves import FULL, departures, fit_optimum, kind_of, label_runs, lr_ratios, optimal_lrs, pointwise_min
+from lora_lab.report import analyze
 from lora_lab.results import load_results
-
-STEPS = 50
-FULL_GRID = (1e-4, 3e-4, 1e-3, 3e-3)
-LORA_GRID = (1e-3, 3e-3, 1e-2, 3e-2)
-# The true optima of the hand-made U-curves: FullFT 4e-4, LoRA ranks >= 4 at 10x that, rank 1 at 2e-3.
-TRUE_OPT = {None: 4e-4, 1: 2e-3, 4: 4e-3, 16: 4e-3, 64: 4e-3}
-
-
-# ----------------------------------------------------------------------------- hand-made runs
-
-
-def make_config(root: Path, experiment: str, method: str = "lora", rank: int = 4, lr: float = 1e-3, steps: int = STEPS,
-                batch_size: int = 32, adam_eps: float = 1e-8, data: DataConfig | None = None, task: str = "sft",
-                **lora_kw) -> Config:
-    lora = LoraConfig(rank=rank, **lora_kw) if method == "lora" else LoraConfig()
-    return Config(method=method, task=task, lora=lora, data=data or DataConfig(),
-                  optim=OptimConfig(lr=lr, batch_size=batch_size, adam_eps=adam_eps), train=TrainConfig(max_steps=steps),
-                  run=RunConfig(root=str(root), experiment=experiment))
-
-
-def write_run(cfg: Config, losses: list[float], status: str | None = "completed", summary: dict | None = None,
-              extra_lines: list[dict] | None = None, trainable: int = 1000) -> Path:
-    """A run directory in the contract's format with the given per-step train losses
-    (status None: no summary.json, an unfinished run)."""
-    d = run_dir(cfg)
-    d.mkdir(parents=True)
-    (d / "config.yaml").write_text(to_yaml(cfg))
-    bs = cfg.optim.batch_size
-    lines = [{"step": i, "train_loss": loss, "lr": cfg.optim.lr, "examples": i * bs, "tokens": i * bs * 40,
-              "wall_s": 0.1 * i, "grad_norm": 1.0} for i, loss in enumerate(losses, start=1)]
-    with open(d / "metrics.jsonl", "w") as f:
-        f.writelines(json.dumps(line) + "\n" for line in lines + (extra_lines or []))
-    if status is not None:
-        s = {"status": status, "steps": len(losses), "final_train_loss": losses[-1] if losses else None,
-             "final_eval_loss": losses[-1] if losses else None, "trainable_params": trainable,
-             "wall_s": 0.1 * len(losses), "step_time_s": 0.1, **(summary or {})}
-        (d / "summary.json").write_text(json.dumps(s))
-    return d
-
-
-def u_curve_losses(lr: float, rank: int | None, steps: int = STEPS) -> list[float]:
-    """A known trajectory: a shared decay, plus a penalty quadratic in log10(LR / optimum) that grows in
-    over training, plus (rank 1) a capacity term from step 31 on."""
-    x = math.log10(lr / TRUE_OPT[rank])
-    out = []
-    for t in range(1, steps + 1):
-        loss = 1.0 + 7.0 * math.exp(-t / 8) + 0.5 * x * x * (1 - math.exp(-t / 8))
-        if rank == 1:
-            loss += 0.3 * max(0, t - 30) / 20
-        out.append(loss)
-    return out
-
-
-def make_rank_results(root: Path, experiment: str = "tiny/rank") -> Path:
-    """A results directory of a rank sweep with known optimal LRs, plus one diverged, one failed and
-    one unfinished run."""
-    for lr in FULL_GRID:
-        write_run(make_config(root, experiment, "full", lr=lr), u_curve_losses(lr, None), trainable=100_000)
-    for rank in (1, 4, 16, 64):
-        for lr in LORA_GRID:
-            write_run(make_config(root, experiment, rank=rank, lr=lr), u_curve_losses(lr, rank), trainable=1000 * rank)
-    write_run(make_config(root, experiment, rank=16, lr=1e-1), [8.0, 9.0, 30.0], "diverged", {"diverged_at_step": 3})
-    write_run(make_config(root, experiment, rank=4, lr=1e-1), [8.0], "failed", {"error": "RuntimeError: out of memory"})
-    write_run(make_config(root, experiment, rank=64, lr=1e-1), [8.0, 7.5])
-    (run_dir(make_config(root, experiment, rank=64, lr=1e-1)) / "summary.json").unlink()
-    return root
 
 
 # ----------------------------------------------------------------------------- fit_optimum
@@ -150,9 +83,8 @@ def test_kind_of():
     assert kind_of("tiny/capacity") == "capacity" and kind_of("default") is None
 
 
-def test_pointwise_min_and_labels(tmp_path):
-    root = make_rank_results(tmp_path / "runs")
-    res = load_results([root])
+def test_pointwise_min_and_labels(rank_results):
+    res = load_results([rank_results])
     runs = label_runs(res.plotted())
     assert set(runs["curve"]) == {FULL, "LoRA r1", "LoRA r4", "LoRA r16", "LoRA r64"}
     curves = pointwise_min(res, runs, smooth=0.0)
@@ -170,12 +102,11 @@ def test_pointwise_min_and_labels(tmp_path):
 # ----------------------------------------------------------------------------- the key test
 
 
-def test_analyze_recovers_known_optimal_lrs(tmp_path):
+def test_analyze_recovers_known_optimal_lrs(rank_results, tmp_path):
     from lora_lab.cli import main
 
-    root = make_rank_results(tmp_path / "runs")
     out = tmp_path / "out"
-    assert main(["analyze", str(root), "--out", str(out), "--quiet"]) == 0
+    assert main(["analyze", str(rank_results), "--out", str(out), "--quiet"]) == 0
     opt = pd.read_csv(out / "optimal_lr.csv")
     assert list(opt.columns[:8]) == ["method", "rank", "layers", "batch_size", "best_lr", "best_lr_low", "best_lr_high",
                                      "best_final_loss"]
@@ -228,9 +159,8 @@ def test_analyze_rejects_empty_or_missing(tmp_path, capsys):
     assert "no run directories" in capsys.readouterr().err
 
 
-def test_analyze_python_entry_point(tmp_path):
-    root = make_rank_results(tmp_path / "runs")
-    result = analyze([root], tmp_path / "out", progress=False)
+def test_analyze_python_entry_point(rank_results, tmp_path):
+    result = analyze([rank_results], tmp_path / "out", progress=False)
     assert {"C1", "C2", "C9"} <= set(result["verdicts"])
     assert (tmp_path / "out" / "report.md") in result["files"]
     assert result["verdicts"]["C2"][0]["verdict"] == "reproduced"  # 10x at ranks >= 4, within 2x of the paper's 15x (50 steps)
@@ -262,3 +192,20 @@ def test_short_run_ratio_from_the_loss_at_step_100(tmp_path):
     short = pd.read_csv(tmp_path / "out" / "tiny" / "rank" / "lr_ratios_100_steps.csv").iloc[0]
     final = pd.read_csv(tmp_path / "out" / "tiny" / "rank" / "lr_ratios.csv").iloc[0]
     assert short["ratio"] == pytest.approx(20, rel=1e-6) and final["ratio"] == pytest.approx(10, rel=1e-6)
+
+
+def test_reproduce_ends_with_the_scorecard_and_the_report_path(rank_results, tmp_path, capsys):
+    """What `make run` shows last: one line per verdict, then where report.html is."""
+    from lora_lab.reproduce import reproduce
+
+    out = tmp_path / "analysis"
+    assert reproduce("tiny", overrides=[f"run.root={rank_results}"], only=["tiny/rank"], out=out,
+                     analyze_only=True) == 0
+    lines = capsys.readouterr().out.rstrip().splitlines()
+    assert lines[-1] == f"report: {out / 'report.html'} (and {out / 'report.md'})" and (out / "report.html").is_file()
+    table = lines[lines.index("claims scorecard:") + 1:-2]
+    assert [line.split()[0] for line in table] == [f"C{i}" for i in range(1, 10)]
+    verdicts = {line.split()[0]: (line[4:20].strip(), line[20:48].strip()) for line in table}
+    # The hand-made rank sweep: FullFT's curve at high rank, 10x optimal LRs (conftest.TRUE_OPT).
+    assert verdicts["C1"] == verdicts["C2"] == verdicts["C6"] == ("reproduced", "tiny/rank")
+    assert verdicts["C3"] == ("not run", "-") and verdicts["C9"] == ("not run", "-")

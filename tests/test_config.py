@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 
 from conftest import LORA_LAB
-from lora_lab.config import CONF_DIR, ConfigError, compose, config_hash, run_dir, run_id
+from lora_lab.config import CONF_DIR, ConfigError, compose
+from lora_lab.runs import config_hash, run_dir, run_id
 
 
 def test_defaults_are_the_tiny_paper_settings():
@@ -85,5 +86,5 @@ def test_cli_rejects_bad_input_before_loading_anything(tmp_path):
 
 def test_automatic_micro_batch_is_the_largest_divisor_up_to_8():
     for batch, micro in ((32, 8), (12, 6), (7, 7), (4, 4), (9, 3)):
-        assert compose([f"optim.batch_size={batch}"]).optim.micro == micro
-    assert compose(["optim.batch_size=32", "optim.micro_batch_size=32"]).optim.micro == 32
+        assert compose([f"optim.batch_size={batch}"]).optim.micro_for() == micro
+    assert compose(["optim.batch_size=32", "optim.micro_batch_size=32"]).optim.micro_for() == 32

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lora_lab import data as data_mod
+from lora_lab import hub
 from lora_lab.config import CONF_DIR, ConfigError, compose
 from lora_lab.data import (DATASETS, IGNORE_INDEX, REAL_SETS, BadRow, DataError, Rows, _messages, encode_chat, load_rows,
                            tokenize)
@@ -257,7 +257,7 @@ def test_an_unreachable_hub_counts_as_offline(monkeypatch):
     """No offline variable set, but no network: no ~25 s of retries before the same one line."""
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(data_mod, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(hub, "reachable", lambda timeout=3.0: False)
     t0 = time.monotonic()
     with pytest.raises(DataError, match=r"^data=gsm8k: openai/gsm8k \(main\) is not available offline"):
         load_rows(compose(["data=gsm8k"]).data)
@@ -279,7 +279,7 @@ def test_a_cached_hub_set_loads_at_once_with_no_network(monkeypatch, tmp_path):
     shutil.copytree(built, Path(datasets.config.HF_DATASETS_CACHE) / "openai___gsm8k" / "main" / "0.0.0" / built.name)
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(data_mod, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(hub, "reachable", lambda timeout=3.0: False)
     t0 = time.monotonic()
     train, held = load_rows(compose(["data=gsm8k", "data.eval_size=4"]).data)
     assert time.monotonic() - t0 < 10 and canon([*train, *held]) == canon(rows)
@@ -302,7 +302,7 @@ def test_cli_exits_2_on_a_data_error_before_any_run_directory(tmp_path, capsys):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_training_runs_end_to_end_on_each_set(real, name):
-    from lora_lab.train import train
+    from lora_lab.launch import train
 
     cfg = real(name, "train.max_steps=2", "optim.batch_size=4", "data.eval_size=4", "data.max_seq_len=128", "logger.progress=none")
     summary = train(cfg)

@@ -15,8 +15,9 @@ from safetensors.torch import load_file
 
 from conftest import SMALL
 from lora_lab import distributed
-from lora_lab.config import ConfigError, compose, run_dir
-from lora_lab.runs import RunDir, load_run, read_metrics
+from lora_lab.config import ConfigError, compose
+from lora_lab.learner import preflight
+from lora_lab.runs import RunDir, load_run, read_metrics, run_dir
 
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 # fp32 on CPU; two processes sum the gradient in another order (and pad other micro-batches) than
@@ -42,14 +43,15 @@ def test_rank_and_world_size_come_from_torchrun_or_an_srun_step():
 def test_global_batch_must_split_evenly_among_processes(monkeypatch):
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "4")
+    # The config composes on any node; the run's pre-flight checks it against this launch's processes.
     with pytest.raises(ConfigError, match=r"^optim.batch_size=6: must be divisible by the 4 processes"):
-        compose(["optim.batch_size=6"])
+        preflight(compose(["optim.batch_size=6"]))
     with pytest.raises(ConfigError, match=r"^optim.micro_batch_size=4: 4 processes x 4 must divide optim.batch_size=8"):
-        compose(["optim.batch_size=8", "optim.micro_batch_size=4"])
+        preflight(compose(["optim.batch_size=8", "optim.micro_batch_size=4"]))
     # Automatic micro-batch: the largest divisor (up to 8) of the per-process share, 48 / 4 = 12 -> 6.
-    assert compose(["optim.batch_size=48"]).optim.micro == 6
+    assert compose(["optim.batch_size=48"]).optim.micro_for(distributed.world_size_from_env()) == 6
     monkeypatch.setenv("WORLD_SIZE", "1")
-    assert compose(["optim.batch_size=48"]).optim.micro == 8
+    assert compose(["optim.batch_size=48"]).optim.micro_for(distributed.world_size_from_env()) == 8
 
 
 def test_dist_settings_leave_the_run_id_alone():
@@ -83,10 +85,10 @@ def _run(nproc: int, root: Path, *overrides: str, port: int = 29611, background:
     args = [*SMALL, f"run.root={root}", *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     if nproc == 1:
-        cmd = [sys.executable, "-m", "lora_lab.train", *args]
+        cmd = [sys.executable, "-m", "lora_lab", "train", *args]
     else:
         cmd = [TORCHRUN, "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1", "--master_port", str(port),
-               "-m", "lora_lab.train", *args]
+               "-m", "lora_lab", "train", *args]
     if background:
         return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
@@ -173,7 +175,7 @@ def test_a_killed_two_process_run_resumes_from_its_sharded_checkpoint(tmp_path):
     assert json.loads((rd.path / "checkpoint" / "dcp" / "counters.json").read_text())["step"] == 6
     resumed = subprocess.run(
         [TORCHRUN, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", "29612", "-m",
-         "lora_lab.train", *SMALL, f"run.root={tmp_path / 'killed'}", *common],
+         "lora_lab", "train", *SMALL, f"run.root={tmp_path / 'killed'}", *common],
         env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0 and "resuming from step 6 (sharded checkpoint of 2 processes)" in resumed.stderr, \
         resumed.stderr[-3000:]
@@ -187,7 +189,7 @@ def test_a_killed_two_process_run_resumes_from_its_sharded_checkpoint(tmp_path):
 
 
 def test_activation_checkpointing_changes_nothing_but_memory(small):
-    from lora_lab.train import train
+    from lora_lab.launch import train
 
     base = ["lora.rank=4", "optim.lr=3e-3", "train.max_steps=2"]
     plain = train(small(*base))

@@ -7,19 +7,16 @@ import json
 from pathlib import Path
 
 import pytest
-from test_analysis import make_rank_results
-from test_report import make_invariance
+from conftest import make_invariance
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "figures.ipynb"
 
 
-def test_notebook_executes(tmp_path, monkeypatch):
+def test_notebook_executes(rank_results, tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
-    root = tmp_path / "runs"
-    make_rank_results(root)
-    make_invariance(root)
-    monkeypatch.setenv("LORA_LAB_RESULTS", str(root))
+    make_invariance(rank_results)
+    monkeypatch.setenv("LORA_LAB_RESULTS", str(rank_results))
     monkeypatch.setenv("LORA_LAB_NOTEBOOK_OUT", str(tmp_path / "out"))
     monkeypatch.setenv("MPLBACKEND", "agg")
     nb = nbformat.read(NOTEBOOK, as_version=4)

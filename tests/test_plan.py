@@ -14,13 +14,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lora_lab import lora as lora_mod
 from lora_lab import plan
-from lora_lab.config import ConfigError, LoraConfig, ModelConfig, compose, run_dir
+from lora_lab.config import ConfigError, LoraConfig, ModelConfig, compose
 from lora_lab.data import load_data
 from lora_lab.flops import linear_flops, shipped_config
 from lora_lab.models import build_model
-from lora_lab.runs import load_run, read_metrics
+from lora_lab.runs import load_run, read_metrics, run_dir
 from lora_lab.tiny.facts import facts_information_bits
-from lora_lab.train import batch_nll, evaluate, train
+from lora_lab.launch import train
+from lora_lab.train import batch_nll, evaluate
 
 # Llama-3.1-8B's architecture as published on its model card / config.json.
 LLAMA_8B = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,

@@ -1,27 +1,28 @@
 """The claims scorecard: hand-made experiments of every kind whose verdicts are known, the rules in
-both directions, a claim that did not run, and a self-contained report.html."""
+both directions, a claim that did not run, rules that read only what their records declare, and a
+self-contained report.html."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_analysis import STEPS, make_config, make_rank_results, write_run
+from conftest import STEPS, decay, make_config, make_invariance, make_rank_results, write_run
 
-from lora_lab.analysis import analyze
+from lora_lab import claims
+from lora_lab.claims import CLAIMS, INCONCLUSIVE, NOT_REPRODUCED, NOT_RUN, REPRODUCED, judge, judge_c3, judge_c8
 from lora_lab.config import DataConfig
-from lora_lab.report import CLAIMS, INCONCLUSIVE, NOT_REPRODUCED, NOT_RUN, REPRODUCED, judge, judge_c3, judge_c8, md_table
-from lora_lab.sections import Section, capacity_bounds
+from lora_lab.records import RECORDS, BatchRecord, InvarianceRecord
+from lora_lab.report import analyze, md_table
+from lora_lab.results import load_results
+from lora_lab.sections import Section, capacity_bounds, run_sections
 from lora_lab.tiny.facts import bits_per_fact
 
 GRID = (1e-3, 3e-3, 1e-2)
-
-
-def decay(t: int) -> float:
-    return math.exp(-t / 8)
 
 
 def trajectory(lr: float, best_lr: float, offset: float = 0.0, steps: int = STEPS) -> list[float]:
@@ -101,17 +102,6 @@ def make_early(root: Path, early_gap: float = 0.001) -> None:
         gap = (64 - rank) / 64
         losses = [1 + 7 * decay(t) + early_gap * gap + 0.2 * gap * max(0, t - 20) / 30 for t in range(1, STEPS + 1)]
         write_run(make_config(root, "tiny/early_rank", rank=rank, lr=3e-3), losses)
-
-
-def make_invariance(root: Path, broken: float = 0.0) -> None:
-    base = [1 + 7 * decay(t) for t in range(1, STEPS + 1)]
-    # (alpha, init_a_scale, lr_a_mult, lr_b_mult): the first three are one class (p=2,q=1 and p=1,q=4 of the
-    # map (alpha/(pq), p*init_A, p*LR_A, q*LR_B)), the last is another (alpha alone changed)
-    for (alpha, s, a, b), shift in (((32, 1, 1, 1), 0.0), ((16, 2, 2, 1), 1e-5), ((8, 1, 1, 4), broken),
-                                    ((64, 1, 1, 1), 0.05)):
-        cfg = make_config(root, "tiny/invariance", rank=4, lr=3e-3, adam_eps=0.0, alpha=alpha, init_a_scale=s,
-                          lr_a_mult=a, lr_b_mult=b)
-        write_run(cfg, [v + shift * (t / STEPS) for t, v in enumerate(base, start=1)])
 
 
 def make_capacity(root: Path) -> None:
@@ -199,15 +189,73 @@ def test_rules_on_tables(tmp_path):
     pen = pd.DataFrame({"family": ["FullFT", "LoRA r4", "LoRA r16"], "method": ["full", "lora", "lora"],
                         "batch_small": [8] * 3, "batch_large": [64] * 3, "loss_small": [1.0] * 3,
                         "loss_large": [1.05, 1.2, 1.06], "penalty": [0.05, 0.2, 0.06]})
-    sec.measured["penalties"] = pen
+    sec.record = BatchRecord(penalties=pen)
     assert judge_c3(sec)[0] == INCONCLUSIVE  # r4 pays more, r16 does not (0.01 < tolerance)
-    sec.measured["penalties"] = pen[pen["family"] != "LoRA r16"]
+    sec.record = BatchRecord(penalties=pen[pen["family"] != "LoRA r16"])
     assert judge_c3(sec)[0] == REPRODUCED
     sec = Section("x/invariance", "invariance", tmp_path)
-    sec.measured["table"] = pd.DataFrame({"class": [0, 1], "variant": ["a", "b"], "reference": ["a", "b"],
-                                          "adam_eps": [0.0, 0.0], "steps": [5, 5], "max_abs_diff": [0.0, 0.0]})
+    sec.record = InvarianceRecord(between=math.nan, table=pd.DataFrame({
+        "class": [0, 1], "variant": ["a", "b"], "reference": ["a", "b"], "adam_eps": [0.0, 0.0], "steps": [5, 5],
+        "max_abs_diff": [0.0, 0.0]}))
     assert judge_c8(sec)[0] == INCONCLUSIVE  # no class with two variants
     assert judge([])["C8"][0].verdict == NOT_RUN
+
+
+@pytest.fixture(scope="module")
+def all_sections(full_report) -> list[Section]:
+    """The sections of full_report's runs, analysed again (analyze returns what it wrote, not them)."""
+    _, out = full_report
+    return run_sections(load_results([out.parent / "runs"]), out.parent / "sections")
+
+
+def _reading(record: object, seen: set[str]) -> object:
+    """A copy of `record` that adds the name of every attribute read on it to `seen`."""
+
+    class Reading(type(record)):
+        __slots__ = ()
+
+        def __getattribute__(self, name: str) -> object:
+            if not name.startswith("_"):
+                seen.add(name)
+            return object.__getattribute__(self, name)
+
+    return Reading(**{f.name: getattr(record, f.name) for f in dataclasses.fields(record)})
+
+
+def _renamed(cls: type, old: str, new: str) -> type:
+    """A copy of a record class with one field renamed (frozen and slotted like the original)."""
+    return dataclasses.make_dataclass(cls.__name__, [(new if f.name == old else f.name, f.type) for f in dataclasses.fields(cls)],
+                                      frozen=True, slots=True)
+
+
+def test_rules_read_their_records_by_name(full_report, all_sections, monkeypatch):
+    """Each rule reads the record of its experiment's kind by attribute: judging the full report reads
+    exactly the fields the records declare, and with any field a rule reads renamed (a copy of the
+    record class put in its place) the rule fails instead of giving a verdict."""
+    result, _ = full_report
+    for cls in RECORDS.values():  # no __dict__ for a misspelt name to land in, and nothing to change after the fact
+        assert cls.__dataclass_params__.frozen and "__slots__" in vars(cls), cls
+    by_kind = {s.kind: s for s in all_sections}
+    read: dict[str, set[str]] = {kind: set() for kind in RECORDS}
+    for c in CLAIMS:
+        sec = by_kind[c.kinds[0]]
+        cls = RECORDS[sec.kind]
+        assert type(sec.record) is cls
+        seen: set[str] = set()
+        v = result["verdicts"][c.id][0]
+        assert c.judge(dataclasses.replace(sec, record=_reading(sec.record, seen))) == (v["verdict"], v["measured"], v["how"])
+        assert seen, f"{c.id} reads nothing of its {cls.__name__}"
+        read[sec.kind] |= seen
+        for name in sorted(seen):
+            renamed = _renamed(cls, name, f"{name}_renamed")
+            values = {(f"{name}_renamed" if f.name == name else f.name): getattr(sec.record, f.name)
+                      for f in dataclasses.fields(cls)}
+            with monkeypatch.context() as m:
+                m.setattr(claims, cls.__name__, renamed)
+                with pytest.raises(AttributeError, match=name):
+                    c.judge(dataclasses.replace(sec, record=renamed(**values)))
+    # and a record holds nothing that no rule reads
+    assert read == {kind: {f.name for f in dataclasses.fields(cls)} for kind, cls in RECORDS.items()}
 
 
 def test_capacity_bounds_hand_calculation():

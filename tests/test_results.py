@@ -8,11 +8,12 @@ import math
 
 import numpy as np
 import pytest
-from test_analysis import make_config, write_run
+from conftest import make_config, write_run
 
-from lora_lab.config import run_dir
-from lora_lab.results import ResultsError, final_value, find_run_dirs, load_results
-from lora_lab.train import train
+from lora_lab.launch import train
+from lora_lab.results import ResultsError, final_value, load_results
+from lora_lab.runs import find_run_dirs
+from lora_lab.runs import run_dir
 
 
 def test_real_runs(small):

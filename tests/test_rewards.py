@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from lora_lab.rewards import TASKS, last_boxed, numbers, reference_for, reward_task, score
-from lora_lab.tiny.maths import gsm8k_row, math_row, problems, reference_answer
+from lora_lab.answers import last_boxed, numbers, reference_answer
+from lora_lab.rewards import TASKS, reference_for, reward_task, score
+from lora_lab.tiny.maths import gsm8k_row, math_row, problems
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

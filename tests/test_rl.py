@@ -13,13 +13,15 @@ import torch.nn.functional as F
 
 from conftest import LORA_LAB
 from lora_lab import rl as rl_mod
-from lora_lab.config import ConfigError, _identity, compose, config_hash, run_dir, run_id
+from lora_lab.config import ConfigError, compose
+from lora_lab.runs import config_hash, run_dir, run_id
+from lora_lab.runs import identity as _identity
 from lora_lab.lora import apply_lora
 from lora_lab.models import build_model
 from lora_lab.rl import collate_rl, completion_logprobs, group_advantages, policy_loss
 from lora_lab.runs import RunDir, read_metrics
 from lora_lab.sampler import CachedSampler, HFSampler, Sampler
-from lora_lab.train import train
+from lora_lab.launch import train
 
 # A few seconds per run on a 2-core CPU.
 RL_SMALL = ["task=rl", "data=tiny-math", "data.levels=[1,2]", "data.num_examples=64", "data.eval_size=16",

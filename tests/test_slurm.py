@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LORA_LAB
+from conftest import LORA_LAB, train_steps
 
 pytestmark = pytest.mark.slow
 
@@ -56,10 +56,6 @@ def _sweep(root: Path, *extra: str, background: bool = False):
 LONG_STEPS = 400
 
 
-def _train_steps(run: Path) -> list[int]:
-    return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines() if "train_loss" in line]
-
-
 def test_sweep_on_slurm_cancel_relaunch_and_no_resubmission(cluster, tmp_path):
     root = tmp_path / "runs"
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 1))
@@ -72,7 +68,7 @@ def test_sweep_on_slurm_cancel_relaunch_and_no_resubmission(cluster, tmp_path):
     assert len(runs) == 3
     for r in runs:
         assert json.loads((r / "summary.json").read_text())["status"] == "completed"
-        assert _train_steps(r) == [1, 2, 3]
+        assert train_steps(r) == [1, 2, 3]
         meta = json.loads((r / "meta.json").read_text())
         assert meta["slurm_job_id"], "the run did not run under SLURM"
         assert (r / "config.yaml").exists()
@@ -94,7 +90,7 @@ def test_sweep_on_slurm_cancel_relaunch_and_no_resubmission(cluster, tmp_path):
     deadline = time.time() + 600
     while time.time() < deadline:
         done = [p for p in (root / "tiny" / "rank").iterdir() if p not in runs and not p.name.startswith(".")]
-        if done and (done[0] / "metrics.jsonl").exists() and len(_train_steps(done[0])) >= 7:
+        if done and (done[0] / "metrics.jsonl").exists() and len(train_steps(done[0])) >= 7:
             run = done[0]
             break
         assert proc.poll() is None, "sweep ended early: " + "".join(proc.communicate())[-3000:]
@@ -108,7 +104,7 @@ def test_sweep_on_slurm_cancel_relaunch_and_no_resubmission(cluster, tmp_path):
     out, err = proc.communicate(timeout=300)
     assert proc.returncode != 0, "the sweep should report the cancelled run"
     assert not (run / "summary.json").exists() or json.loads((run / "summary.json").read_text())["status"] != "completed"
-    steps_before = _train_steps(run)
+    steps_before = train_steps(run)
     assert len(steps_before) < LONG_STEPS
     status = subprocess.run([LORA_LAB, "status", str(root / "tiny" / "rank")], capture_output=True, text=True, timeout=60)
     assert "unfinished" in status.stdout or "failed" in status.stdout, status.stdout
@@ -117,7 +113,7 @@ def test_sweep_on_slurm_cancel_relaunch_and_no_resubmission(cluster, tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr[-3000:]
     assert "1 to launch" in res.stdout
     assert json.loads((run / "summary.json").read_text())["status"] == "completed"
-    assert _train_steps(run) == list(range(1, LONG_STEPS + 1))  # every step once: resumed, not restarted or doubled
+    assert train_steps(run) == list(range(1, LONG_STEPS + 1))  # every step once: resumed, not restarted or doubled
     meta = json.loads((run / "meta.json").read_text())
     assert meta["resumed_from_step"] > 0
 
@@ -131,7 +127,7 @@ def test_preempted_job_is_requeued_and_resumes(cluster, tmp_path):
     run, deadline = None, time.time() + 600
     while time.time() < deadline:
         found = [p for p in (root / "tiny" / "rank").glob("tiny-*")] if (root / "tiny" / "rank").exists() else []
-        if found and (found[0] / "metrics.jsonl").exists() and len(_train_steps(found[0])) >= 7:
+        if found and (found[0] / "metrics.jsonl").exists() and len(train_steps(found[0])) >= 7:
             run = found[0]
             break
         assert proc.poll() is None, "sweep ended early: " + "".join(proc.communicate())[-3000:]
@@ -152,7 +148,7 @@ def test_preempted_job_is_requeued_and_resumes(cluster, tmp_path):
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, out + err[-3000:]
     assert json.loads((run / "summary.json").read_text())["status"] == "completed"
-    assert _train_steps(run) == list(range(1, LONG_STEPS + 1))
+    assert train_steps(run) == list(range(1, LONG_STEPS + 1))
     meta = json.loads((run / "meta.json").read_text())
     assert meta["launches"] == 2 and meta["resumed_from_step"] > 0
 
@@ -160,7 +156,7 @@ def test_preempted_job_is_requeued_and_resumes(cluster, tmp_path):
 def test_two_task_slurm_job_matches_one_process(cluster, tmp_path):
     """A run of two SLURM tasks (FSDP2 over gloo, one task per process) logs the one-process losses."""
     from lora_lab.config import compose
-    from lora_lab.train import train
+    from lora_lab.launch import train
 
     args = ["arms=lora", "lora.rank=1", "optim.lr=3e-3", "train.max_steps=4", "train.checkpoint_every=0"]
     res = _sweep(tmp_path / "slurm", *args, "hydra.launcher.tasks_per_node=2")

@@ -2,12 +2,11 @@
 
 import json
 import subprocess
-from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import LORA_LAB
+from conftest import LORA_LAB, train_steps
 from lora_lab import sweep
 from lora_lab.config import ConfigError, compose_dict, from_dictconfig
 
@@ -118,10 +117,6 @@ def test_bad_input_one_line_exit_2(argv, message):
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
 
 
-def _steps(run: Path) -> list[int]:
-    return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines() if "train_loss" in line]
-
-
 def test_local_sweep_skips_done_and_reruns_failed_or_unfinished(tmp_path):
     root = tmp_path / "runs"
     args = [LORA_LAB, "sweep", "tiny/rank", f"run.root={root}", "lora.rank=1", "optim.lr=3e-3",
@@ -136,7 +131,7 @@ def test_local_sweep_skips_done_and_reruns_failed_or_unfinished(tmp_path):
     assert [r.name.split("_")[2] for r in runs] == ["full", "lora-r1-all"]
     for r in runs:
         assert json.loads((r / "summary.json").read_text())["status"] == "completed"
-        assert _steps(r) == [1, 2]
+        assert train_steps(r) == [1, 2]
     assert (runs[1] / "adapter" / "adapter_model.safetensors").exists()
     sweeps = list((root / "tiny" / "rank" / ".sweeps").iterdir())
 
@@ -158,7 +153,7 @@ def test_local_sweep_skips_done_and_reruns_failed_or_unfinished(tmp_path):
     assert "2 to launch" in rerun.stdout
     for r in runs:
         assert json.loads((r / "summary.json").read_text())["status"] == "completed"
-        assert _steps(r) == [1, 2]  # no step logged twice
+        assert train_steps(r) == [1, 2]  # no step logged twice
     status = subprocess.run([LORA_LAB, "status", "tiny/rank", f"run.root={root}", "lora.rank=1", "optim.lr=3e-3",
                              "data.max_seq_len=64", "train.checkpoint_every=1", *TINY_RUN],
                             capture_output=True, text=True, timeout=120)
@@ -168,7 +163,7 @@ def test_local_sweep_skips_done_and_reruns_failed_or_unfinished(tmp_path):
 @pytest.mark.slow
 def test_each_tiny_experiment_runs_a_few_steps(tmp_path):
     """One run per arm of every tiny experiment's quick grid, two steps each, in this process."""
-    from lora_lab.train import train
+    from lora_lab.launch import train
 
     for name in [n for n in sweep.experiment_names() if n.startswith("tiny/")]:
         _, jobs = sweep.expand_jobs(name, [f"run.root={tmp_path}", *TINY_RUN], quick=True)

@@ -14,7 +14,8 @@ from lora_lab.config import compose
 from lora_lab.data import DATASETS, encode_chat, IGNORE_INDEX
 from lora_lab.tiny.facts import (ATTRIBUTES, CITIES, Attribute, Fact, bits_per_fact, fact_messages, facts_information_bits,
                                  facts_table, load_tiny_facts, load_tiny_facts_heldout)
-from lora_lab.tiny.maths import gsm8k_row, math_row, problems, reference_answer
+from lora_lab.answers import reference_answer
+from lora_lab.tiny.maths import gsm8k_row, math_row, problems
 from lora_lab.tiny.world import TINY_DATASETS
 
 NEW_SETS = ("tiny-openthoughts", "tiny-facts", "tiny-facts-heldout", "tiny-math")

@@ -10,11 +10,12 @@ from peft import PeftModel
 from conftest import LORA_LAB, SMALL
 from lora_lab import train as train_mod
 from lora_lab import lora as lora_mod
-from lora_lab.config import LoraConfig, ModelConfig, run_dir
+from lora_lab.config import LoraConfig, ModelConfig
 from lora_lab.data import load_data
 from lora_lab.models import build_model, set_threads_from_env, target_logits
-from lora_lab.runs import RunBusy, RunDir, load_run, read_metrics
-from lora_lab.train import evaluate, train
+from lora_lab.runs import RunBusy, RunDir, load_run, read_metrics, run_dir
+from lora_lab.launch import train
+from lora_lab.train import evaluate
 
 TRAIN_KEYS = {"step", "train_loss", "lr", "examples", "tokens", "wall_s", "grad_norm"}
 
@@ -84,7 +85,7 @@ def test_load_run_gives_back_the_trained_model(small, method):
     s = train(cfg)
     model, tok = load_run(run_dir(cfg))
     _, eval_split = load_data(cfg, tok)
-    assert evaluate(model, eval_split, cfg.optim.micro, tok.pad_token_id, "cpu") == pytest.approx(s["final_eval_loss"], abs=1e-6)
+    assert evaluate(model, eval_split, cfg.optim.micro_for(1), tok.pad_token_id, "cpu") == pytest.approx(s["final_eval_loss"], abs=1e-6)
     if method == "lora":
         x = torch.tensor([eval_split.ids[0].tolist()])
         base, _ = build_model(ModelConfig())

@@ -6,6 +6,7 @@
     thoughts.py   tiny-openthoughts: reasoning traces in OpenThoughts3's schema
     common.py     invented names, the fixed held-out split, the size check
     words.py      the word lists of the pretraining corpus
+    presets.py    the architectures of the tiny presets (tiny-llama, tiny-moe)
     tokenizer.py  the shipped byte-level BPE tokenizer and its chat template
     pretrain.py   `lora-lab build-tiny`: the corpus, the tokenizer and the pretrained tiny base models
 """

@@ -19,7 +19,7 @@ small tables and column sums in another surface form). Names are invented and nu
 the number of distinct problems grows with num_examples (level 1 alone has only 100 problems, and
 with data.levels=[1] a held-out split of 128 takes most of them: use a small eval_size there).
 The held-out split is keyed by the problem's numbers (not its wording), so no held-out problem is
-trained on in another phrasing or schema. `reference_answer(row)` returns the exact answer string
+trained on in another phrasing or schema. `lora_lab.answers.reference_answer(row)` returns the exact answer string
 of a row of either schema (also of real GSM8K / MATH rows), which the RL reward compares to.
 """
 
@@ -260,30 +260,3 @@ def load_tiny_math(cfg: "DataConfig") -> tuple[list[dict], list[dict]]:
     levels = _check_levels(cfg.levels)
     return fixed_eval_split(lambda s: _stream(s, levels, cfg.answer_format), cfg.seed, require_size(cfg, "tiny-math"),
                             cfg.eval_size, "tiny-math")
-
-
-# ----------------------------------------------------------------------------- answers
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last \\boxed{...} (nested braces allowed), or None."""
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    i, depth = start + len("\\boxed{"), 1
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[i:j]
-    return None
-
-
-def reference_answer(row: dict) -> str:
-    """The exact answer string of a GSM8K-form ("#### 42") or MATH-form ("\\boxed{42}") row."""
-    if "answer" in row and "####" in row["answer"]:
-        return row["answer"].rsplit("####", 1)[1].strip().replace(",", "")
-    if "solution" in row:
-        boxed = last_boxed(row["solution"])
-        if boxed is not None:
-            return boxed.strip()
-    raise ValueError(f"row has no '#### answer' nor '\\boxed{{}}' answer: keys {sorted(row)}")

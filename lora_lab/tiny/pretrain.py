@@ -14,7 +14,7 @@ and, mixed into the pretraining stream only (`--drill`, the tokenizer never sees
 drill: the addition and times tables as text and as chat turns that ask for a fact and answer it.
 
 `build_tiny` trains the byte-level BPE tokenizer on the corpus, then pretrains each preset of
-models.TINY_CONFIGS (AdamW, warmup then cosine decay: a pretraining recipe, not the paper's SFT
+tiny/presets.py (AdamW, warmup then cosine decay: a pretraining recipe, not the paper's SFT
 setting) on packed 256-token sequences, and writes lora_lab/assets/<preset>/ with safetensors
 weights, config, tokenizer and a model card.
 
@@ -454,7 +454,7 @@ def pretrain(name: str, out: Path, tok, tokens: int, lr: float, batch: int, seed
              log=print, drill: float = 0.0) -> dict:
     from transformers import AutoModelForCausalLM
 
-    from lora_lab.models import TINY_CONFIGS, tiny_config
+    from lora_lab.tiny.presets import TINY_CONFIGS, tiny_config
 
     arch = {k: v for k, v in {**TINY_CONFIGS[name], **(overrides or {})}.items() if k != "model_type"}  # for the card
     conf = tiny_config(name, len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,

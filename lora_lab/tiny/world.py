@@ -28,13 +28,13 @@ import random
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from lora_lab.tiny.facts import facts_information_bits, load_tiny_facts, load_tiny_facts_heldout
-from lora_lab.tiny.maths import load_tiny_math, reference_answer
+from lora_lab.tiny.maths import load_tiny_math
 from lora_lab.tiny.thoughts import load_tiny_openthoughts
 
 if TYPE_CHECKING:
     from lora_lab.config import DataConfig
 
-__all__ = ["TINY_DATASETS", "facts_information_bits", "load_tiny_tulu", "reference_answer", "tiny_tulu_rows"]
+__all__ = ["TINY_DATASETS", "facts_information_bits", "load_tiny_tulu", "tiny_tulu_rows"]
 
 
 _WORDS = (

@@ -1,16 +1,18 @@
-"""Analysis: from run directories to the paper's figures, tables and the claims scorecard.
+"""The curve maths of the analysis: runs labelled by curve, min-over-LR curves, departures from
+FullFT, LR U-curves and their fitted optima, LoRA/FullFT optimal-LR ratios.
 
-    lora-lab analyze runs/                     # every experiment below runs/, report in runs/analysis/
-    lora-lab analyze runs/tiny/rank --out /tmp/a
-    lora-lab analyze tiny/rank tiny/batch      # experiment names: looked up under --root (default runs/)
+    from lora_lab.results import load_results
+    from lora_lab.curves import label_runs, optimal_lrs, lr_ratios
+    res = load_results(["runs/tiny/rank"])
+    runs = label_runs(res.plotted())
+    opt = optimal_lrs(runs)                   # one row per curve: best_lr and its 90% interval
+    lr_ratios(opt, runs)                      # LoRA / FullFT optimal LR per LoRA curve
 
-Python: `analyze(paths, out) -> dict` (what was written and the verdicts). Each experiment is
-analysed by its kind, read off the basename of its name `<scale>/<figure>` (`kind_of`): rank
-curves and LR U-curves (C1, C2, and the step times of C6), batch size (C3), layer placement (C4),
-RL (C5), early curves (C7), invariance (C8) and capacity (C9). The library functions below
-(`pointwise_min`, `departures`, `ucurves`, `fit_optimum`, `optimal_lrs`, `lr_ratios`, ...) are what
-the scripts in analysis/ and the notebooks call; the per-kind sections (lora_lab/sections.py) put
-them together with the figures (lora_lab/figures.py); the scorecard is lora_lab/report.py.
+Everything here takes and returns pandas tables; nothing draws or writes files. The per-kind
+sections (lora_lab/sections.py) put these together with the figures (lora_lab/figures.py), the
+claims (lora_lab/claims.py) judge what the sections measured, and `lora-lab analyze`
+(lora_lab/report.py) writes it all. An experiment's kind is read off the basename of its name
+`<scale>/<figure>` (`kind_of`).
 
 Conventions (also stated in the report):
 - A run's final loss is its mean train loss over the last 10% of its steps (lora_lab/results.py);
@@ -21,17 +23,14 @@ Conventions (also stated in the report):
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from lora_lab.results import Results, ResultsError, load_results
+from lora_lab.results import Results, final_value
 
 TOL_REL = 0.02
 TOL_ABS = 0.01
@@ -52,6 +51,11 @@ def kind_of(experiment: str) -> str | None:
     (early_rank is checked before rank); None for an experiment of no known kind."""
     base = experiment.rstrip("/").rsplit("/", 1)[-1]
     return next((k for k in KINDS if base.startswith(k)), None)
+
+
+def experiments_of(res: Results, kind: str) -> list[str]:
+    """The experiments of one kind among the results."""
+    return [e for e in res.experiments() if kind_of(e) == kind]
 
 
 def matches(value: float, reference: float) -> bool:
@@ -188,8 +192,6 @@ def value_at_step(res: Results, runs: pd.DataFrame, step: int, column: str = "tr
     """(value, sem) per run_dir: each run's mean `column` over the last `window` of its logged
     points up to `step` (a constant-LR run stopped at `step` is a run of `step` steps); +inf for a
     run that diverged by then, NaN for one that did not reach it."""
-    from lora_lab.results import final_value
-
     out = {}
     for _, r in runs.iterrows():
         c = res.curve(r["run_dir"], column)
@@ -334,105 +336,3 @@ def lr_ratios(optimal: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
                      "ratio_high": o["best_lr_high"] / f["best_lr_low"],
                      "open": bool(o["edge"] or f["edge"])})
     return pd.DataFrame(rows, columns=["curve", "rank", "layers", "lora_lr", "full_lr", "ratio", "ratio_low", "ratio_high", "open"])
-
-
-# ----------------------------------------------------------------------------- entry points
-
-
-def _resolve(paths: list[str], root: str) -> list[Path]:
-    out = []
-    for p in paths:
-        path = Path(p)
-        if not path.exists() and (Path(root) / p).exists():
-            path = Path(root) / p  # an experiment name such as tiny/rank
-        if not path.exists():
-            raise ResultsError(f"{p}: no such directory (nor {Path(root) / p}); give a runs directory, an "
-                               "experiment directory or an experiment name under --root")
-        out.append(path)
-    return out
-
-
-def experiments_of(res: Results, kind: str) -> list[str]:
-    """The experiments of one kind among the results."""
-    return [e for e in res.experiments() if kind_of(e) == kind]
-
-
-def script_setup(doc: str, kind: str, argv: list[str] | None = None) -> tuple[Results, Path, list[str]]:
-    """Command line of a script in analysis/: `<paths ...> [--out DIR]` -> (results, out, the
-    experiments of `kind`). Exits with status 2 and one line when there is nothing to analyse."""
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("paths", nargs="+", help="runs directories, experiment directories or run directories")
-    p.add_argument("--out", default="figures", help="output directory (default: figures)")
-    args = p.parse_args(argv)
-    try:
-        res = load_results(args.paths)
-    except ResultsError as exc:
-        p.exit(2, f"{p.prog}: {exc}\n")
-    exps = experiments_of(res, kind)
-    if not exps:
-        p.exit(2, f"{p.prog}: no experiment of kind {kind} (names <scale>/{kind}...) among {len(res.runs)} runs under "
-                  f"{', '.join(args.paths)}\n")
-    return res, Path(args.out), exps
-
-
-def analyze(paths: list[Path], out: Path, progress: bool = True) -> dict:
-    """Figures (PNG and PDF), tables (CSV), optimal_lr.csv and the scorecard (report.md, report.html)
-    for every experiment found below `paths`, written to `out`.
-
-    Returns {"out", "files": [paths written], "verdicts": {claim id: [verdict dicts]},
-    "counts": runs per experiment and status (list of dicts)}. Raises ResultsError when the paths hold
-    no run directory."""
-    from lora_lab.report import write_report
-    from lora_lab.sections import run_sections
-
-    def say(msg: str) -> None:
-        if progress:
-            print(f"analyze: {msg}", file=sys.stderr, flush=True)
-
-    res = load_results(paths)
-    if not len(res.runs):
-        raise ResultsError(f"{', '.join(map(str, paths))}: no run directories (directories with a config.yaml) found")
-    counts = res.counts()
-    say(f"{len(res.runs)} runs in {len(counts)} experiments ({', '.join(f'{(res.runs.status == s).sum()} {s}' for s in ('completed', 'diverged', 'failed', 'unfinished'))})")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    sections = run_sections(res, out, say)
-    files = [f for s in sections for f in s.files]
-    optimal = [s.tables["optimal_lr"] for s in sections if "optimal_lr" in s.tables and len(s.tables["optimal_lr"])]
-    if optimal:
-        path = out / "optimal_lr.csv"
-        pd.concat(optimal, ignore_index=True).to_csv(path, index=False)
-        files.append(path)
-    counts_path = out / "runs.csv"
-    counts.to_csv(counts_path, index=False)
-    files.append(counts_path)
-    written, verdicts = write_report(res, sections, out)
-    files += written
-    say(f"wrote {len(files)} files to {out}; scorecard: {out / 'report.md'}")
-    return {"out": out, "files": files, "verdicts": verdicts, "counts": counts.to_dict("records")}
-
-
-def analyze_main(argv: list[str]) -> int:
-    """`lora-lab analyze <runs dir or experiment ...> [--out DIR] [--root DIR]`."""
-    p = argparse.ArgumentParser(prog="lora-lab analyze", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("paths", nargs="+", help="runs directories, experiment directories, run directories or experiment names")
-    p.add_argument("--out", help="output directory (default: <first path>/analysis)")
-    p.add_argument("--root", default="runs", help="where experiment names are looked up (run.root; default runs)")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
-    args = p.parse_args(argv)
-    try:
-        paths = _resolve(args.paths, args.root)
-        out = Path(args.out) if args.out else paths[0] / "analysis"
-        result = analyze(paths, out, progress=not args.quiet)
-    except ResultsError as exc:
-        print(f"lora-lab analyze: {exc}", file=sys.stderr)
-        return 2
-    for claim, vs in result["verdicts"].items():
-        for v in vs:
-            print(f"{claim:<4}{v['verdict']:<16}{v.get('experiment') or '-':<28}{v['measured']}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(analyze_main(sys.argv[1:]))
