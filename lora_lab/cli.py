@@ -9,7 +9,8 @@
 
 Overrides use Hydra's syntax: `method=full`, `lora.rank=4`, `model=tiny-moe`, `optim.lr=3e-4`.
 Bad keys or values stop with exit code 2 and a one-line message, before any model is loaded; so
-does a data set that cannot be used (not available offline, wrong schema, too many malformed rows).
+does a data set that cannot be used (not available offline, wrong schema, too many malformed rows,
+an unreadable file), a run.root that cannot be written, and a hub model not available offline.
 Exit codes: 0 completed or diverged (a diverged run is a result), 1 failed, 2 bad config or data.
 `python -m lora_lab <command> ...` is the same command (also under torchrun).
 """
@@ -17,12 +18,22 @@ Exit codes: 0 completed or diverged (a diverged run is a result), 1 failed, 2 ba
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lora_lab.config import Config
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 EXIT_FAILED, EXIT_CONFIG = 1, 2
+
+# Directories of the runs that `train` / `pair` have started in this process, for the hint to a
+# failed run's record in main().
+_started: list[Path] = []
 
 # name -> (module, function, help). The function takes the argument list after the command name and
 # returns an exit code; it is imported only when its command runs (keeps `lora-lab --help` fast).
@@ -50,12 +61,38 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _train(overrides: list[str]) -> int:
-    from lora_lab.config import compose
-    from lora_lab.runs import FINAL_STATUSES
-    from lora_lab.launch import train
+def _checked(overrides: list[str]) -> "Config":
+    """The composed config of a run to train, with the checks that need the world done first: a
+    batch that fits the data, a writable run.root, a model the hub can give (ConfigError, exit 2).
+    A finished run is skipped by the launch and needs neither of the last two."""
+    from lora_lab.checks import check_run_root
+    from lora_lab.config import check_trainable, compose
+    from lora_lab.models import check_available
 
     cfg = compose(overrides)
+    check_trainable(cfg)
+    if not _finished(cfg):
+        check_run_root(cfg.run.root)
+        check_available(cfg.model)
+    return cfg
+
+
+def _finished(cfg: "Config") -> bool:
+    from lora_lab.runs import FINAL_STATUSES, run_dir
+
+    try:
+        summary = json.loads((run_dir(cfg) / "summary.json").read_text())
+    except (OSError, ValueError):  # none yet, unreadable, or run.root under a file
+        return False
+    return isinstance(summary, dict) and summary.get("status") in FINAL_STATUSES
+
+
+def _train(overrides: list[str]) -> int:
+    from lora_lab.runs import FINAL_STATUSES, run_dir
+    from lora_lab.launch import train
+
+    cfg = _checked(overrides)
+    _started.append(run_dir(cfg))
     summary = train(cfg)
     if cfg.task == "rl":
         result = (f"final reward {_f(summary.get('final_reward'))}, eval accuracy {_f(summary.get('base_eval_accuracy'))}"
@@ -71,7 +108,6 @@ def _train(overrides: list[str]) -> int:
 
 def _pair(overrides: list[str]) -> int:
     """LoRA vs FullFT on the tiny default, each at its best LR of a coarse sweep: both final losses."""
-    from lora_lab.config import compose
     from lora_lab.runs import run_dir
     from lora_lab.runs import FINAL_STATUSES
     from lora_lab.launch import train
@@ -80,10 +116,11 @@ def _pair(overrides: list[str]) -> int:
     common = [o for o in overrides if o not in lora_keys and not o.startswith("method=")]
     # Each method at its best LR of a coarse sweep on this default (experiments/LOG.md, 2026-11-23).
     has_lr = any(o.startswith("optim.lr=") for o in common)
-    lora_cfg = compose(["method=lora", *lora_keys, *common] + ([] if has_lr else ["optim.lr=3e-3"]))
-    full_cfg = compose(["method=full", *common] + ([] if has_lr else ["optim.lr=1e-3"]))
+    lora_cfg = _checked(["method=lora", *lora_keys, *common] + ([] if has_lr else ["optim.lr=3e-3"]))
+    full_cfg = _checked(["method=full", *common] + ([] if has_lr else ["optim.lr=1e-3"]))
     results = []
     for cfg in (lora_cfg, full_cfg):
+        _started.append(run_dir(cfg))
         s = train(cfg)
         results.append((cfg, s))
     print()
@@ -98,10 +135,11 @@ def _pair(overrides: list[str]) -> int:
 
 
 def _show(overrides: list[str]) -> int:
-    from lora_lab.config import compose, to_yaml
+    from lora_lab.config import check_trainable, compose, to_yaml
     from lora_lab.runs import run_dir
 
     cfg = compose(overrides)
+    check_trainable(cfg)
     print(to_yaml(cfg), end="")
     print(f"# run directory: {run_dir(cfg)}")
     return 0
@@ -111,12 +149,29 @@ def _f(x) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
 
+def _failure_record(exc: BaseException) -> Path | None:
+    """The summary.json in which a run started here recorded this very failure, if one did: a run
+    that failed before its directory was written (or on a rank that does not write) has none, and an
+    older summary.json there would point at another failure."""
+    error = f"{type(exc).__name__}: {exc}"
+    for path in reversed(_started):
+        record = path / "summary.json"
+        try:
+            summary = json.loads(record.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(summary, dict) and summary.get("status") == "failed" and summary.get("error") == error:
+            return record
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     from lora_lab.config import ConfigError
     from lora_lab.data import DataError
     from lora_lab.runs import RunBusy
 
     argv = sys.argv[1:] if argv is None else argv
+    _started.clear()
     handlers = {"train": _train, "pair": _pair, "show-config": _show}
     if argv[:1] and argv[0] in EXTERNAL:  # its own argument parser
         import importlib
@@ -144,8 +199,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except Exception as exc:
-        if handler in (_train, _pair):  # the run recorded it in summary.json; keep the console to one line + hint
-            print(f"lora-lab: run failed: {type(exc).__name__}: {exc} (traceback in the run's summary.json)", file=sys.stderr)
+        if handler in (_train, _pair):  # keep the console to one line, pointing to the traceback when the run recorded it
+            record = _failure_record(exc)
+            hint = f" (traceback in {record})" if record else ""
+            print(f"lora-lab: run failed: {type(exc).__name__}: {exc}{hint}", file=sys.stderr)
         else:
             print(f"lora-lab {argv[0]}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -17,7 +17,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, get_type_hints
 
 from omegaconf import OmegaConf
 
@@ -34,6 +34,15 @@ PROGRESS_MODES = ("auto", "bar", "lines", "none")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 MAX_RANK = 512
+# Seeds (train.seed, data.seed, model.init_seed) are in 0..MAX_SEED: numpy's generators take no
+# negative seed, and 2**63 - 1 is the largest that torch.manual_seed and an int64 column of a results
+# table both hold.
+MAX_SEED = 2**63 - 1
+# Largest data.num_examples (and data.eval_size) of a generated set. At 100,000 rows tiny-facts, the
+# largest per row, generates in 3 s and tokenizes in 41 s into 1.2 GB on a 2-core CPU; 1,000,000
+# would take about 10x that (2.4 GB for the rows alone): no longer a tiny run. 5x the largest size
+# the tiny experiments use (20,000 on tiny-facts' capacity curve).
+MAX_GENERATED_EXAMPLES = 100_000
 # Names the validators check against, as plain tuples so that this module imports nothing of
 # lora_lab (tests/test_config.py holds them against the registries they mirror).
 TINY_DATA_SETS = ("tiny-tulu", "tiny-openthoughts", "tiny-facts", "tiny-facts-heldout", "tiny-math")  # tiny/world.py
@@ -52,6 +61,19 @@ def _check(ok: bool, key: str, value: Any, why: str) -> None:
         raise ConfigError(f"{key}={value!r}: {why}")
 
 
+def _positive(x: float) -> bool:
+    """A finite number > 0 (nan and inf fail: `x > 0` alone lets inf through)."""
+    return math.isfinite(x) and x > 0
+
+
+def _non_negative(x: float) -> bool:
+    return math.isfinite(x) and x >= 0
+
+
+def _check_seed(key: str, seed: int) -> None:
+    _check(0 <= seed <= MAX_SEED, key, seed, f"must be an integer in 0..{MAX_SEED} (2**63 - 1)")
+
+
 @dataclass
 class ModelConfig:
     # A built-in preset (tiny-llama, tiny-moe), a Hugging Face hub id (org/name) or a local directory.
@@ -66,6 +88,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _check(bool(self.name), "model.name", self.name, "must be a preset, a hub id or a local directory")
         _check(self.dtype in DTYPES, "model.dtype", self.dtype, f"choose one of {', '.join(DTYPES)}")
+        _check_seed("model.init_seed", self.init_seed)
         if self.name in TINY_PRESETS:
             return
         path = Path(self.name).expanduser()
@@ -113,9 +136,19 @@ class DataConfig:
         _check(self.num_examples is None or self.num_examples > 0, "data.num_examples", self.num_examples, "must be > 0 (or null for all)")
         _check(self.eval_size > 0, "data.eval_size", self.eval_size, "must be > 0")
         _check(self.max_seq_len >= 8, "data.max_seq_len", self.max_seq_len, "must be >= 8")
+        _check_seed("data.seed", self.seed)
         _check(self.answer_format in ("gsm8k", "math", "mixed"), "data.answer_format", self.answer_format,
                "choose one of gsm8k, math, mixed")
         _check(0 <= self.max_bad_fraction <= 1, "data.max_bad_fraction", self.max_bad_fraction, "must be in [0, 1]")
+        if self.name in TINY_DATA_SETS:
+            # A generated set holds every row in memory, and its size is only a number: unbounded, a
+            # few zeros too many (100000000) fill the machine's memory before anything reports it.
+            for key, n in (("data.num_examples", self.num_examples), ("data.eval_size", self.eval_size)):
+                _check(n is None or n <= MAX_GENERATED_EXAMPLES, key, n,
+                       f"a generated set has at most {MAX_GENERATED_EXAMPLES:,} examples; lower it")
+            _check(self.path is None, "data.path", self.path,
+                   f"data.path is for real data sets; tiny-* sets are generated: drop data.path, or read the "
+                   f"file as the real set of its schema (data={'|'.join(REAL_DATA_SETS)})")
         if self.path is not None:
             _check(Path(self.path).expanduser().exists(), "data.path", self.path, "no such file or directory")
         elif self.name in REAL_DATA_SETS:
@@ -142,9 +175,9 @@ class LoraConfig:
                f"must be an integer in 1..{MAX_RANK}")
         _check(self.alpha > 0 and math.isfinite(self.alpha), "lora.alpha", self.alpha, "must be a finite number > 0")
         _check(self.layers in LAYER_SETS, "lora.layers", self.layers, f"unknown layer set; choose one of {', '.join(LAYER_SETS)}")
-        _check(self.init_a_scale > 0, "lora.init_a_scale", self.init_a_scale, "must be > 0")
-        _check(self.lr_a_mult > 0, "lora.lr_a_mult", self.lr_a_mult, "must be > 0")
-        _check(self.lr_b_mult > 0, "lora.lr_b_mult", self.lr_b_mult, "must be > 0")
+        _check(_positive(self.init_a_scale), "lora.init_a_scale", self.init_a_scale, "must be a finite number > 0")
+        _check(_positive(self.lr_a_mult), "lora.lr_a_mult", self.lr_a_mult, "must be a finite number > 0")
+        _check(_positive(self.lr_b_mult), "lora.lr_b_mult", self.lr_b_mult, "must be a finite number > 0")
 
 
 @dataclass
@@ -171,9 +204,10 @@ class OptimConfig:
                    f"must divide optim.batch_size={self.batch_size}")
         _check(0 <= self.beta1 < 1, "optim.beta1", self.beta1, "must be in [0, 1)")
         _check(0 <= self.beta2 < 1, "optim.beta2", self.beta2, "must be in [0, 1)")
-        _check(self.adam_eps >= 0, "optim.adam_eps", self.adam_eps, "must be >= 0")
-        _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "must be >= 0")
-        _check(self.grad_clip >= 0, "optim.grad_clip", self.grad_clip, "must be >= 0 (0 turns clipping off)")
+        _check(_non_negative(self.adam_eps), "optim.adam_eps", self.adam_eps, "must be a finite number >= 0")
+        _check(_non_negative(self.weight_decay), "optim.weight_decay", self.weight_decay, "must be a finite number >= 0")
+        _check(_non_negative(self.grad_clip), "optim.grad_clip", self.grad_clip,
+               "must be a finite number >= 0 (0 turns clipping off)")
 
     def micro_for(self, world_size: int = 1) -> int:
         """Sequences per forward/backward in each of world_size processes (each takes batch_size /
@@ -201,7 +235,8 @@ class TrainConfig:
     # Write a resumable checkpoint every this many steps; 0: only at the end.
     checkpoint_every: int = 50
     seed: int = 0
-    # A train loss above this (or non-finite) ends the run with status "diverged".
+    # A train loss above this (or non-finite) ends the run with status "diverged"; inf: only a
+    # non-finite loss does.
     diverge_loss: float = 20.0
     device: str = "auto"
 
@@ -210,7 +245,9 @@ class TrainConfig:
         _check(self.epochs > 0, "train.epochs", self.epochs, "must be > 0")
         _check(self.eval_every >= 0, "train.eval_every", self.eval_every, "must be >= 0 (0: eval at the end only)")
         _check(self.checkpoint_every >= 0, "train.checkpoint_every", self.checkpoint_every, "must be >= 0 (0: at the end only)")
-        _check(self.diverge_loss > 0, "train.diverge_loss", self.diverge_loss, "must be > 0")
+        _check_seed("train.seed", self.seed)
+        _check(self.diverge_loss > 0, "train.diverge_loss", self.diverge_loss,
+               "must be a number > 0 (inf: only a non-finite loss counts as diverged)")
         _check(self.device in DEVICES, "train.device", self.device, f"choose one of {', '.join(DEVICES)}")
 
 
@@ -280,8 +317,11 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _check(bool(self.root), "run.root", self.root, "must be a directory path")
-        _check(bool(re.fullmatch(r"[\w.\-/]+", self.experiment or "")) and ".." not in self.experiment,
-               "run.experiment", self.experiment, "use letters, digits, '.', '-', '_' and '/' only")
+        # A name below run.root, never a path out of it (an absolute one would write anywhere).
+        _check(bool(re.fullmatch(r"[\w.\-/]+", self.experiment or "")) and ".." not in self.experiment
+               and not self.experiment.startswith("/"),
+               "run.experiment", self.experiment, "a name below run.root: letters, digits, '.', '-', '_' and '/' "
+               "(not at the start), no '..'")
         if self.id is not None:
             _check(bool(re.fullmatch(r"[\w.\-]+", self.id)), "run.id", self.id, "use letters, digits, '.', '-' and '_' only")
 
@@ -299,6 +339,8 @@ class LoggerConfig:
     def __post_init__(self) -> None:
         _check(self.wandb in WANDB_MODES, "logger.wandb", self.wandb, f"choose one of {', '.join(WANDB_MODES)}")
         _check(self.progress in PROGRESS_MODES, "logger.progress", self.progress, f"choose one of {', '.join(PROGRESS_MODES)}")
+        _check(_non_negative(self.progress_every_s), "logger.progress_every_s", self.progress_every_s,
+               "must be a finite number of seconds >= 0 (0: a line every step)")
 
 
 @dataclass
@@ -336,6 +378,24 @@ class Config:
         return dataclasses.asdict(self)
 
 
+def check_trainable(cfg: Config) -> None:
+    """What a config must hold to train, beyond being a valid config: a step's batch of
+    optim.batch_size sequences (task=rl: rl.prompts_per_step problems) fits in data.num_examples.
+    Not in Config.__post_init__: `lora-lab plan`, analysis scripts and data tests compose configs
+    that only describe a data set, with a small num_examples and the default batch. The rows actually
+    read (a real set may hold fewer than num_examples) are counted again before the model loads
+    (lora_lab/data.py check_rows)."""
+    n = cfg.data.num_examples
+    if n is None:
+        return
+    if cfg.task == "rl":
+        _check(cfg.rl.prompts_per_step <= n, "rl.prompts_per_step", cfg.rl.prompts_per_step,
+               f"a step takes more problems than the data.num_examples={n} training problems; lower it or raise data.num_examples")
+    else:
+        _check(cfg.optim.batch_size <= n, "optim.batch_size", cfg.optim.batch_size,
+               f"a step takes more sequences than the data.num_examples={n} training examples; lower it or raise data.num_examples")
+
+
 @dataclass
 class SweepGridConfig:
     """`hydra.sweeper` of an experiment file (experiments/<scale>/<figure>.yaml), expanded by
@@ -361,7 +421,7 @@ def register_configs() -> None:
     cs.store(group="hydra/sweeper", name="lora_lab", node=SweepGridConfig, provider="lora_lab")
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     """Hydra/OmegaConf errors span several lines; keep the part that names the key."""
     text = "\n".join(str(e).strip() for e in (exc, exc.__cause__) if e is not None)
     m = re.search(r"Key '([^']+)' not in '([^']+)'.*?full_key: ([\w.]+)", text, re.S)
@@ -406,7 +466,7 @@ def compose_dict(overrides: list[str] | tuple[str, ...] = (), config_name: str =
     except ConfigError:
         raise
     except Exception as exc:  # hydra's override grammar, missing groups, type errors
-        raise ConfigError(_one_line(exc)) from None
+        raise ConfigError(one_line(exc)) from None
 
 
 def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "config") -> Config:
@@ -416,8 +476,36 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "con
     return from_dictconfig(compose_dict(overrides, config_name))
 
 
+def _unknown_key(node: Any, schema: type, prefix: str = "") -> str | None:
+    """The first key of a (nested) plain dict that the dataclass schema lacks, as a dotted path."""
+    if not isinstance(node, dict):
+        return None
+    hints = get_type_hints(schema)
+    for key, value in node.items():
+        path = f"{prefix}{key}"
+        if key not in hints:
+            return path
+        if dataclasses.is_dataclass(hints[key]):
+            found = _unknown_key(value, hints[key], f"{path}.")
+            if found:
+                return found
+    return None
+
+
 def from_dictconfig(dcfg: Any) -> Config:
     """DictConfig (or plain dict) -> validated Config dataclass."""
+    # A key added with `+key=value` (or `++`) reaches here inside a structured node: the merge below
+    # keeps it and to_object sets it as a stray attribute, so the run would silently ignore it.
+    # `hydra` is Hydra's own node (return_hydra_config), not part of a run's config.
+    if OmegaConf.is_config(dcfg):
+        if "hydra" in dcfg:
+            dcfg = OmegaConf.masked_copy(dcfg, [k for k in dcfg if k != "hydra"])
+        raw = OmegaConf.to_container(dcfg, resolve=False)
+    else:
+        dcfg = raw = {k: v for k, v in dict(dcfg).items() if k != "hydra"}
+    unknown = _unknown_key(raw, Config)
+    if unknown:
+        raise ConfigError(f"{unknown}: no such key; see conf/ or lora_lab/config.py for the keys")
     try:
         schema = OmegaConf.structured(Config)
         merged = OmegaConf.merge(schema, dcfg)
@@ -428,7 +516,7 @@ def from_dictconfig(dcfg: Any) -> Config:
         cause = exc.__cause__ or exc.__context__
         if isinstance(cause, ConfigError):
             raise cause from None
-        raise ConfigError(_one_line(exc)) from None
+        raise ConfigError(one_line(exc)) from None
     assert isinstance(cfg, Config)
     return cfg
 

@@ -28,6 +28,7 @@ the same step.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -241,6 +242,81 @@ def _open_hub(cfg: "DataConfig", split: str, key: str) -> Any:
                         f"retry, or set data.path=<local jsonl/parquet in the same schema>") from None
 
 
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """datasets logs a failed read on stderr ("Failed to load JSON from file ...") and draws progress
+    bars, on top of the exception that the caller turns into its one line: silence both for one load."""
+    import datasets
+
+    verbosity, bars_off = datasets.logging.get_verbosity(), datasets.are_progress_bars_disabled()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(verbosity)
+        if not bars_off:
+            datasets.enable_progress_bars()
+
+
+def _json_problem(path: Path) -> str | None:
+    """The first thing that keeps a .jsonl/.json file from reading as rows, with its line number, or
+    None. datasets says only "An error occurred while generating the dataset"."""
+    data = path.read_bytes()
+    if not data.strip():
+        return "the file is empty" if not data else "the file holds only blank lines"
+    if b"\0" in data:
+        line = data[:data.index(b"\0")].count(b"\n") + 1
+        return f"line {line} holds binary data (a NUL byte), not JSON text"
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        return f"line {line} is not UTF-8 text (a binary file?)"
+    if path.suffix == ".json" and text.lstrip().startswith("["):  # one JSON document: a list of rows
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as exc:
+            return f"line {exc.lineno} is not valid JSON (column {exc.colno}: {exc.msg})"
+        return None
+    for number, line in enumerate(text.split("\n"), start=1):  # not splitlines(): U+2028 may sit inside a JSON string
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            return f"line {number} is not valid JSON (column {exc.colno}: {exc.msg})"
+        if not isinstance(row, dict):
+            return f"line {number} is a JSON {type(row).__name__}, not an object (one row per line)"
+    return None
+
+
+def _file_problem(path: Path) -> str | None:
+    """What is wrong with a local data file (or the first bad file of a directory), or None."""
+    files = [path] if path.is_file() else sorted(f for f in path.rglob("*") if f.suffix in _FILE_FORMATS and f.is_file())
+    for f in files:
+        if f.suffix == ".parquet":
+            if not f.stat().st_size:
+                why: str | None = "the file is empty"
+            else:
+                import pyarrow.parquet as pq
+
+                try:
+                    pq.read_metadata(f)
+                    why = None
+                except Exception as exc:  # noqa: BLE001 - pyarrow's errors have no common base worth naming
+                    why = f"not a parquet file ({_first_line(exc)})"
+        else:
+            why = _json_problem(f)
+        if why:
+            return why if f == path else f"{f.relative_to(path)}: {why}"
+    return None
+
+
+def _bad_file(cfg: "DataConfig", problem: str) -> DataError:
+    return DataError(f"data.path={cfg.path}: {problem}; fix the file, or point data.path at another")
+
+
 def _open_local(cfg: "DataConfig", split: str, key: str) -> Any:
     """A file is one split (the training split); a directory reads like a hub repository: the
     configs of its README (an `hf download` snapshot; data.hub_config picks one), or else files
@@ -254,19 +330,26 @@ def _open_local(cfg: "DataConfig", split: str, key: str) -> Any:
         if key == "data.eval_split":
             raise DataError(f"data.eval_split={split!r}: data.path is a single file, one split; set data.eval_split=null "
                             f"(hold out data.eval_size rows) or point data.path at a directory with {split} files")
+        if not path.stat().st_size:  # datasets would say "StopIteration"
+            raise DataError(f"data.path={cfg.path}: the file is empty; point data.path at a file with {cfg.name} rows")
         args, kwargs = (_FILE_FORMATS[path.suffix],), dict(data_files=str(path), split="train")
     else:
         readme = path / "README.md"
         has_configs = readme.is_file() and "config_name:" in readme.read_text(errors="replace")
         args, kwargs = (str(path), cfg.hub_config if has_configs else None), dict(split=split)
     try:
-        with hub.offline_flags(True):  # local files need no network: never wait on it
+        with hub.offline_flags(True), _quiet_datasets():  # local files need no network: never wait on it
             return datasets.load_dataset(*args, **kwargs)
-    except ValueError as exc:
-        bad = f"{key}={split!r}" if "split" in str(exc).lower() else f"data.path={cfg.path}"
-        raise DataError(f"{bad}: {_first_line(exc)}") from None
-    except Exception as exc:  # noqa: BLE001 - unreadable JSON, no data files, ...
-        raise DataError(f"data.path={cfg.path}: cannot read it ({type(exc).__name__}: {_first_line(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - unreadable JSON, no data files, an unknown split, ...
+        if isinstance(exc, ValueError) and "split" in str(exc).lower():
+            raise DataError(f"{key}={split!r}: {_first_line(exc)}") from None
+        problem = _file_problem(path)
+        if problem:
+            raise _bad_file(cfg, problem) from None
+        if isinstance(exc, ValueError):
+            raise DataError(f"data.path={cfg.path}: {_first_line(exc)}") from None
+        cause = exc.__cause__ or exc  # DatasetGenerationError wraps the reader's own error
+        raise DataError(f"data.path={cfg.path}: cannot read it ({type(cause).__name__}: {_first_line(cause)})") from None
 
 
 def _open(cfg: "DataConfig", split: str, key: str) -> Any:
@@ -316,15 +399,20 @@ def load_real(cfg: "DataConfig") -> tuple[Rows, Rows]:
     train_ds = _open(cfg, cfg.split, "data.split")
     order = np.random.default_rng(cfg.seed).permutation(len(train_ds))
     tally = _Tally(cfg.name)
-    if cfg.eval_split:
-        eval_ds = _open(cfg, cfg.eval_split, "data.eval_split")
-        eval_order = np.random.default_rng(cfg.seed).permutation(len(eval_ds))
-        held, _ = _walk(eval_ds, eval_order, 0, cfg.eval_size, cfg, tally, cfg.eval_split)
-        start = 0
-    else:
-        eval_ds = train_ds
-        held, start = _walk(train_ds, order, 0, cfg.eval_size, cfg, tally, cfg.split)
-    train, _ = _walk(train_ds, order, start, cfg.num_examples, cfg, tally, cfg.split)
+    try:
+        if cfg.eval_split:
+            eval_ds = _open(cfg, cfg.eval_split, "data.eval_split")
+            eval_order = np.random.default_rng(cfg.seed).permutation(len(eval_ds))
+            held, _ = _walk(eval_ds, eval_order, 0, cfg.eval_size, cfg, tally, cfg.eval_split)
+            start = 0
+        else:
+            eval_ds = train_ds
+            held, start = _walk(train_ds, order, 0, cfg.eval_size, cfg, tally, cfg.split)
+        train, _ = _walk(train_ds, order, start, cfg.num_examples, cfg, tally, cfg.split)
+    except UnicodeDecodeError:  # Arrow's JSON reader takes bytes that are not UTF-8; reading the row fails
+        problem = _file_problem(Path(cfg.path).expanduser()) if cfg.path else None
+        raise (_bad_file(cfg, problem) if problem else
+               DataError(f"data={cfg.name}: {_where(cfg)} has text that is not UTF-8; fix the data")) from None
     tally.check(cfg.max_bad_fraction)
     if len(held) < cfg.eval_size:
         raise DataError(f"data.eval_size={cfg.eval_size}: {_where(cfg)} has only {len(held)} usable rows to hold out; lower it")
@@ -485,6 +573,62 @@ def load_rows(data: "DataConfig") -> tuple[Sequence[dict], Sequence[dict]]:
     return DATASETS[data.name](data)
 
 
+def _seq_len_error(cfg: "Config", what: str) -> DataError:
+    n = cfg.data.max_seq_len
+    return DataError(f"data.max_seq_len={n}: no {what} row of {cfg.data.name} has an assistant token within its first {n} tokens; raise it")
+
+
+def _has_target(row: dict, tokenizer, max_len: int) -> bool:
+    """Whether the row keeps a target token within its first max_len tokens, as tokenize() cuts it."""
+    _, labels = encode_chat(tokenizer, _messages(row), max_len)
+    return any(x != IGNORE_INDEX for x in labels[1:])
+
+
+def _prompt_fits(row: dict, tokenizer, cfg: "Config") -> bool:
+    """Whether the RL prompt of a row (the conversation before its last assistant turn, with
+    rl.instruction and the generation prompt: what lora_lab/rl.py encode_prompt builds) fits in
+    data.max_seq_len, as the RL loop requires of its held-out prompts."""
+    msgs = _messages(row)
+    last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+    msgs = [dict(m) for m in msgs[:last]]
+    if cfg.rl.instruction:
+        msgs[-1]["content"] = f"{msgs[-1]['content']}\n\n{cfg.rl.instruction}"
+    ids = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    return len(ids) <= cfg.data.max_seq_len
+
+
+def check_rows(cfg: "Config", rows: tuple[Sequence[dict], Sequence[dict]], tokenizer: Any = None) -> None:
+    """Checks of a run's rows once they are read and before the model loads (lora_lab/launch.py),
+    each a DataError naming the key:
+
+    - one step's batch fits in the training rows: optim.batch_size sequences (task=rl:
+      rl.prompts_per_step problems). A real set may hold fewer rows than data.num_examples, or all
+      of a file (num_examples null), so only the rows read can tell;
+    - data.max_seq_len leaves some training row and some held-out row a target (task=rl: some
+      held-out prompt fits). The loop would find out only after building the model.
+
+    The second needs the model's tokenizer (loaded here if not given), not its weights. It stops at
+    the first row that passes: one row of each split in a usable config."""
+    train_rows, eval_rows = rows
+    key, need = ("rl.prompts_per_step", cfg.rl.prompts_per_step) if cfg.task == "rl" else ("optim.batch_size", cfg.optim.batch_size)
+    if len(train_rows) < need:
+        where = _where(cfg.data) if cfg.data.name in REAL_SETS else f"data={cfg.data.name}"
+        raise DataError(f"{key}={need}: {where} has {len(train_rows)} usable training rows, fewer than one step takes; "
+                        f"lower {key}, or train on more rows")
+    if tokenizer is None:
+        from lora_lab.models import load_tokenizer
+
+        tokenizer = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code, cfg.model.revision)
+    n = cfg.data.max_seq_len
+    if cfg.task == "rl":
+        if not any(_prompt_fits(row, tokenizer, cfg) for row in eval_rows):
+            raise DataError(f"data.max_seq_len={n}: every held-out prompt of {cfg.data.name} is longer than {n} tokens; raise it")
+        return
+    for split, what in ((train_rows, "training"), (eval_rows, "held-out")):
+        if not any(_has_target(row, tokenizer, n) for row in split):
+            raise _seq_len_error(cfg, what)
+
+
 def load_data(cfg: "Config", tokenizer, rows: tuple[Sequence[dict], Sequence[dict]] | None = None
               ) -> tuple[TokenizedSplit, TokenizedSplit]:
     train_rows, eval_rows = rows if rows is not None else load_rows(cfg.data)
@@ -492,7 +636,11 @@ def load_data(cfg: "Config", tokenizer, rows: tuple[Sequence[dict], Sequence[dic
     train, held = tokenize(train_rows, tokenizer, n, f"data.{name} train"), tokenize(eval_rows, tokenizer, n, f"data.{name} eval")
     for split, what in ((train, "training"), (held, "held-out")):
         if not len(split):
-            raise DataError(f"data.max_seq_len={n}: no {what} row of {name} has an assistant token within its first {n} tokens; raise it")
+            raise _seq_len_error(cfg, what)
+    if cfg.task != "rl" and len(train) < cfg.optim.batch_size:
+        # Rows left with no target after truncation are dropped: check_rows counted them still.
+        raise DataError(f"optim.batch_size={cfg.optim.batch_size}: only {len(train)} training rows of {name} keep an "
+                        f"assistant token within data.max_seq_len={n} tokens; lower it, or raise data.max_seq_len")
     return train, held
 
 

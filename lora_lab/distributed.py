@@ -337,6 +337,57 @@ def save_sharded(checkpoint_file: Path, model, opt, counters: dict) -> None:
     barrier()
 
 
+# What a DCP checkpoint's .metadata may name when unpickled: DCP's own records, sizes, dtypes and
+# layouts. Anything else is refused before torch.distributed.checkpoint reads the file, which it does
+# with plain pickle (a planted .metadata would otherwise run code on resume).
+_DCP_METADATA_GLOBALS = {
+    ("torch.distributed.checkpoint.metadata", n) for n in (
+        "Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "TensorStorageMetadata",
+        "ChunkStorageMetadata", "BytesStorageMetadata", "_MEM_FORMAT_ENCODING")
+} | {("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"),
+     ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"), ("collections", "OrderedDict")}
+
+
+def check_dcp_metadata(directory: Path) -> None:
+    """Unpickle a sharded checkpoint's .metadata with only the allowed globals (torch dtypes too);
+    a CheckpointError naming the file for anything else, before DCP itself reads it."""
+    import pickle
+
+    from lora_lab.runs import CheckpointError
+
+    path = Path(directory) / ".metadata"
+
+    class Allowed(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            if (module, name) in _DCP_METADATA_GLOBALS or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)):
+                return super().find_class(module, name)
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed")
+
+    try:
+        with open(path, "rb") as f:
+            Allowed(f).load()
+    except (pickle.UnpicklingError, EOFError, OSError, AttributeError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: refused, nothing in it was run ({type(exc).__name__}: {exc}); delete "
+                              f"{Path(directory)} to resume from an older checkpoint or start again") from None
+
+
+def _safe_load_planner():
+    """DCP's default load planner, except that non-tensor entries (optimizer settings) load with
+    torch.load(weights_only=True) instead of a plain unpickle."""
+    from torch.distributed.checkpoint._traverse import set_element
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+
+    class SafeLoadPlanner(DefaultLoadPlanner):
+        def load_bytes(self, read_item, value) -> None:
+            obj = torch.load(value, weights_only=True)
+            if self.flatten_state_dict:
+                set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
+            else:
+                self.state_dict[read_item.dest_index.fqn] = obj
+
+    return SafeLoadPlanner()
+
+
 def load_sharded(checkpoint_file: Path, model, opt) -> dict | None:
     """Restore weights and optimizer from checkpoint/dcp (or dcp.old, left by a save cut short after
     its swap began); the counters, or None when there is no sharded checkpoint."""
@@ -351,9 +402,10 @@ def load_sharded(checkpoint_file: Path, model, opt) -> dict | None:
     path = broadcast_object(str(path) if path else None)
     if path is None:
         return None
+    check_dcp_metadata(Path(path))
     model_sd, optim_sd = get_state_dict(model, opt)
     state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=path)
+    dcp.load(state, checkpoint_id=path, planner=_safe_load_planner())
     set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
     counters = json.loads((Path(path) / "counters.json").read_text())
     torch.set_rng_state(torch.tensor(counters.pop("rng"), dtype=torch.uint8))

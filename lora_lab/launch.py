@@ -13,9 +13,9 @@ import sys
 
 from lora_lab import distributed
 from lora_lab.config import Config
-from lora_lab.data import load_rows
-from lora_lab.learner import preflight
-from lora_lab.runs import FINAL_STATUSES, ReadOnlyRunDir, RunDir, run_dir, run_id
+from lora_lab.data import check_rows, load_rows
+from lora_lab.learner import preflight, summary_from_final
+from lora_lab.runs import FINAL_STATUSES, CorruptFile, ReadOnlyRunDir, RunDir, run_dir, run_id
 from lora_lab.train import train_sft
 
 
@@ -28,19 +28,23 @@ def train(cfg: Config) -> dict:
     # Several processes: rank 0 alone writes the run directory; the others read it (shared filesystem).
     rd = RunDir(run_dir(cfg)) if env.is_main else ReadOnlyRunDir(run_dir(cfg))
     try:
-        done = distributed.broadcast_object(rd.summary())
-        if done and done.get("status") in FINAL_STATUSES:
-            final = ("final reward", done.get("final_reward")) if cfg.task == "rl" else ("final train loss", done.get("final_train_loss"))
-            if env.is_main:
-                print(f"{rid}: already {done['status']} ({final[0]} {final[1]}); skipping", file=sys.stderr)
+        # A first look without the lock skips a finished run at once (no pre-flight, no data)...
+        done = _finished(cfg, rid, rd)
+        if done:
             return done
         preflight(cfg)
         # A data set that cannot be used (not available offline, wrong schema, too many malformed rows)
         # raises DataError here: before the run directory is written or the model loaded (CLI exit 2).
         rows = load_rows(cfg.data)
+        check_rows(cfg, rows)  # a batch the rows can fill, a max_seq_len that leaves targets
         rd.lock()
         distributed.barrier()  # rank 0 holds the lock (or has raised RunBusy) before anyone goes on
         try:
+            # ...and the decision to train is taken under the lock: a launch that overlapped the end
+            # of the same run finds its summary now, and never clears it to train again.
+            done = _finished(cfg, rid, rd, rebuild=True)
+            if done:
+                return done
             if cfg.task == "rl":
                 from lora_lab.rl import train_rl  # RL's sampler and rewards load only for RL runs
 
@@ -51,3 +55,29 @@ def train(cfg: Config) -> dict:
     finally:
         if started:
             distributed.teardown()
+
+
+def _finished(cfg: Config, rid: str, rd: RunDir, rebuild: bool = False) -> dict | None:
+    """The summary of a completed or diverged run, or None. With rebuild (under the lock), a run that
+    finished but lost its summary.json gets it back from its final checkpoint instead of training
+    again."""
+    try:
+        done = rd.summary()
+    except CorruptFile as exc:
+        # Replaced when the run finishes (or rebuilt below from its final checkpoint).
+        if distributed.current().is_main:
+            print(f"{rid}: {exc}; ignoring it", file=sys.stderr)
+        done = None
+    rebuilt = None
+    if rebuild and not (done and done.get("status") in FINAL_STATUSES) and distributed.current().is_main:
+        rebuilt = summary_from_final(cfg, rid, rd)
+        if rebuilt:
+            rd.write_summary(rebuilt)
+    done = distributed.broadcast_object(rebuilt or done)
+    if not (done and done.get("status") in FINAL_STATUSES):
+        return None
+    if distributed.current().is_main:
+        final = ("final reward", done.get("final_reward")) if cfg.task == "rl" else ("final train loss", done.get("final_train_loss"))
+        how = "summary rebuilt from its final checkpoint; " if rebuilt else ""
+        print(f"{rid}: already {done['status']} ({how}{final[0]} {final[1]}); skipping", file=sys.stderr)
+    return done

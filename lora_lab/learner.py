@@ -21,14 +21,18 @@ import torch
 
 from lora_lab import distributed
 from lora_lab import lora as lora_mod
+from lora_lab.checks import check_run_root
 from lora_lab.config import Config, ConfigError
-from lora_lab.models import build_model, count_params, model_config, resolve_device, set_threads_from_env
+from lora_lab.models import (build_model, check_available, count_params, model_config, resolve_device,
+                             set_threads_from_env)
 from lora_lab.runs import RunDir
 
 
 def preflight(cfg: Config) -> None:
     """Checks that need the world (the number of processes, the device, the model's architecture but
     not its weights), before anything heavy; a ConfigError names the key (CLI exit 2)."""
+    check_run_root(cfg.run.root)
+    check_available(cfg.model)
     resolve_device(cfg.train.device)
     env = distributed.current()
     # Under torchrun / multi-task srun each process takes batch_size / world_size sequences of a step.
@@ -46,14 +50,19 @@ def preflight(cfg: Config) -> None:
 
 
 def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+    # Tensors and plain values only, so that the checkpoint loads with torch.load(weights_only=True):
+    # numpy's key array travels as a tensor.
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": (kind, torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def _set_rng_state(s: dict) -> None:
     torch.set_rng_state(s["torch"])
     random.setstate(s["python"])
-    np.random.set_state(s["numpy"])
+    kind, key, *rest = s["numpy"]  # key: a tensor; an ndarray in checkpoints written before
+    np.random.set_state((kind, np.asarray(key, dtype=np.int64).astype(np.uint32), *rest))
     if s.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(s["cuda"])
 
@@ -196,6 +205,39 @@ def save_checkpoint(cfg: Config, rd: RunDir, learner: Learner, final: bool, **co
         # A finished run needs no optimizer state (for an 8B FullFT run it is 64 GB).
         "optimizer": None if final else learner.opt.state_dict(), "rng": _rng_state(),
     })
+
+
+def summary_from_final(cfg: Config, rid: str, rd: RunDir) -> dict | None:
+    """The summary of a run that finished but has no summary.json (deleted, or the process was killed
+    between its final checkpoint and the summary): from the final checkpoint, which carries it, or,
+    for a checkpoint written before it did, from the checkpoint's counters and metrics.jsonl. None
+    when the run did not finish (no final checkpoint, or a LoRA run without its adapter)."""
+    state = rd.load_checkpoint()
+    if not state or not state.get("final"):
+        return None
+    if cfg.method == "lora" and not (rd.adapter_path / "adapter_model.safetensors").is_file():
+        return None
+    if isinstance(state.get("summary"), dict):
+        return {**state["summary"], "rebuilt_from": "checkpoint"}
+    lines = rd.metrics()
+
+    def last(key: str) -> Any:
+        return next((r[key] for r in reversed(lines) if r.get(key) is not None), None)
+
+    step = state["step"]
+    summary = {"run_id": rid, "method": cfg.method, "status": "completed", "steps": step, "max_steps": step,
+               "trainable_params": sum(t.numel() for t in state["trainable"].values()),
+               "wall_s": round(state["wall_s"], 3), "tokens": state["tokens"], "examples": state["examples"],
+               "step_time_s": round(state["wall_s"] / step, 5) if step else None, "rebuilt_from": "metrics"}
+    if cfg.task == "rl":
+        rewards = [r["reward"] for r in lines if r.get("reward") is not None]
+        tail = rewards[-max(1, len(rewards) // 10):]
+        summary.update(task="rl", final_reward=sum(tail) / len(tail) if tail else None,
+                       final_eval_accuracy=last("eval_accuracy"), base_eval_accuracy=state.get("base_eval_accuracy"),
+                       skipped_prompts=state.get("skipped_prompts"))
+    else:
+        summary.update(final_train_loss=last("train_loss"), final_eval_loss=last("eval_loss"))
+    return summary
 
 
 def start_logging(cfg: Config, rid: str, rd: RunDir, device: torch.device, step: int, keep_upto_step: int | None = None):

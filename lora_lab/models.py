@@ -11,7 +11,9 @@ unless `model.trust_remote_code=true`.
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -22,6 +24,41 @@ from lora_lab.tiny.tokenizer import ASSETS, TOKENIZER_DIR
 
 if TYPE_CHECKING:
     from lora_lab.config import ModelConfig
+
+# What transformers' from_pretrained looks for, in its order: one weights file, or an index and its shards.
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def check_available(cfg: "ModelConfig") -> None:
+    """With the hub offline (lora_lab/hub.py), a hub model (model.name=org/name) must be in the local
+    hub cache: its config.json and all its weights. Else the run would fail only when it builds the
+    model, with transformers' several-line OSError; a cache that holds just the config (`lora-lab
+    plan` fetches configs alone) would pass the pre-flight's architecture check and fail the same
+    way. Presets and local directories need nothing from the hub."""
+    if cfg.name in TINY_CONFIGS or Path(cfg.name).expanduser().is_dir() or not hub.offline():
+        return
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    def cached(filename: str) -> str | None:
+        found = try_to_load_from_cache(cfg.name, filename, revision=cfg.revision)
+        return found if isinstance(found, str) else None  # None, or a marker that the repo lacks it
+
+    missing = None if cached("config.json") else "its config.json"
+    if missing is None:
+        weights = next((f for f in _WEIGHT_FILES if cached(f)), None)
+        if weights is None:
+            missing = "its weights"
+        elif weights.endswith(".index.json"):
+            shards = sorted(set(json.loads(Path(cached(weights) or "").read_text()).get("weight_map", {}).values()))
+            missing = next((f"weights shard {s}" for s in shards if not cached(s)), None)
+    if missing:
+        from lora_lab.config import ConfigError
+
+        revision = f" at revision {cfg.revision}" if cfg.revision else ""
+        raise ConfigError(f"model.name={cfg.name!r}: not available offline (no network, and {missing}{revision} is not in "
+                          f"the hub cache {constants.HF_HUB_CACHE}); on a machine with network run `hf download "
+                          f"{cfg.name} --local-dir <dir>` and set model.name=<dir>, or fill this cache with `hf download {cfg.name}`")
+
 
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
@@ -65,6 +102,18 @@ def model_config(cfg: "ModelConfig"):
             return AutoConfig.from_pretrained(str(weights))
         return tiny_config(cfg.name, len(load_tokenizer(cfg.name)))
     return AutoConfig.from_pretrained(cfg.name, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
+
+
+def base_reference(cfg: "ModelConfig") -> str:
+    """What an exported adapter names as its base model (adapter_config.json's
+    base_model_name_or_path), so that peft's `AutoPeftModelForCausalLM.from_pretrained(adapter_dir)`
+    finds it: a shipped preset's installed asset directory, a local model's absolute path, or the
+    hub id. A preset without shipped weights (a seeded random init) has nothing to point at."""
+    if cfg.name in TINY_CONFIGS:
+        weights = ASSETS / cfg.name
+        return str(weights) if (weights / "model.safetensors").is_file() else cfg.name
+    path = Path(cfg.name).expanduser()
+    return str(path.resolve()) if path.is_dir() else cfg.name
 
 
 def build_model(cfg: "ModelConfig", device: torch.device | str = "cpu"):

@@ -41,7 +41,7 @@ from markdown_it import MarkdownIt
 
 from lora_lab.claims import CLAIMS, Verdict, fmt, judge, tolerance_text
 from lora_lab.curves import SMOOTH, experiments_of
-from lora_lab.results import FINAL_WINDOW, Results, ResultsError, load_results
+from lora_lab.results import FINAL_WINDOW, STATUSES, Results, ResultsError, load_results
 from lora_lab.sections import Section, analyze_experiment, run_sections
 
 # ----------------------------------------------------------------------------- rendering
@@ -188,7 +188,10 @@ def analyze(paths: list[Path], out: Path, progress: bool = True) -> dict:
     if not len(res.runs):
         raise ResultsError(f"{', '.join(map(str, paths))}: no run directories (directories with a config.yaml) found")
     counts = res.counts()
-    say(f"{len(res.runs)} runs in {len(counts)} experiments ({', '.join(f'{(res.runs.status == s).sum()} {s}' for s in ('completed', 'diverged', 'failed', 'unfinished'))})")
+    say(f"{len(res.runs)} runs in {len(counts)} experiments ({', '.join(f'{(res.runs.status == s).sum()} {s}' for s in STATUSES)})")
+    for error in res.runs.loc[res.runs["status"] == "corrupt", "error"]:
+        # Always said, also with --quiet: a damaged run is left out of every figure.
+        print(f"analyze: left out, corrupt: {error}", file=sys.stderr, flush=True)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sections = run_sections(res, out, say)

@@ -11,8 +11,11 @@ back from a cluster, and while sweeps are still writing.
     res.plotted() # the runs a figure may show: completed and diverged (failed and unfinished are counted)
 
 Status: a run with a summary.json has its `status` (completed | diverged | failed); one without is
-`unfinished` (still running, or killed before it ended). A metrics.jsonl whose last line is cut off
-(a killed writer) loses that line only.
+`unfinished` (still running, or killed before it ended); one with a file that cannot be read (a
+binary or non-object summary.json, an unparsable or missing config.yaml, a broken or NaN line in
+metrics.jsonl) is `corrupt`, with the file named in `error`: counted, never plotted, and the other
+runs are read as usual. A metrics.jsonl whose last line is cut off (a killed writer) loses that
+line only.
 """
 
 from __future__ import annotations
@@ -25,10 +28,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lora_lab.runs import RunDir, RunsError, find_run_dirs
+from lora_lab.runs import CorruptFile, RunDir, RunsError, find_run_dirs
 
 PLOTTED = ("completed", "diverged")
-STATUSES = ("completed", "diverged", "failed", "unfinished")
+STATUSES = ("completed", "diverged", "failed", "corrupt", "unfinished")
 # "Final" values are the mean over the last FINAL_WINDOW of the logged steps (at least one step):
 # a single step's train loss of a small batch is noisy, and an LR sweep compares runs by it.
 FINAL_WINDOW = 0.1
@@ -73,22 +76,36 @@ def final_value(values: list[float] | np.ndarray, window: float = FINAL_WINDOW) 
 
 def read_run(path: Path) -> tuple[dict, list[dict]]:
     """(row, metric lines) of one run directory; row has the flattened config, the summary's fields,
-    `status` and the final values the analysis compares runs by."""
+    `status` and the final values the analysis compares runs by. A run with a file that cannot be
+    read (or a metrics line that is not a valid JSON object) has status `corrupt`, the problem in
+    `error` (naming the file), and no lines: it is counted, never plotted."""
     rd = RunDir(path)
-    cfg = rd.config_dict()
+    problems: list[str] = []
+    try:
+        cfg = rd.config_dict()
+        summary = rd.summary()
+        meta = rd.meta() or {}
+    except CorruptFile as exc:
+        cfg, summary, meta = {}, None, {}
+        problems.append(str(exc))
+        try:
+            cfg = rd.config_dict()  # the settings, where only the summary or meta.json is damaged
+        except CorruptFile:
+            pass
+    lines = rd.metrics(problems)
     row: dict = _flatten(cfg)
-    summary = rd.summary()
-    lines = rd.metrics()
     row["run_dir"] = str(path)
     row["run_id"] = path.name
     row["experiment"] = (cfg.get("run") or {}).get("experiment") or path.parent.name
     for k in SUMMARY_KEYS:
         row[k] = (summary or {}).get(k)
-    meta = rd.meta() or {}
     for k in META_KEYS:
         row[f"meta.{k}"] = meta.get(k)
     if summary is None or summary.get("status") not in ("completed", "diverged", "failed"):
         row["status"] = "unfinished"
+    if problems:
+        row["status"], row["error"] = "corrupt", "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        lines = []
     train = [r for r in lines if r.get("train_loss") is not None and not r.get("diverged")]
     row["logged_steps"] = max((r["step"] for r in lines if "step" in r), default=0)
     row["final_loss"], row["final_loss_sem"] = final_value([r["train_loss"] for r in train])

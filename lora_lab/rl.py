@@ -60,7 +60,7 @@ import torch
 from lora_lab import lora as lora_mod
 from lora_lab.config import Config
 from lora_lab.data import BatchOrder, _messages, order_seed
-from lora_lab.models import target_logits
+from lora_lab.models import base_reference, target_logits
 from lora_lab.rewards import reference_for, reward_task, score
 from lora_lab.runs import RunDir, read_metrics
 from lora_lab.sampler import SAMPLERS, Completion, Sampler
@@ -262,9 +262,9 @@ def train_rl(cfg: Config, rid: str, rd: RunDir, rows: tuple) -> dict:
             log({"step": at, "eval_accuracy": acc, "eval_solved": solved})
             return acc
 
-        def checkpoint(final: bool = False) -> None:
+        def checkpoint(final: bool = False, **extra) -> None:
             save_checkpoint(cfg, rd, learner, final, step=step, wall_s=wall, tokens=tokens, examples=examples,
-                            skipped_prompts=skipped, base_eval_accuracy=base_acc)
+                            skipped_prompts=skipped, base_eval_accuracy=base_acc, **extra)
 
         if base_acc is None:
             sampler.sync(model)
@@ -341,14 +341,15 @@ def train_rl(cfg: Config, rid: str, rd: RunDir, rows: tuple) -> dict:
             sampler.sync(model)
             eval_acc = evaluate(step)
             if learner.sites:
-                lora_mod.export_peft(learner.sites, cfg.lora, rd.adapter_path, cfg.model.name)
-            checkpoint(final=True)
+                lora_mod.export_peft(learner.sites, cfg.lora, rd.adapter_path, base_reference(cfg.model))
         rewards_seen = [r["reward"] for r in read_metrics(rd.metrics_path) if "reward" in r]
         last = rewards_seen[-max(1, len(rewards_seen) // 10):]
         summary.update(status=status, steps=step, final_reward=sum(last) / len(last) if last else None,
                        final_eval_accuracy=eval_acc if status == "completed" else None,
                        wall_s=round(wall, 3), launch_wall_s=round(time.monotonic() - t_launch, 3), tokens=tokens,
                        examples=examples, step_time_s=round(wall / step, 5) if step else None)
+        if status == "completed":
+            checkpoint(final=True, summary=summary)
         rd.write_summary(summary)
         if rewards_seen:
             progress.update(step, rewards_seen[-1], force=True)

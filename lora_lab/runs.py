@@ -22,7 +22,9 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -34,14 +36,16 @@ from typing import Any
 import torch
 import yaml
 
-from lora_lab.config import TINY_PRESETS, Config, load_config, to_yaml
+from lora_lab.config import TINY_PRESETS, Config, TrainConfig, load_config, to_yaml
 
 FINAL_STATUSES = ("completed", "diverged")
 # libyaml's safe loader where PyYAML was built with it (10x faster on a sweep of hundreds of runs);
 # a safe loader builds plain dicts and lists only: nothing in a run directory runs.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # The states of a run directory (run_state): a summary's status, or what the files say.
-STATES = ("completed", "diverged", "failed", "running", "unfinished", "pending")
+STATES = ("completed", "diverged", "failed", "corrupt", "running", "unfinished", "pending")
+# The files that make a directory a run directory (config.yaml first of all).
+RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "meta.json", "checkpoint", "adapter")
 PACKAGES = ("torch", "transformers", "peft", "hydra-core", "omegaconf", "submitit", "datasets", "tokenizers", "safetensors")
 
 
@@ -53,10 +57,20 @@ def tiny_weights_fingerprint(name: str) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:12] if path.is_file() else None
 
 
-def identity(cfg: Config) -> dict:
+# How often a run checkpoints and evaluates changes what it writes along the way, not what it
+# computes: a preempted run relaunched with another interval must find itself. Runs made while these
+# keys were part of the identity keep their ids (see `run_dir`).
+SCHEDULE_KEYS = ("checkpoint_every", "eval_every")
+
+
+def identity(cfg: Config, legacy: bool = False) -> dict:
     """The part of the config that decides what a run computes (where it is written and how it
-    logs do not)."""
+    logs do not). The schedule keys count at their defaults, so that runs with the default schedule
+    keep the ids they had; `legacy`: as they counted before, at their values."""
     d = cfg.to_dict()
+    if not legacy:
+        for key in SCHEDULE_KEYS:
+            d["train"][key] = TrainConfig.__dataclass_fields__[key].default
     if cfg.model.name in TINY_PRESETS:
         d["model"]["weights"] = tiny_weights_fingerprint(cfg.model.name)
     for k in ("run", "logger", "dist"):
@@ -69,8 +83,8 @@ def identity(cfg: Config) -> dict:
     return d
 
 
-def config_hash(cfg: Config) -> str:
-    blob = json.dumps(identity(cfg), sort_keys=True, default=str)
+def config_hash(cfg: Config, legacy: bool = False) -> str:
+    blob = json.dumps(identity(cfg, legacy), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
 
@@ -80,7 +94,11 @@ def _fmt(x: float) -> str:
 
 def run_id(cfg: Config) -> str:
     """Readable key values plus a hash of everything that affects the result (seed included),
-    so that relaunching a grid finds its finished runs."""
+    so that relaunching a grid finds its finished runs: the name of `run_dir(cfg)`."""
+    return run_dir(cfg).name
+
+
+def _make_id(cfg: Config, legacy: bool = False) -> str:
     if cfg.run.id:
         return cfg.run.id
     model = Path(cfg.model.name.rstrip("/")).name
@@ -90,13 +108,25 @@ def run_id(cfg: Config) -> str:
     else:
         parts += ["full"]
     batch = f"rl{cfg.rl.prompts_per_step}x{cfg.rl.group_size}" if cfg.task == "rl" else f"bs{cfg.optim.batch_size}"
-    parts += [f"lr{_fmt(cfg.optim.lr)}", batch, f"s{cfg.train.seed}", config_hash(cfg)]
+    parts += [f"lr{_fmt(cfg.optim.lr)}", batch, f"s{cfg.train.seed}", config_hash(cfg, legacy)]
     return "_".join(parts)
 
 
+def legacy_run_id(cfg: Config) -> str:
+    """The id a run of this config had while the schedule keys were part of its identity."""
+    return _make_id(cfg, legacy=True)
+
+
 def run_dir(cfg: Config) -> Path:
-    """<run.root>/<run.experiment>/<run id>: where the run of this config lives."""
-    return Path(cfg.run.root) / cfg.run.experiment / run_id(cfg)
+    """<run.root>/<run.experiment>/<run id>: where the run of this config lives. A run made when its
+    schedule (checkpoint and eval intervals) was part of its id is found under that id."""
+    base = Path(cfg.run.root) / cfg.run.experiment
+    path = base / _make_id(cfg)
+    if not path.exists():
+        legacy = base / legacy_run_id(cfg)
+        if legacy != path and legacy.exists():
+            return legacy
+    return path
 
 
 class RunsError(ValueError):
@@ -104,22 +134,62 @@ class RunsError(ValueError):
 
 
 def find_run_dirs(paths) -> list[Path]:
-    """Every run directory (one holding config.yaml) at or below the given paths, sorted, without
-    duplicates. Raises RunsError for a path that does not exist."""
+    """Every run directory (one holding config.yaml, or another run file without it: a damaged run,
+    which readers report rather than skip) at or below the given paths, sorted, without duplicates.
+    Raises RunsError for a path that does not exist."""
     found: set[Path] = set()
     for p in map(Path, paths):
         if not p.exists():
             raise RunsError(f"{p}: no such file or directory; give a runs directory, an experiment directory or a run directory")
-        if (p / "config.yaml").is_file():
+        if any((p / f).exists() for f in RUN_FILES):
             found.add(p.resolve())
             continue
         for root, dirs, files in os.walk(p):
-            if "config.yaml" in files:
+            if any(f in files or f in dirs for f in RUN_FILES):
                 found.add(Path(root).resolve())
                 dirs[:] = []  # a run directory holds no other run
             else:
                 dirs[:] = [d for d in dirs if not d.startswith(".")]
     return sorted(found)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is refused (it holds more than tensors and plain values) or unreadable; the
+    message names the file and what to do."""
+
+
+def _legacy_globals() -> list:
+    """What checkpoints written before RNG state was stored as tensors need beyond weights_only's
+    defaults: numpy arrays of plain numbers (their reconstruction runs no code of the file's)."""
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def load_state(path: Path) -> dict | None:
+    """torch.load(path, weights_only=True) of a state file, or None if there is none."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        with torch.serialization.safe_globals(_legacy_globals()):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's message is a page; keep the line that says what the file asked for.
+        found = re.search(r"(GLOBAL [\w.]+)|Unsupported (operand \d+)", str(exc))
+        what = (f"it names {found.group(1)}, not a tensor or a plain value" if found and found.group(1) else
+                f"not a checkpoint written by lora-lab ({found.group(2) if found else type(exc).__name__})")
+        raise CheckpointError(f"{path}: refused, nothing in it was run: {what}; delete it if you did not write it "
+                              f"(the run then starts again from step 0)") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: unreadable ({type(exc).__name__}: {first[:160]}); delete it to start the run "
+                              f"again from step 0") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a lora-lab checkpoint (a {type(state).__name__}, not a dict); delete it "
+                              f"to start the run again from step 0")
+    return state
 
 
 class RunBusy(RuntimeError):
@@ -147,25 +217,60 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+class CorruptFile(ValueError):
+    """A file of a run directory that cannot be read as the contract says; the message names it."""
+
+
+def _no_constant(name: str) -> Any:
+    # The harness writes strict JSON (non-finite floats become null): a NaN or Infinity literal did
+    # not come from it, and must not pass for a diverged run's loss.
+    raise ValueError(f"{name} literal (lora-lab writes non-finite numbers as null)")
+
+
+def _json_object(text: bytes) -> dict:
+    obj = json.loads(text.decode("utf-8"), parse_constant=_no_constant)
+    if not isinstance(obj, dict):
+        raise ValueError(f"a JSON {type(obj).__name__}, not an object")
+    return obj
+
+
 def read_json(path: Path) -> dict | None:
+    """A JSON object file of a run directory; None if there is none, CorruptFile (naming the file)
+    if it is not one (binary, cut short, not an object)."""
     try:
-        return json.loads(Path(path).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        data = Path(path).read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    try:
+        return _json_object(data)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CorruptFile(f"{path}: not a JSON object ({_first_line(exc)})") from None
 
 
-def read_metrics(path: Path) -> list[dict]:
-    """All complete lines of a metrics.jsonl; a truncated last line (a killed writer) is ignored."""
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
+def read_metrics(path: Path, problems: list[str] | None = None) -> list[dict]:
+    """The lines of a metrics.jsonl, in order. A line cut short at the end (a killed writer) is left
+    out; any other line that is not a JSON object with a `step` (binary, broken, a NaN literal) is
+    skipped, and described in `problems` ("<file> line N: ...") when a list is given."""
     rows = []
     try:
-        with open(path) as f:
-            for line in f:
-                if not line.endswith("\n"):
-                    break
+        with open(path, "rb") as f:
+            for n, line in enumerate(f, 1):
+                if not line.endswith(b"\n"):
+                    break  # only the last line can lack its newline
                 try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    break
+                    row = _json_object(line)
+                    if "step" not in row:
+                        raise ValueError("no 'step'")
+                except (UnicodeDecodeError, ValueError) as exc:
+                    if problems is not None:
+                        problems.append(f"{path} line {n}: {_first_line(exc)}")
+                    continue
+                rows.append(row)
     except FileNotFoundError:
         pass
     return rows
@@ -233,9 +338,15 @@ def is_locked(path: Path) -> bool:
 
 
 def run_state(path: Path) -> dict:
-    """{state, step, last, error} of one run directory (state in STATES)."""
+    """{state, step, last, error} of one run directory (state in STATES). A directory whose summary
+    is unreadable, or that has run files but no config.yaml, is `corrupt`, with the file named."""
     info = {"path": path, **last_metrics(path)}
-    summary = read_json(path / "summary.json")
+    try:
+        summary = read_json(path / "summary.json")
+    except CorruptFile as exc:
+        return {**info, "state": "corrupt", "error": str(exc)}
+    if path.exists() and not (path / "config.yaml").exists() and any((path / f).exists() for f in RUN_FILES):
+        return {**info, "state": "corrupt", "error": f"{path}: no config.yaml, so not a run lora-lab can resume or analyze"}
     if summary and summary.get("status") in ("completed", "diverged", "failed"):
         info["state"] = summary["status"]
         info["step"] = summary.get("steps", info.get("step"))
@@ -269,6 +380,7 @@ class RunDir:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def summary(self) -> dict | None:
+        """summary.json, None if there is none; CorruptFile if it cannot be read."""
         return read_json(self.summary_path)
 
     def config(self) -> Config:
@@ -276,13 +388,23 @@ class RunDir:
         return load_config(self.config_path)
 
     def config_dict(self) -> dict:
-        """config.yaml as plain dicts, not validated: the analysis reads runs of any version."""
-        return yaml.load(self.config_path.read_text(), Loader=_YAML_LOADER) or {}
+        """config.yaml as plain dicts, not validated: the analysis reads runs of any version.
+        CorruptFile (naming the file) if it is missing or not a YAML mapping."""
+        try:
+            cfg = yaml.load(self.config_path.read_bytes().decode("utf-8"), Loader=_YAML_LOADER)
+        except FileNotFoundError:
+            raise CorruptFile(f"{self.config_path}: missing, so the run's settings are unknown") from None
+        except (UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise CorruptFile(f"{self.config_path}: not YAML ({_first_line(exc)})") from None
+        if not isinstance(cfg, dict):
+            raise CorruptFile(f"{self.config_path}: a YAML {type(cfg).__name__}, not a mapping of settings")
+        return cfg
 
-    def metrics(self) -> list[dict]:
-        return read_metrics(self.metrics_path)
+    def metrics(self, problems: list[str] | None = None) -> list[dict]:
+        return read_metrics(self.metrics_path, problems)
 
     def meta(self) -> dict | None:
+        """meta.json, None if there is none; CorruptFile if it cannot be read."""
         return read_json(self.meta_path)
 
     def lock(self) -> None:
@@ -331,7 +453,10 @@ class RunDir:
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "resumed_from_step": resumed_from,
         }
-        old = read_json(self.meta_path) or {}
+        try:
+            old = read_json(self.meta_path) or {}
+        except CorruptFile:
+            old = {}  # rewritten whole below
         meta["launches"] = old.get("launches", 0) + 1
         write_json_atomic(self.meta_path, meta)
 
@@ -371,9 +496,10 @@ class RunDir:
         os.replace(tmp, path)
 
     def load_checkpoint(self) -> dict | None:
-        if not self.checkpoint_path.exists():
-            return None
-        return torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        """The checkpoint's state, or None. Read with torch.load(weights_only=True): tensors and plain
+        values only, nothing in the file runs (a run root may be shared by the users of a cluster).
+        CheckpointError, naming the file, for one that is refused or unreadable."""
+        return load_state(self.checkpoint_path)
 
 
 class ReadOnlyRunDir(RunDir):

@@ -6,7 +6,9 @@ fixed settings of a paper figure plus its grid in `hydra.sweeper` (shared `param
 finds each run's directory (the run_id comes from the resolved config), skips runs that completed or
 diverged, relaunches failed or unfinished ones (they resume from their checkpoints) and sends the
 rest to Hydra's submitit launcher: `submitit_local` on this machine (at most `max_parallel` runs at
-a time), `submitit_slurm` on a cluster whose profile is slurm/<cluster>.yaml.
+a time), `submitit_slurm` on a cluster whose profile is slurm/<cluster>.yaml. Ctrl-C (or SIGTERM)
+stops a local sweep: nothing more starts, the runs in flight stop and stay unfinished (exit code
+130, or 143), and the same command resumes them.
 
     lora-lab sweep tiny/rank --dry-run                    # the runs and their states, nothing launched
     lora-lab sweep tiny/rank                              # local; a second call launches nothing
@@ -23,10 +25,12 @@ every run, and one in sweep syntax (`train.seed=0,1`) adds an axis to every arm.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import itertools
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -34,7 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from lora_lab.config import CONF_DIR, EXPERIMENTS_DIR, Config, ConfigError, compose_dict, from_dictconfig
+from lora_lab.checks import check_run_root
+from lora_lab.config import (CONF_DIR, EXPERIMENTS_DIR, Config, ConfigError, check_trainable, compose_dict, from_dictconfig,
+                             one_line)
+from lora_lab.pool import SweepInterrupted, interrupt_once, run_pool
 from lora_lab.runs import FINAL_STATUSES, STATES, find_run_dirs, run_dir, run_id, run_state
 
 SLURM_DIR = Path(os.environ.get("LORA_LAB_SLURM", CONF_DIR.parent / "slurm"))
@@ -160,11 +167,16 @@ def expand_jobs(experiment: str, overrides: Sequence[str] = (), quick: bool = Fa
     fixed, points = grid_points(grid, overrides, arms)
     master = base + fixed
     jobs, seen, cache = [], {}, {}
+    from omegaconf.errors import OmegaConfBaseException
+
     for arm, point in points:
         try:
             cfg = from_dictconfig(_compose_point(master, point, cache))
+            check_trainable(cfg)
         except ConfigError as exc:
             raise ConfigError(f"{experiment} [{' '.join(point)}]: {exc}") from None
+        except OmegaConfBaseException as exc:  # a grid value of the wrong type (lora.rank=abc), set on the composed config
+            raise ConfigError(f"{experiment} [{' '.join(point)}]: {one_line(exc)}") from None
         path = run_dir(cfg)
         if path in seen:  # e.g. a FullFT run repeated across a LoRA-only axis
             continue
@@ -212,9 +224,18 @@ def run_job(dcfg: Any) -> dict:
         if threads:
             torch.set_num_threads(int(threads))
     cfg = from_dictconfig(dcfg)
+    local = os.environ.get("SUBMITIT_EXECUTOR") == "local"
     try:
+        if local:
+            interrupt_once()
         summary = train(cfg)
         return {"run_id": run_id(cfg), "status": summary.get("status")}
+    except KeyboardInterrupt:
+        if not local:
+            raise
+        # A stopped local sweep (_stop_runs): the run stays unfinished (train() wrote no summary).
+        # A result lets the launcher return at once instead of waiting for one that never comes.
+        return {"run_id": run_id(cfg), "status": "interrupted"}
     except Exception as exc:  # recorded by train() in summary.json
         return {"run_id": run_id(cfg), "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
 
@@ -224,6 +245,9 @@ def cluster_overrides(cluster: str) -> list[str]:
     from omegaconf import OmegaConf
 
     path = SLURM_DIR / f"{cluster}.yaml"
+    # A profile name, not a path: `cluster=../x` must not read a file outside slurm/.
+    if not re.fullmatch(r"[\w.\-]+", cluster) or cluster.startswith("."):
+        raise ConfigError(f"cluster={cluster}: a profile name of slurm/ (letters, digits, '.', '-', '_'), not a path")
     if not path.is_file():
         names = sorted(p.stem for p in SLURM_DIR.glob("*.yaml"))
         raise ConfigError(f"cluster={cluster}: no profile slurm/{cluster}.yaml; choose one of {', '.join(names)} "
@@ -252,11 +276,10 @@ def launcher_overrides(launcher: str, cluster: str | None, max_parallel: int | N
 
 
 def launch(jobs: list[Job], launcher_args: list[str], parallel: int | None) -> list[str]:
-    """Send the jobs through Hydra's submitit launcher. Local (parallel set): a pool of `parallel`
-    workers, each handing the launcher one job at a time (the launcher blocks until its jobs end, so
-    this keeps every core busy without a barrier between batches). SLURM (parallel None): one job
-    array; the cluster profile's array_parallelism caps it. Returns one line per job that did not
-    end completed or diverged."""
+    """Send the jobs through Hydra's submitit launcher. Local (parallel set): `parallel` workers
+    (_run_pool); SIGINT or SIGTERM stops them and raises SweepInterrupted. SLURM (parallel None):
+    one job array; the cluster profile's array_parallelism caps it. Returns one line per job that did
+    not end completed or diverged."""
     from hydra._internal.hydra import Hydra
     from hydra._internal.utils import create_config_search_path
     from hydra.core.global_hydra import GlobalHydra
@@ -298,11 +321,7 @@ def launch(jobs: list[Job], launcher_args: list[str], parallel: int | None) -> l
 
     if parallel is None:
         return run_batch(0, jobs)
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
-        futures = [pool.submit(run_batch, i, [j]) for i, j in enumerate(jobs)]
-        return [line for f in futures for line in f.result()]
+    return run_pool(jobs, parallel, run_batch)
 
 
 class _Watch(threading.Thread):
@@ -311,6 +330,14 @@ class _Watch(threading.Thread):
     def __init__(self, jobs: list[Job], every_s: float = 5.0):
         super().__init__(daemon=True)
         self.jobs, self.every_s, self.stop = jobs, every_s, threading.Event()
+
+    def __enter__(self) -> _Watch:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.join()  # its last line comes before what the sweep prints next
 
     def run(self) -> None:
         last, t0 = None, time.monotonic()
@@ -401,6 +428,7 @@ def launch_jobs(title: str, jobs: list[Job], where: Path, launcher: str = "local
         todo = [j for j in todo if j not in running]
     if not todo:
         return 0 if counts["failed"] == 0 else 1
+    check_run_root(todo[0].cfg.run.root)  # a file or a read-only root: one line, before any launch
     cap = local_parallel(max_parallel) if launcher == "local" else None
     stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     sweep_dir = where / ".sweeps" / stamp
@@ -409,14 +437,12 @@ def launch_jobs(title: str, jobs: list[Job], where: Path, launcher: str = "local
                                                      "jobs": [{"run_id": j.run_id, "overrides": j.overrides} for j in todo]}, indent=1))
     how = f"at most {cap} at a time" if launcher == "local" else f"cluster profile {cluster or 'local'}"
     print(f"launching {len(todo)} runs ({launcher}, {how}); launcher files in {sweep_dir}", flush=True)
-    watch = _Watch(jobs) if progress else None
-    if watch:
-        watch.start()
     try:
-        problems = launch(todo, launcher_overrides(launcher, cluster, max_parallel, sweep_dir), cap)
-    finally:
-        if watch:
-            watch.stop.set()
+        with _Watch(jobs) if progress else contextlib.nullcontext():
+            problems = launch(todo, launcher_overrides(launcher, cluster, max_parallel, sweep_dir), cap)
+    except SweepInterrupted as exc:
+        print(f"{title}: {exc}", file=sys.stderr, flush=True)
+        raise
     final = [run_state(j.path) for j in jobs]
     counts = {s: sum(i["state"] == s for i in final) for s in STATES}
     print(f"{title}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n), flush=True)
@@ -427,8 +453,11 @@ def launch_jobs(title: str, jobs: list[Job], where: Path, launcher: str = "local
 
 def sweep_main(argv: list[str]) -> int:
     args, overrides = _split_args(argv, "lora-lab sweep", __doc__)
-    return sweep(args.experiment, overrides, args.launcher, args.cluster, args.max_parallel, args.dry_run, quick=args.quick,
-                 arms=args.arms)
+    try:
+        return sweep(args.experiment, overrides, args.launcher, args.cluster, args.max_parallel, args.dry_run,
+                     quick=args.quick, arms=args.arms)
+    except SweepInterrupted as exc:  # launch_jobs has said what it stopped
+        return exc.exit_code
 
 
 def status_main(argv: list[str]) -> int:
@@ -447,4 +476,4 @@ def status_main(argv: list[str]) -> int:
         paths, names = [j.path for j in jobs], [j.run_id for j in jobs]
     infos = [run_state(p) for p in paths]
     print(status_table(infos, names))
-    return 1 if any(i["state"] == "failed" for i in infos) else 0
+    return 1 if any(i["state"] in ("failed", "corrupt") for i in infos) else 0

@@ -28,7 +28,7 @@ from lora_lab import lora as lora_mod
 from lora_lab.config import Config
 from lora_lab.data import IGNORE_INDEX, BatchOrder, collate, load_data, order_seed
 from lora_lab.learner import Progress, build_learner, record_failure, resume, save_checkpoint, start_logging
-from lora_lab.models import target_logits
+from lora_lab.models import base_reference, target_logits
 from lora_lab.runs import RunDir
 
 
@@ -88,8 +88,8 @@ def train_sft(cfg: Config, rid: str, rd: RunDir, rows: tuple) -> dict:
         run = start_logging(cfg, rid, rd, device, step)
         summary.update(max_steps=total, steps=step)
 
-        def checkpoint(final: bool = False) -> None:
-            save_checkpoint(cfg, rd, learner, final, step=step, wall_s=wall, tokens=tokens, examples=examples)
+        def checkpoint(final: bool = False, **extra) -> None:
+            save_checkpoint(cfg, rd, learner, final, step=step, wall_s=wall, tokens=tokens, examples=examples, **extra)
 
         progress = Progress(cfg, total, step, rid[:40])
         loss_value, eval_loss, status = math.nan, None, "completed"
@@ -149,11 +149,12 @@ def train_sft(cfg: Config, rid: str, rd: RunDir, rows: tuple) -> dict:
             if sites:
                 whole = distributed.export_sites(sites) if distributed.current().world_size > 1 else sites
                 if distributed.current().is_main:
-                    lora_mod.export_peft(whole, cfg.lora, rd.adapter_path, cfg.model.name)
-            checkpoint(final=True)
+                    lora_mod.export_peft(whole, cfg.lora, rd.adapter_path, base_reference(cfg.model))
         summary.update(status=status, steps=step, final_train_loss=loss_value, final_eval_loss=eval_loss,
                        wall_s=round(wall, 3), launch_wall_s=round(time.monotonic() - t_launch, 3),
                        tokens=tokens, examples=examples, step_time_s=round(wall / step, 5) if step else None)
+        if status == "completed":
+            checkpoint(final=True, summary=summary)
         rd.write_summary(summary)
         progress.update(step, loss_value, force=True)
         return summary

@@ -151,18 +151,32 @@ RECORDED_RUN_IDS = {
 
 
 @pytest.mark.parametrize("experiment", sorted(RECORDED_RUN_IDS))
-def test_run_ids_of_the_tiny_experiments_are_unchanged(experiment):
-    from lora_lab.runs import run_id
+def test_runs_of_the_tiny_experiments_made_before_are_found_again(experiment, tmp_path):
+    """Their ids as recorded, and a relaunch of the grid lands in them. (The checkpoint and eval
+    intervals have left the identity since, so grids that set them get new ids for new runs.)"""
+    from lora_lab.runs import legacy_run_id, run_dir
     from lora_lab.sweep import expand
 
-    cfgs = expand(experiment)
-    assert [run_id(c) for c in (cfgs[0], cfgs[len(cfgs) // 2], cfgs[-1])] == RECORDED_RUN_IDS[experiment]
+    cfgs = expand(experiment, [f"run.root={tmp_path}"])
+    picked = (cfgs[0], cfgs[len(cfgs) // 2], cfgs[-1])
+    assert [legacy_run_id(c) for c in picked] == RECORDED_RUN_IDS[experiment]
+    for cfg, rid in zip(picked, RECORDED_RUN_IDS[experiment]):
+        (tmp_path / cfg.run.experiment / rid).mkdir(parents=True)
+    assert [run_dir(c).name for c in picked] == RECORDED_RUN_IDS[experiment]
 
 
 def test_quick_run_ids_are_unchanged():
-    from lora_lab.runs import run_id
+    from lora_lab.runs import legacy_run_id
     from lora_lab.sweep import expand
 
     cfgs = expand("tiny/rank", quick=True)
-    assert [run_id(cfgs[0]), run_id(cfgs[-1])] == ["tiny-llama_tiny-tulu_lora-r1-all_lr3e-4_bs32_s0_814628e2",
-                                                   "tiny-llama_tiny-tulu_full_lr3e-3_bs32_s0_630e225c"]
+    assert [legacy_run_id(cfgs[0]), legacy_run_id(cfgs[-1])] == [
+        "tiny-llama_tiny-tulu_lora-r1-all_lr3e-4_bs32_s0_814628e2", "tiny-llama_tiny-tulu_full_lr3e-3_bs32_s0_630e225c"]
+
+
+def test_runs_with_the_default_schedule_keep_their_ids():
+    from lora_lab.runs import run_id
+    from lora_lab.sweep import expand
+
+    cfgs = expand("tiny/rl")  # eval and checkpoint every 50 steps: the defaults
+    assert [run_id(c) for c in (cfgs[0], cfgs[len(cfgs) // 2], cfgs[-1])] == RECORDED_RUN_IDS["tiny/rl"]

@@ -1,13 +1,18 @@
 """Sweeps: experiment configs, grid expansion, skip/rerun logic, and local launches through submitit."""
 
 import json
+import os
+import re
+import signal
 import subprocess
+import threading
+import time
 
 import pytest
 from omegaconf import OmegaConf
 
 from conftest import LORA_LAB, train_steps
-from lora_lab import sweep
+from lora_lab import pool, sweep
 from lora_lab.config import ConfigError, compose_dict, from_dictconfig
 
 # Shrinks any tiny experiment to seconds per run.
@@ -174,3 +179,127 @@ def test_each_tiny_experiment_runs_a_few_steps(tmp_path):
             summary = train(job.cfg)
             assert summary["status"] in ("completed", "diverged"), (name, arm, summary.get("error"))
             assert summary["steps"] <= 2
+
+
+def test_interrupts_record_the_signal_and_restore_the_handlers():
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers can only be set in the main thread; SIGTERM would end the test run")
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with pool._Interrupts() as interrupts:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)  # the handlers run in this (the main) thread between bytecodes
+    assert interrupts.signum == signal.SIGTERM and interrupts.hurry  # the first decides; a second hurries
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+    exc = pool.SweepInterrupted(signal.SIGINT, 1, 3)
+    assert isinstance(exc, KeyboardInterrupt) and exc.exit_code == 130
+    assert str(exc) == ("interrupted by SIGINT: stopped 1 run in flight, 3 runs never started; "
+                        "relaunch the same command to resume")
+
+
+def _alive(procs):
+    import psutil
+
+    out = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.Error:
+            pass
+    return out
+
+
+def _in_group(pgid):
+    import psutil
+
+    out = []
+    for p in psutil.process_iter():
+        try:
+            if os.getpgid(p.pid) == pgid:
+                out.append(p)
+        except (OSError, psutil.Error):
+            pass
+    return _alive(out)
+
+
+def _wait_for(predicate, timeout_s, what):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"after {timeout_s} s: {what}")
+
+
+# How the signal comes: Ctrl-C in a terminal reaches every process of the sweep (its process group),
+# `kill` the sweep process alone.
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, to_group", [(signal.SIGINT, True), (signal.SIGINT, False), (signal.SIGTERM, False)],
+                         ids=["ctrl-c", "sigint", "sigterm"])
+def test_interrupted_local_sweep_stops_its_runs_and_relaunch_resumes(tmp_path, sig, to_group):
+    psutil = pytest.importorskip("psutil")
+    root = tmp_path / "runs"
+    steps = 100  # long enough that the first run is still training when the signal lands
+    grid = ["arms=lora", "lora.rank=1,4", "optim.lr=1e-3,3e-3"]  # 4 runs
+    args = [LORA_LAB, "sweep", "tiny/rank", f"run.root={root}", *grid, f"train.max_steps={steps}",
+            "train.checkpoint_every=2", "data.max_seq_len=64", "optim.batch_size=8", "data.num_examples=64",
+            "data.eval_size=8", "train.eval_every=0", "logger.progress=none", "max_parallel=1"]
+    sweep_dir = root / "tiny" / "rank"
+
+    def runs_with_metrics():
+        if not sweep_dir.is_dir():
+            return []
+        return sorted(p for p in sweep_dir.iterdir() if (p / "metrics.jsonl").is_file())
+
+    with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
+        proc = subprocess.Popen(args, stdout=out, stderr=err, start_new_session=True)
+        try:
+            # Started: the first run has logged step 3 (so it has a checkpoint, at step 2, to resume from).
+            started = _wait_for(lambda: [r for r in runs_with_metrics() if len(train_steps(r)) >= 3], 600,
+                                "no run logged 3 steps")
+            assert len(started) == 1
+            family = _alive(psutil.Process(proc.pid).children(recursive=True))
+            assert len(family) >= 2, family  # submitit's controller and the run's process
+            if to_group:
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
+            t0 = time.monotonic()
+            code = proc.wait(timeout=60)
+            stop_s = time.monotonic() - t0
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    stderr = (tmp_path / "err").read_text()
+    assert code == 128 + sig, stderr[-3000:]
+    name = signal.Signals(sig).name
+    line = (f"tiny/rank: interrupted by {name}: stopped 1 run in flight, 3 runs never started; "
+            "relaunch the same command to resume")
+    assert [ln for ln in stderr.splitlines() if "interrupted by" in ln] == [line], stderr[-3000:]
+    print(f"stopped {stop_s:.1f} s after {name}")
+    # Nothing of the sweep is left running.
+    assert not _alive(family), _alive(family)
+    assert not _in_group(proc.pid)
+    # The run in flight is unfinished, with its checkpoint; the queued runs never started.
+    assert runs_with_metrics() == started
+    interrupted = started[0]
+    assert not (interrupted / "summary.json").exists()
+    logged = train_steps(interrupted)
+    assert 3 <= len(logged) < steps and logged == list(range(1, len(logged) + 1))
+    status = subprocess.run([LORA_LAB, "status", *args[2:]], capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0, status.stdout + status.stderr  # no run failed
+    assert re.search(r"^4 runs: 1 unfinished, 3 pending$", status.stdout, re.M), status.stdout
+
+    again = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "4 runs; 1 unfinished, 3 pending; 4 to launch" in again.stdout
+    runs = runs_with_metrics()
+    assert len(runs) == 4
+    for r in runs:
+        assert json.loads((r / "summary.json").read_text())["status"] == "completed", r.name
+        assert train_steps(r) == list(range(1, steps + 1)), r.name  # every step once, none twice
+    meta = json.loads((interrupted / "meta.json").read_text())
+    assert meta["launches"] == 2 and meta["resumed_from_step"] >= 2, meta  # from its checkpoint, not from scratch

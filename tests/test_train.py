@@ -96,6 +96,22 @@ def test_load_run_gives_back_the_trained_model(small, method):
         assert torch.allclose(ours, theirs, atol=1e-5) and not torch.allclose(ours, untrained, atol=1e-3)
 
 
+@pytest.mark.parametrize("unembed", [False, True])
+def test_the_exported_adapter_loads_with_peft_alone(small, unembed):
+    """peft's one-liner, with nothing of lora-lab: the adapter names a base model that resolves."""
+    from peft import AutoPeftModelForCausalLM
+
+    cfg = small("lora.rank=4", "optim.lr=5e-3", "train.max_steps=2", f"lora.unembed={str(unembed).lower()}")
+    assert train(cfg)["status"] == "completed"
+    model, _ = load_run(run_dir(cfg))
+    peft_model = AutoPeftModelForCausalLM.from_pretrained(run_dir(cfg) / "adapter")
+    x = torch.arange(2, 30).unsqueeze(0)
+    with torch.no_grad():
+        ours, theirs = model(input_ids=x).logits, peft_model(input_ids=x).logits
+        base = build_model(ModelConfig())[0](input_ids=x).logits
+    assert torch.allclose(ours, theirs, atol=1e-5) and not torch.allclose(ours, base, atol=1e-4)
+
+
 def test_moe_lora_run_exports_an_adapter_peft_reloads(small):
     cfg = small("model=tiny-moe", "lora.rank=4", "optim.lr=5e-3", "train.max_steps=2")
     s = train(cfg)
