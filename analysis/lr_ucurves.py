@@ -10,25 +10,25 @@ import sys
 from pathlib import Path
 
 from lora_lab import figures
-from lora_lab.curves import curve_table, label_runs, lr_ratios, optimal_lrs, ucurves
+from lora_lab.curves import label_runs, lr_ratios
 from lora_lab.report import script_main
 from lora_lab.results import Results
+from lora_lab.sections import lr_ucurves
 
 
-def lr_ucurves(res: Results, exp: str, out: Path) -> None:
+def draw(res: Results, exp: str, out: Path) -> None:
     runs = label_runs(res.of(exp).plotted())
-    opt = optimal_lrs(runs)
-    fig = figures.ucurve_figure(ucurves(runs), opt, figures.curve_styles(curve_table(runs)), title=f"{exp}: final loss vs LR")
+    _, opt, fig = lr_ucurves(runs, exp)
     print(f"{exp}: wrote {', '.join(map(str, figures.save(fig, out / exp, 'lr_ucurves')))}")
     opt.to_csv(out / exp / "optimal_lr.csv", index=False)
     ratios = lr_ratios(opt, runs)
     ratios.to_csv(out / exp / "lr_ratios.csv", index=False)
-    print(opt.drop(columns=["model"]).to_string(index=False))
+    print(opt.drop(columns=["model", "experiment"]).to_string(index=False))
     print(ratios.to_string(index=False))
 
 
 def main(argv: list[str] | None = None) -> int:
-    return script_main(__doc__, "rank", argv=argv, each=lr_ucurves)
+    return script_main(__doc__, "rank", argv=argv, each=draw)
 
 
 if __name__ == "__main__":

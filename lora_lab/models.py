@@ -11,6 +11,7 @@ unless `model.trust_remote_code=true`.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -139,6 +140,22 @@ def build_model(cfg: "ModelConfig", device: torch.device | str = "cpu"):
     model.config.use_cache = False
     model.train()
     return model, tok
+
+
+def compute_in(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Every forward of `model` (training, eval, target_logits, sampling) under autocast to `dtype`:
+    parameters may then be kept in fp32 (master weights for the optimizer) while matmuls run in
+    bf16. The wrapper is the model's own `forward`, so nothing that calls the model can miss it."""
+    forward = model.forward
+    device_type = next(model.parameters()).device.type
+
+    @functools.wraps(forward)
+    def autocast_forward(*args, **kwargs):
+        with torch.autocast(device_type, dtype=dtype):
+            return forward(*args, **kwargs)
+
+    model.forward = autocast_forward
+    model.compute_dtype = dtype
 
 
 def count_params(model: torch.nn.Module, trainable_only: bool = False) -> int:

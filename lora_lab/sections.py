@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from lora_lab import figures
 from lora_lab.curves import (
@@ -65,32 +66,53 @@ def _sft(runs: pd.DataFrame) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- C1, C2, C6
 
 
+def rank_curves(res: Results, runs: pd.DataFrame, experiment: str) -> tuple[pd.DataFrame, pd.DataFrame | None, Figure]:
+    """C1's figure, drawn here alone (`lora-lab analyze` and analysis/rank_curves.py): the minimum
+    over LR of each curve's train loss, the step where each rank leaves FullFT (None without a FullFT
+    curve), and the figure."""
+    runs = _sft(runs)
+    table = curve_table(runs)
+    curves = pointwise_min(res, runs)
+    refs = reference_curves(runs)
+    dep = None
+    if refs:
+        dep = departures(curves, refs)
+        dep.insert(1, "rank", dep["curve"].map(table.set_index("curve")["rank"]).astype("Int64"))
+        dep = dep.sort_values("rank").reset_index(drop=True)
+    marks = {} if dep is None else dict(zip(dep["curve"], dep["departs_at_step"]))
+    # the gap panel needs one FullFT curve; an experiment that mixes contexts gets the curves alone
+    single_ref = next(iter(set(refs.values()))) if len(set(refs.values())) == 1 else None
+    fig = figures.curves_figure(curves, figures.curve_styles(table), reference=single_ref, band=TOL_REL, marks=marks,
+                                title=f"{experiment}: min over LR of train loss")
+    return curves, dep, fig
+
+
+def lr_ucurves(runs: pd.DataFrame, experiment: str) -> tuple[pd.DataFrame, pd.DataFrame, Figure]:
+    """C2's figure, drawn here alone (`lora-lab analyze` and analysis/lr_ucurves.py): final loss vs LR
+    of each curve, the fitted optimal LRs, and the figure."""
+    runs = _sft(runs)
+    uc = ucurves(runs)
+    opt = optimal_lrs(runs)
+    opt.insert(len(opt.columns), "experiment", experiment)
+    fig = figures.ucurve_figure(uc, opt, figures.curve_styles(curve_table(runs)), title=f"{experiment}: final loss vs LR")
+    return uc, opt, fig
+
+
 def rank_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
     """Rank curves (C1), LR U-curves and optimal LRs (C2), step times (C6)."""
     runs = _sft(runs)
     table = curve_table(runs)
-    styles = figures.curve_styles(table)
-    curves = sec.table("min_loss_curves", pointwise_min(res, runs))
-    refs = reference_curves(runs)
-    has_full = bool(refs)
-    dep = None
-    if has_full:
-        dep = departures(curves, refs)
-        dep.insert(1, "rank", dep["curve"].map(table.set_index("curve")["rank"]).astype("Int64"))
-        dep = sec.table("departures", dep.sort_values("rank").reset_index(drop=True))
-    marks = {} if dep is None else dict(zip(dep["curve"], dep["departs_at_step"]))
-    # the gap panel needs one FullFT curve; an experiment that mixes contexts gets the curves alone
-    single_ref = next(iter(set(refs.values()))) if len(set(refs.values())) == 1 else None
-    sec.figure("rank_curves", figures.curves_figure(
-        curves, styles, reference=single_ref, band=TOL_REL, marks=marks,
-        title=f"{sec.experiment}: min over LR of train loss"),
-        "Train loss at each step, minimum over the LR grid (smoothed); lower panel: relative gap to FullFT, "
-        f"grey band +-{TOL_REL:.0%}, dot where the rank leaves FullFT for good.")
-    uc = sec.table("lr_sweep", ucurves(runs))
-    opt = optimal_lrs(runs)
-    opt.insert(len(opt.columns), "experiment", sec.experiment)
+    curves, dep, fig = rank_curves(res, runs, sec.experiment)
+    sec.table("min_loss_curves", curves)
+    if dep is not None:
+        sec.table("departures", dep)
+    sec.figure("rank_curves", fig,
+               "Train loss at each step, minimum over the LR grid (smoothed); lower panel: relative gap to FullFT, "
+               f"grey band +-{TOL_REL:.0%}, dot where the rank leaves FullFT for good.")
+    uc, opt, fig = lr_ucurves(runs, sec.experiment)
+    sec.table("lr_sweep", uc)
     sec.table("optimal_lr", opt)
-    sec.figure("lr_ucurves", figures.ucurve_figure(uc, opt, styles, title=f"{sec.experiment}: final loss vs LR"),
+    sec.figure("lr_ucurves", fig,
                "Final train loss (mean of the last 10% of steps) vs LR; crosses: diverged; diamonds: fitted optimum "
                "with its 90% interval (arrow: open at a grid edge).")
     ratios = sec.table("lr_ratios", lr_ratios(opt, runs))

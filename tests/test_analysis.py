@@ -209,3 +209,26 @@ def test_reproduce_ends_with_the_scorecard_and_the_report_path(rank_results, tmp
     # The hand-made rank sweep: FullFT's curve at high rank, 10x optimal LRs (conftest.TRUE_OPT).
     assert verdicts["C1"] == verdicts["C2"] == verdicts["C6"] == ("reproduced", "tiny/rank")
     assert verdicts["C3"] == ("not run", "-") and verdicts["C9"] == ("not run", "-")
+
+
+@pytest.mark.parametrize("script, files", [("rank_curves", ["rank_curves.png"]),
+                                           ("lr_ucurves", ["lr_ucurves.png", "optimal_lr.csv", "lr_ratios.csv"]),
+                                           ("flops", ["flops_and_step_time.csv"])])
+def test_the_analysis_scripts_draw_what_analyze_draws(rank_results, tmp_path, script, files):
+    """Each script of analysis/ is a thin call of the package's one function for its figure."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    out = tmp_path / "out"
+    p = subprocess.run([sys.executable, str(repo / "analysis" / f"{script}.py"), str(rank_results), "--out", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    for name in files:
+        assert (out / "tiny" / "rank" / name).is_file(), name
+    if script == "lr_ucurves":  # the same optima as `lora-lab analyze` finds
+        analyze([rank_results], tmp_path / "a", progress=False)
+        ours = pd.read_csv(out / "tiny" / "rank" / "optimal_lr.csv")
+        theirs = pd.read_csv(tmp_path / "a" / "tiny" / "rank" / "optimal_lr.csv")
+        assert ours["best_lr"].tolist() == theirs["best_lr"].tolist()

@@ -276,3 +276,18 @@ def test_the_default_run_fine_tunes_the_shipped_base_model(tmp_path, model):
     assert s["status"] == "completed" and len(rows) == 20
     first, last = rows[0]["train_loss"], s["final_train_loss"]
     assert last < 0.6 * first, (first, last)
+
+
+def test_bf16_fullft_keeps_fp32_master_weights_and_learns_as_far_as_fp32(small):
+    """Pure bf16 AdamW rounds away updates below half a bf16 step; with fp32 master weights and bf16
+    compute, FullFT at lr 3e-5 drops the loss within 15% as far as in fp32 over 16 steps."""
+    common = ["method=full", "optim.lr=3e-5", "data.num_examples=512", "optim.batch_size=32", "train.max_steps=16"]
+    drops = {}
+    for dtype in ("float32", "bfloat16"):
+        cfg = small(*common, f"model.dtype={dtype}")
+        assert train(cfg)["status"] == "completed"
+        losses = [r["train_loss"] for r in read_metrics(run_dir(cfg) / "metrics.jsonl") if "train_loss" in r]
+        drops[dtype] = losses[0] - sum(losses[-3:]) / 3
+        weights = torch.load(RunDir(run_dir(cfg)).checkpoint_path, weights_only=True)["trainable"]
+        assert all(t.dtype == torch.float32 for t in weights.values() if t.is_floating_point())
+    assert drops["float32"] > 0.3 and drops["bfloat16"] >= 0.85 * drops["float32"], drops
