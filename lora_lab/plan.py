@@ -5,7 +5,7 @@ lora_lab/flops.py and are re-exported here.
 
     lora-lab plan model=llama-3.1-8b data=tulu3 lora.rank=128 gpu=h100 mfu=0.4
     lora-lab plan data=tiny-facts lora.rank=1 experiment=tiny/rank
-    lora-lab fit-lr runs/tiny/rank runs/paper/rank/optimal_lr.csv
+    lora-lab fit-lr runs/tiny/analysis runs/paper/analysis/optimal_lr.csv   # after lora-lab analyze
 
 Learning rates (`recommended_lr`). The paper ("LoRA Without Regret", Schulman and Thinking Machines
 Lab, 2025, section "Optimal learning rate") fits LR = M_LoRA (2000 / hidden)^(model_pow + LoRA_pow)
