@@ -20,7 +20,7 @@ import torch
 
 from lora_lab import answers
 from lora_lab.config import ConfigError, compose
-from lora_lab.data import DATASETS, _messages
+from lora_lab.data import DATASETS, _messages, use_chat_template
 from lora_lab.models import build_model
 from lora_lab.rewards import reference_for, reward_task, score
 
@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as exc:
         p.exit(2, f"{p.prog}: {exc}\n")
     model, tok = build_model(cfg.model)
+    use_chat_template(tok, cfg.data)
     model.eval()
     _, held_out = DATASETS[cfg.data.name](cfg.data)
     results = accuracy(model, tok, list(held_out), a.max_new_tokens, task)

@@ -34,6 +34,8 @@ PROGRESS_MODES = ("auto", "bar", "lines", "none")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 MAX_RANK = 512
+# Chat templates shipped in lora_lab/assets/chat_templates/<name>.jinja (data.chat_template).
+CHAT_TEMPLATES = ("llama3", "chatml")
 # Seeds (train.seed, data.seed, model.init_seed) are in 0..MAX_SEED: numpy's generators take no
 # negative seed, and 2**63 - 1 is the largest that torch.manual_seed and an int64 column of a results
 # table both hold.
@@ -130,8 +132,16 @@ class DataConfig:
     # A real set whose malformed rows exceed this fraction (of the rows read) fails before the run;
     # below it they are skipped and counted on stderr.
     max_bad_fraction: float = 0.01
+    # The chat template conversations are rendered with: null, the tokenizer's own; a shipped preset
+    # (llama3, chatml: with {% generation %} markers, so assistant masks are exact); or a .jinja file.
+    # Base models (Llama-3.1-8B, Llama-3.2-1B) ship none and need one.
+    chat_template: Optional[str] = None
 
     def __post_init__(self) -> None:
+        if self.chat_template is not None and self.chat_template not in CHAT_TEMPLATES:
+            _check(self.chat_template.endswith(".jinja") and Path(self.chat_template).expanduser().is_file(),
+                   "data.chat_template", self.chat_template,
+                   f"choose a preset ({', '.join(CHAT_TEMPLATES)}) or an existing .jinja file")
         _check(self.name in DATA_SETS, "data.name", self.name, f"unknown data set; choose one of {', '.join(sorted(DATA_SETS))}")
         _check(self.num_examples is None or self.num_examples > 0, "data.num_examples", self.num_examples, "must be > 0 (or null for all)")
         _check(self.eval_size > 0, "data.eval_size", self.eval_size, "must be > 0")

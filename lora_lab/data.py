@@ -451,6 +451,13 @@ def encode_chat(tokenizer, messages: list[dict], max_len: int | None) -> tuple[l
         ids, mask = [], []
         for i, m in enumerate(messages):
             full = render(messages[: i + 1])
+            if full[: len(ids)] != ids:
+                # A template that rewrites earlier turns once a later one follows (Qwen3's drops an
+                # assistant turn's empty <think> block): the masks of this method would be shifted.
+                raise DataError("data.chat_template: the chat template rewrites earlier turns (the first turns "
+                                "rendered alone are not a prefix of the whole), so assistant tokens cannot be "
+                                "found without {% generation %} markers; set data.chat_template=chatml, llama3 "
+                                "or a .jinja file with {% generation %} blocks")
             if m["role"] == "assistant":
                 # The turn's header (e.g. "<|start_header_id|>assistant...") is prompt, not target.
                 head = render(messages[:i], gen=True) if i else []
@@ -464,6 +471,25 @@ def encode_chat(tokenizer, messages: list[dict], max_len: int | None) -> tuple[l
     ids, mask = ids[:max_len], mask[:max_len]
     labels = [t if k else IGNORE_INDEX for t, k in zip(ids, mask)]
     return ids, labels
+
+
+CHAT_TEMPLATE_DIR = Path(__file__).resolve().parent / "assets" / "chat_templates"
+
+
+def use_chat_template(tokenizer, data: "DataConfig") -> Any:
+    """The tokenizer with the chat template data.chat_template names (a preset of
+    lora_lab/assets/chat_templates/ or a .jinja file), or its own; a DataError naming
+    data.chat_template when it has none (a base model's tokenizer), before any model loads."""
+    if data.chat_template is not None:
+        from lora_lab.config import CHAT_TEMPLATES
+
+        path = (CHAT_TEMPLATE_DIR / f"{data.chat_template}.jinja" if data.chat_template in CHAT_TEMPLATES
+                else Path(data.chat_template).expanduser())
+        tokenizer.chat_template = path.read_text()
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError(f"data.chat_template=null: the tokenizer of {getattr(tokenizer, 'name_or_path', 'this model')} "
+                        f"has no chat template (a base model); set data.chat_template=llama3, chatml or a .jinja file")
+    return tokenizer
 
 
 def _has_generation_blocks(tokenizer) -> bool:
@@ -619,6 +645,7 @@ def check_rows(cfg: "Config", rows: tuple[Sequence[dict], Sequence[dict]], token
         from lora_lab.models import load_tokenizer
 
         tokenizer = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code, cfg.model.revision)
+    use_chat_template(tokenizer, cfg.data)
     n = cfg.data.max_seq_len
     if cfg.task == "rl":
         if not any(_prompt_fits(row, tokenizer, cfg) for row in eval_rows):

@@ -23,6 +23,7 @@ from lora_lab import distributed
 from lora_lab import lora as lora_mod
 from lora_lab.checks import check_run_root
 from lora_lab.config import Config, ConfigError
+from lora_lab.data import use_chat_template
 from lora_lab.models import (build_model, check_available, compute_in, count_params, model_config, resolve_device,
                              set_threads_from_env)
 from lora_lab.runs import RunDir
@@ -154,6 +155,7 @@ def build_learner(cfg: Config) -> Learner:
             # weights and moments, and compute in the model's dtype, as the FSDP2 path does.
             compute_in(model, model.dtype)
             model.float()
+    use_chat_template(tok, cfg.data)
     if cfg.dist.activation_checkpointing:
         # Non-reentrant: works with frozen inputs (LoRA) and with FSDP.
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

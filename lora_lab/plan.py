@@ -100,7 +100,7 @@ def measure_data(cfg: Config, sample: int = 64, bits: bool = True) -> DataStats:
     every row is taken at data.max_seq_len (an upper bound)."""
     import torch
 
-    from lora_lab.data import IGNORE_INDEX, DataError, collate, load_rows, tokenize
+    from lora_lab.data import IGNORE_INDEX, DataError, collate, load_rows, tokenize, use_chat_template
     from lora_lab.models import build_model, load_tokenizer, resolve_device
     from lora_lab.train import batch_nll
 
@@ -108,7 +108,7 @@ def measure_data(cfg: Config, sample: int = 64, bits: bool = True) -> DataStats:
         raise ConfigError(f"sample={sample}: must be >= 1")
     try:
         train_rows, _ = load_rows(cfg.data)
-        tok = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code, cfg.model.revision)
+        tok = use_chat_template(load_tokenizer(cfg.model.name, cfg.model.trust_remote_code, cfg.model.revision), cfg.data)
     except (DataError, OSError, ValueError) as exc:
         n = cfg.data.max_seq_len
         return DataStats(cfg.data.num_examples, n, n, None, f"upper bound, every row at data.max_seq_len={n} "

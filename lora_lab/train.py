@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from lora_lab import distributed
 from lora_lab import lora as lora_mod
 from lora_lab.config import Config
-from lora_lab.data import IGNORE_INDEX, BatchOrder, collate, load_data, order_seed
+from lora_lab.data import IGNORE_INDEX, BatchOrder, collate, load_data, order_seed, use_chat_template
 from lora_lab.learner import Progress, build_learner, record_failure, resume, save_checkpoint, start_logging
-from lora_lab.models import base_reference, target_logits
+from lora_lab.models import base_reference, load_tokenizer, target_logits
 from lora_lab.runs import RunDir
 
 
@@ -71,12 +71,14 @@ def train_sft(cfg: Config, rid: str, rd: RunDir, rows: tuple) -> dict:
     summary = {"run_id": rid, "method": cfg.method, "status": "failed", "steps": 0}
     run = None
     try:
+        # Tokenized before the model is built: a data problem ends the run before the weights take
+        # any memory (at the paper's scale, before a GPU allocation is spent on loading 8B weights).
+        tok = use_chat_template(load_tokenizer(cfg.model.name, cfg.model.trust_remote_code, cfg.model.revision), cfg.data)
+        train_split, eval_split = load_data(cfg, tok, rows)
         learner = build_learner(cfg)
-        model, tok, device, sites, trainable, opt = (learner.model, learner.tok, learner.device, learner.sites,
-                                                     learner.trainable, learner.opt)
+        model, device, sites, trainable, opt = learner.model, learner.device, learner.sites, learner.trainable, learner.opt
         summary.update(trainable_params=learner.trainable_params, total_params=learner.total_params)
 
-        train_split, eval_split = load_data(cfg, tok, rows)
         order = BatchOrder(len(train_split), cfg.optim.batch_size, order_seed(cfg))
         total = cfg.train.max_steps or cfg.train.epochs * order.steps_per_epoch
         micro, pad_id = cfg.optim.micro_for(distributed.current().world_size), tok.pad_token_id

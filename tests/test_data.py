@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from lora_lab.config import compose
@@ -83,3 +84,74 @@ def test_batch_order_depends_on_seed_and_data_only():
     assert len(set(epoch0)) == 96 and all(len(o.batch(s)) == 16 for s in range(20))
     assert o.batch(6) != o.batch(0) and o.epoch_of(6) == 1
     assert BatchOrder(100, 16, order_seed(full)).batch(3) == o.batch(3)
+
+
+# ----------------------------------------------------------------------------- chat templates
+
+TWO_TURNS = [{"role": "user", "content": "First question?"}, {"role": "assistant", "content": "First answer."},
+             {"role": "user", "content": "Second question?"}, {"role": "assistant", "content": "Second answer."}]
+
+
+@pytest.mark.parametrize("preset, end", [("llama3", "<|eot_id|>"), ("chatml", "<|im_end|>")])
+def test_a_preset_template_trains_on_every_answer_and_on_no_user_turn(preset, end):
+    from lora_lab.config import compose
+    from lora_lab.data import use_chat_template
+    from lora_lab.models import load_tokenizer
+
+    tok = use_chat_template(load_tokenizer("tiny-llama"), compose([f"data.chat_template={preset}"]).data)
+    ids, labels = encode_chat(tok, TWO_TURNS, None)
+    targets = tok.decode([t for t in labels if t != IGNORE_INDEX])
+    assert targets == f"First answer.{end}Second answer.{end}"  # the turn's terminator is learned too
+    assert tok.decode(ids).count("question?") == 2
+
+
+def test_a_template_that_rewrites_earlier_turns_is_refused_without_generation_markers():
+    from lora_lab.data import DataError
+    from lora_lab.models import load_tokenizer
+
+    tok = load_tokenizer("tiny-llama")
+    # Like Qwen3's: the last assistant turn carries an empty think block, dropped once a user turn follows.
+    tok.chat_template = ("{% for m in messages %}{% if m['role'] == 'assistant' %}<|a|>{% if loop.last %}"
+                         "<think></think>{% endif %}{{ m['content'] }}<|e|>{% else %}<|u|>{{ m['content'] }}<|e|>"
+                         "{% endif %}{% endfor %}{% if add_generation_prompt %}<|a|>{% endif %}")
+    with pytest.raises(DataError, match=r"^data.chat_template: the chat template rewrites earlier turns"):
+        encode_chat(tok, TWO_TURNS, None)
+    assert encode_chat(tok, TWO_TURNS[:2], None)  # one exchange is still exact
+
+
+def test_a_base_tokenizer_without_a_template_stops_before_the_model_loads(tmp_path):
+    """A base model's tokenizer ships no chat template: exit 2 naming data.chat_template, before any
+    model loads; with a preset template the run trains."""
+    import json
+    import shutil
+    import subprocess
+
+    from conftest import LORA_LAB, SMALL
+    from lora_lab.models import ASSETS
+
+    base = tmp_path / "base-model"
+    shutil.copytree(ASSETS / "tiny-llama", base)
+    (base / "chat_template.jinja").unlink()
+    cfg = json.loads((base / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (base / "tokenizer_config.json").write_text(json.dumps(cfg))
+    (base / "model.safetensors").write_bytes(b"not weights: a run that loads them fails")
+    args = [LORA_LAB, "train", *SMALL, f"model.name={base}", f"run.root={tmp_path / 'runs'}", "train.max_steps=1"]
+    p = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert p.returncode == 2 and len(lines) == 1 and "data.chat_template=null" in lines[0], p.stderr
+    shutil.copy(ASSETS / "tiny-llama" / "model.safetensors", base / "model.safetensors")
+    # the tiny tokenizer spells llama3's header tokens out as text: longer sequences
+    p = subprocess.run([*args, "data.chat_template=llama3", "data.max_seq_len=256"], capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+
+
+def test_a_chat_template_key_names_a_preset_or_a_jinja_file(tmp_path):
+    from lora_lab.config import ConfigError, compose
+
+    with pytest.raises(ConfigError, match=r"^data.chat_template='nope': choose a preset \(llama3, chatml\)"):
+        compose(["data.chat_template=nope"])
+    own = tmp_path / "mine.jinja"
+    own.write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    assert compose([f"data.chat_template={own}"]).data.chat_template == str(own)
