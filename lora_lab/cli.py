@@ -18,7 +18,6 @@ Exit codes: 0 completed or diverged (a diverged run is a result), 1 failed, 2 ba
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -62,29 +61,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _checked(overrides: list[str]) -> "Config":
-    """The composed config of a run to train, with the checks that need the world done first: a
-    batch that fits the data, a writable run.root, a model the hub can give (ConfigError, exit 2).
-    A finished run is skipped by the launch and needs neither of the last two."""
-    from lora_lab.checks import check_run_root
+    """The composed config of a run to train, checked for a batch that fits the data (ConfigError,
+    exit 2). The checks that need the world (a writable run.root, a model the hub can give) run in
+    the launch's pre-flight (lora_lab/learner.py), after a finished run has been skipped."""
     from lora_lab.config import check_trainable, compose
-    from lora_lab.models import check_available
 
     cfg = compose(overrides)
     check_trainable(cfg)
-    if not _finished(cfg):
-        check_run_root(cfg.run.root)
-        check_available(cfg.model)
     return cfg
-
-
-def _finished(cfg: "Config") -> bool:
-    from lora_lab.runs import FINAL_STATUSES, run_dir
-
-    try:
-        summary = json.loads((run_dir(cfg) / "summary.json").read_text())
-    except (OSError, ValueError):  # none yet, unreadable, or run.root under a file
-        return False
-    return isinstance(summary, dict) and summary.get("status") in FINAL_STATUSES
 
 
 def _train(overrides: list[str]) -> int:
@@ -153,15 +137,17 @@ def _failure_record(exc: BaseException) -> Path | None:
     """The summary.json in which a run started here recorded this very failure, if one did: a run
     that failed before its directory was written (or on a rank that does not write) has none, and an
     older summary.json there would point at another failure."""
+    from lora_lab.runs import CorruptFile, RunDir
+
     error = f"{type(exc).__name__}: {exc}"
     for path in reversed(_started):
-        record = path / "summary.json"
+        rd = RunDir(path)
         try:
-            summary = json.loads(record.read_text())
-        except (OSError, ValueError):
+            summary = rd.summary()
+        except (CorruptFile, OSError):
             continue
-        if isinstance(summary, dict) and summary.get("status") == "failed" and summary.get("error") == error:
-            return record
+        if summary and summary.get("status") == "failed" and summary.get("error") == error:
+            return rd.summary_path
     return None
 
 
