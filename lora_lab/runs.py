@@ -61,8 +61,11 @@ def tiny_weights_fingerprint(name: str) -> str | None:
 # computes: a preempted run relaunched with another interval must find itself. Runs made while these
 # keys were part of the identity keep their ids (see `run_dir`).
 SCHEDULE_KEYS = ("checkpoint_every", "eval_every")
-# Keys added after runs were made, whose default (None) computes what those runs computed.
-ADDED_KEYS = (("data", "chat_template"),)
+# Keys added after runs were made, with the value that computes what those runs computed: at that
+# value a key is left out of the identity, so every earlier run keeps its id. Add one line per new key.
+ADDED_KEYS: tuple[tuple[str, str, object], ...] = (
+    ("data", "chat_template", None),
+)
 
 
 def identity(cfg: Config, legacy: bool = False) -> dict:
@@ -70,9 +73,9 @@ def identity(cfg: Config, legacy: bool = False) -> dict:
     logs do not). The schedule keys count at their defaults, so that runs with the default schedule
     keep the ids they had; `legacy`: as they counted before, at their values."""
     d = cfg.to_dict()
-    for group, key in ADDED_KEYS:
-        if d[group][key] is None:  # at its default, a key added later leaves every earlier run's id as it was
-            del d[group][key]
+    for group, key, old in ADDED_KEYS:
+        if group in d and d[group].get(key, old) == old:
+            d[group].pop(key, None)
     if not legacy:
         for key in SCHEDULE_KEYS:
             d["train"][key] = TrainConfig.__dataclass_fields__[key].default
