@@ -72,10 +72,10 @@ def _checked(overrides: list[str]) -> "Config":
 
 
 def _train(overrides: list[str]) -> int:
-    from lora_lab.runs import FINAL_STATUSES, run_dir
+    cfg = _checked(overrides)  # a bad config stops before torch is imported
     from lora_lab.launch import train
+    from lora_lab.runs import FINAL_STATUSES, run_dir
 
-    cfg = _checked(overrides)
     _started.append(run_dir(cfg))
     summary = train(cfg)
     if cfg.task == "rl":
@@ -92,16 +92,15 @@ def _train(overrides: list[str]) -> int:
 
 def _pair(overrides: list[str]) -> int:
     """LoRA vs FullFT on the tiny default, each at its best LR of a coarse sweep: both final losses."""
-    from lora_lab.runs import run_dir
-    from lora_lab.runs import FINAL_STATUSES
-    from lora_lab.launch import train
-
     lora_keys = [o for o in overrides if o.lstrip("+~").startswith("lora.")]
     common = [o for o in overrides if o not in lora_keys and not o.startswith("method=")]
     # Each method at its best LR of a coarse sweep on this default (experiments/LOG.md, 2026-11-23).
     has_lr = any(o.startswith("optim.lr=") for o in common)
     lora_cfg = _checked(["method=lora", *lora_keys, *common] + ([] if has_lr else ["optim.lr=3e-3"]))
     full_cfg = _checked(["method=full", *common] + ([] if has_lr else ["optim.lr=1e-3"]))
+    from lora_lab.launch import train
+    from lora_lab.runs import FINAL_STATUSES, run_dir
+
     results = []
     for cfg in (lora_cfg, full_cfg):
         _started.append(run_dir(cfg))
@@ -151,11 +150,13 @@ def _failure_record(exc: BaseException) -> Path | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
-    from lora_lab.config import ConfigError
-    from lora_lab.data import DataError
-    from lora_lab.runs import RunBusy
+def _is(exc: BaseException, module: str, name: str) -> bool:
+    """Whether `exc` is an instance of `module.name`, without importing the module."""
+    loaded = sys.modules.get(module)
+    return loaded is not None and isinstance(exc, getattr(loaded, name))
 
+
+def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     _started.clear()
     handlers = {"train": _train, "pair": _pair, "show-config": _show}
@@ -169,15 +170,6 @@ def main(argv: list[str] | None = None) -> int:
         handler, args_list = handlers[args.command], args.overrides
     try:
         return handler(args_list)
-    except ConfigError as exc:
-        print(f"lora-lab: config error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except DataError as exc:  # raised before the run starts (train.load_rows), or recorded as failed
-        print(f"lora-lab: data error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except RunBusy as exc:
-        print(f"lora-lab: {exc}", file=sys.stderr)
-        return EXIT_FAILED
     except KeyboardInterrupt:
         print("lora-lab: interrupted; relaunch the same command to resume", file=sys.stderr)
         return 130
@@ -185,6 +177,17 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except Exception as exc:
+        # The error classes are looked up only among the modules already imported (one that raised
+        # was), so that light commands import neither torch nor transformers.
+        if _is(exc, "lora_lab.config", "ConfigError"):
+            print(f"lora-lab: config error: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        if _is(exc, "lora_lab.data", "DataError"):  # raised before the run starts, or recorded as failed
+            print(f"lora-lab: data error: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        if _is(exc, "lora_lab.runs", "RunBusy"):
+            print(f"lora-lab: {exc}", file=sys.stderr)
+            return EXIT_FAILED
         if handler in (_train, _pair):  # keep the console to one line, pointing to the traceback when the run recorded it
             record = _failure_record(exc)
             hint = f" (traceback in {record})" if record else ""

@@ -31,10 +31,12 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
+
+if TYPE_CHECKING:  # torch is imported where a state is read or written: light commands stay light
+    import torch
 
 from lora_lab.config import TINY_PRESETS, Config, TrainConfig, load_config, to_yaml
 
@@ -180,6 +182,8 @@ def load_state(path: Path) -> dict | None:
     path = Path(path)
     if not path.exists():
         return None
+    import torch
+
     try:
         with torch.serialization.safe_globals(_legacy_globals()):
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -445,6 +449,8 @@ class RunDir:
         os.replace(tmp, self.config_path)
 
     def write_meta(self, device: torch.device, resumed_from: int, world_size: int = 1) -> None:
+        import torch
+
         meta = {
             **_git_info(),
             "packages": _versions(),
@@ -497,6 +503,8 @@ class RunDir:
         path = self.checkpoint_path
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".pt.tmp")
+        import torch
+
         with open(tmp, "wb") as f:
             torch.save(state, f)
             f.flush()
