@@ -1,5 +1,6 @@
-"""C6: LoRA/FullFT FLOPs per training token (counted by lora_lab.flops for the experiment's model)
-and the measured time per step of each rank against FullFT, from the rank experiments' runs.
+"""C6: LoRA/FullFT FLOPs per training token (counted by lora_lab.flops for the experiment's model and
+the adapters its runs trained: layer set, lm_head adapter) and the measured time per step of each
+rank against FullFT, from the rank experiments' runs.
 
     python analysis/flops.py runs/tiny/rank --out figures
 
@@ -24,7 +25,12 @@ def flops_and_step_time(res: Results, exp: str, out: Path) -> None:
     runs = label_runs(res.of(exp).plotted())
     t = step_times(runs)
     model, seq_len = runs["model.name"].iloc[0], runs["data.max_seq_len"].iloc[0]
-    t["flops_ratio"] = [None if pd.isna(r) else counted_flops_ratio(model, int(r), seq_len) for r in t["rank"]]
+    lora = runs[runs["method"] == "lora"]
+    # the adapters the runs trained: their layer set and the lm_head adapter when lora.unembed
+    layers = str(lora["lora.layers"].iloc[0]) if len(lora) and "lora.layers" in lora else "all"
+    unembed = bool(lora["lora.unembed"].iloc[0]) if len(lora) and "lora.unembed" in lora else False
+    t["flops_ratio"] = [None if pd.isna(r) else counted_flops_ratio(model, int(r), seq_len, layers, unembed)
+                        for r in t["rank"]]
     (out / exp).mkdir(parents=True, exist_ok=True)
     t.to_csv(out / exp / "flops_and_step_time.csv", index=False)
     print(f"{exp} ({model}, sequence length {seq_len}):")

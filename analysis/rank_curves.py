@@ -1,5 +1,5 @@
 """C1: the pointwise-minimum (over LRs) train-loss curve of each rank and of FullFT, and the step
-where each rank leaves the FullFT curve by more than the tolerance (curves.TOL_REL).
+where each rank leaves the FullFT curve by more than the seed-to-seed noise (curves.departures).
 
     python analysis/rank_curves.py runs/tiny/rank --out figures
 """

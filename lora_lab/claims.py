@@ -1,13 +1,28 @@
 """The claims C1..C9 (docs/design.md) and the rules that judge them: for each claim, the paper's
-statement and number, and a judge that reads the record of an experiment of the claim's kind
-(lora_lab/records.py) and returns (verdict, what was measured, how it was computed).
+statement and number, the rule with its thresholds (the constants below, fixed before any data), and
+a judge that reads the record of an experiment of the claim's kind (lora_lab/records.py) and returns
+a Finding: the verdict, the noise floor the number was judged against, what was measured, and how.
 
     from lora_lab.claims import judge
     verdicts = judge(sections)     # {claim id: [Verdict, one per experiment of its kind]}
 
-Verdicts: reproduced, not reproduced, inconclusive (the runs cannot decide, e.g. an optimum at the
-edge of the LR grid), not run (no experiment of that kind among the results). The report that shows
-them is lora_lab/report.py.
+Verdicts: reproduced, not reproduced, inconclusive (the runs cannot decide: an optimum at an open
+edge of the LR grid, a difference inside the noise, an LR chosen on the judged numbers), inconclusive
+(single seed) (a comparison claim resting on one seed: the report says what the rule would say), not
+run (no experiment of that kind among the results). The report that shows them is
+lora_lab/report.py.
+
+How a number is judged against the noise: every comparison is seed-matched (runs of one train.seed
+see the same batches) and its noise floor is the standard error of the paired difference across
+seeds (lora_lab/curves.py, Estimate); with one seed, the scatter within the run stands in, labelled
+so, and the verdict of a comparison claim is at most "inconclusive (single seed)". Three kinds of
+test, each with its constant:
+- "A is worse than B" (C1's departure, C3, C4's attention-only): shown when the mean difference
+  exceeds K_SE standard errors (and MIN_GAP); contradicted when even mean + K_SE SE is <= 0.
+- "A is as good as B" (C4's MLP-only, C7): shown when mean + K_SE SE is within the margin;
+  contradicted when mean - K_SE SE is beyond it.
+- C5, non-inferiority on paired problems: the one-sided C5_Z lower bound of LoRA - FullFT must be
+  above minus C5_MARGIN of FullFT's gain over the base model.
 """
 
 from __future__ import annotations
@@ -15,30 +30,55 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 import pandas as pd
 
-from lora_lab.curves import SMOOTH, TOL_ABS, TOL_REL, matches
-from lora_lab.flops import flops_ratio
+from lora_lab.curves import (FULL, GAP_WINDOW, K_SE, MIN_GAP, MIN_WINDOW, SINGLE_SEED, SMOOTH, TOL_ABS, TOL_REL,
+                             Estimate, across_seeds, estimate, margin, paired, seed_difference)
+from lora_lab.flops import flops_ratio, paper_flops_ratio
 from lora_lab.records import (BatchRecord, CapacityRecord, EarlyRecord, InvarianceRecord, LayersRecord, RankRecord,
                               RLRecord, Section)
 from lora_lab.results import FINAL_WINDOW
-from lora_lab.sections import EARLY, INVARIANCE_TOL, SHORT_RUN_STEPS
+from lora_lab.sections import EARLY, INVARIANCE_TOL, SHORT_RUN_STEPS, VALIDATION, capacity_bounds
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_RUN = "reproduced", "not reproduced", "inconclusive", "not run"
+SINGLE = "inconclusive (single seed)"
+VERDICTS = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, SINGLE, NOT_RUN)
+
+# The thresholds, fixed before the data (docs/analysis.md says why each has its value). The noise
+# yardstick K_SE, C1's window GAP_WINDOW / MIN_WINDOW, MIN_GAP and C4's margin TOL_REL / TOL_ABS are
+# defined in lora_lab/curves.py, where the departures that the figures mark use them too.
+MIN_SEEDS = 2  # a comparison claim needs this many seed-matched replicates for a verdict
+RATIO_TOL = 2.0  # C2: "about 10x" = within a factor 2 of the paper's ratio; ranks >= 4 within 2x of their median
+C5_MARGIN = 0.25  # C5: LoRA may lose at most this fraction of FullFT's gain over the base model
+C5_Z = 1.96  # C5: one-sided 97.5% lower bound, the usual level of a non-inferiority test
+C6_RANGE = (0.6, 0.75)  # C6: "about 2/3" of FullFT's FLOPs per token
 EARLY_REL = 0.1  # C7: early differences up to this fraction of the early loss drop count as coinciding
 BITS_RANGE = (1.0, 4.0)  # C9: "about 2 bits per parameter" = within a factor 2 of 2
-C5_Z = 2.0  # C5: paired held-out comparisons count beyond |z| = 2 (McNemar, normal form)
+Z90 = 1.645  # a 90% two-sided interval is +-Z90 SE (C2's single-seed fallback reads the fit's 90% interval)
+
+
+class Finding(NamedTuple):
+    """What a rule returns: the verdict, the noise floor, the measured numbers, how they were computed."""
+
+    verdict: str
+    noise: str
+    measured: str
+    how: str
 
 
 @dataclass
 class Verdict:
+    """One claim judged on one experiment; the fields in the order the report prints them."""
+
     claim: str
     experiment: str | None
-    verdict: str
+    rule: str  # the rule's thresholds (Claim.thresholds)
+    noise: str  # the noise floor the number was judged against
     measured: str
+    verdict: str
     how: str = ""
 
 
@@ -48,8 +88,9 @@ class Claim:
     statement: str
     paper: str
     kinds: tuple[str, ...]
-    rule: str
-    judge: Callable[[Section], tuple[str, str, str]]  # -> (verdict, measured, how)
+    rule: str  # the rule in full: when reproduced, not reproduced, inconclusive
+    thresholds: str  # its thresholds in one line (the scorecard's rule column)
+    judge: Callable[[Section], Finding]
 
 
 R = TypeVar("R")
@@ -75,308 +116,518 @@ def tolerance_text() -> str:
     return f"{TOL_REL:.0%} of the reference loss (at least {TOL_ABS} nats)"
 
 
-# ----------------------------------------------------------------------------- the rules
+def noise_text(ests: list[Estimate], unit: str = " nats", names: list[str] | None = None) -> str:
+    """The noise floors of several comparisons in one line (their source once, where shared)."""
+    ests_ok = [(n, e) for n, e in zip(names or [""] * len(ests), ests) if e.n_seeds]
+    if not ests_ok:
+        return "n/a (nothing compared)"
+    sources = sorted({e.source for _, e in ests_ok})
+    parts = [f"{n + ' ' if n else ''}SE {fmt(e.se, 2)}{unit}" for n, e in ests_ok]
+    return ", ".join(parts) + f" ({'; '.join(sources)})"
 
 
-def judge_c1(s: Section) -> tuple[str, str, str]:
+def seeded(n_seeds: int, f: Finding) -> Finding:
+    """A comparison claim's finding capped for the seeds it rests on: with fewer than MIN_SEEDS, at
+    most "inconclusive (single seed)", the measured text saying what the rule would have said."""
+    if n_seeds >= MIN_SEEDS:
+        return f
+    if f.verdict in (REPRODUCED, NOT_REPRODUCED):
+        return f._replace(verdict=SINGLE, measured=f"{f.measured}; on this one seed the rule would say: {f.verdict}")
+    return f._replace(measured=f"{f.measured} (and one seed only)")
+
+
+def worse(est: Estimate, k: float = K_SE) -> int:
+    """"A is worse than B" for est = A - B (higher worse): +1 shown (beyond k SE and MIN_GAP), -1
+    contradicted (even mean + k SE <= 0), 0 inside the noise."""
+    if est.exceeds(k):
+        return 1
+    se = est.se if np.isfinite(est.se) else 0.0
+    return -1 if np.isfinite(est.value) and est.value + k * se <= 0 else 0
+
+
+def within(est: Estimate, limit: float, k: float = K_SE) -> int:
+    """"A is as good as B" for est = A - B (higher worse) with a margin: +1 when mean + k SE <= limit,
+    -1 when mean - k SE > limit, 0 in between."""
+    se = est.se if np.isfinite(est.se) else 0.0
+    if not np.isfinite(est.value):
+        return 0
+    if est.value + k * se <= limit:
+        return 1
+    return -1 if est.value - k * se > limit else 0
+
+
+def three_way(outcomes: list[int]) -> str:
+    """Every comparison shown: reproduced; any contradicted: not reproduced; otherwise inconclusive."""
+    if outcomes and all(o == 1 for o in outcomes):
+        return REPRODUCED
+    return NOT_REPRODUCED if any(o == -1 for o in outcomes) else INCONCLUSIVE
+
+
+# ----------------------------------------------------------------------------- C1, C2, C6
+
+
+def judge_c1(s: Section) -> Finding:
     rec = record_of(s, RankRecord)
     dep = rec.departures
-    how = (f"pointwise minimum over the LR grid of each rank's smoothed train loss (trailing mean over {SMOOTH:.0%} of the "
-           f"steps); a rank 'leaves' FullFT at the first step from which it stays more than {tolerance_text()} above it.")
+    how = (f"pointwise minimum over the LR grid of each rank's train loss, mean over seeds (smoothed by a trailing mean "
+           f"over {SMOOTH:.0%} of the steps for the figure); per seed, the raw loss at the chosen LR minus FullFT's "
+           f"(seed-matched: the same batches); the mean of that gap over a window of {GAP_WINDOW:.0%} of the steps "
+           f"(at least {MIN_WINDOW}) is judged against its standard error across seeds; a rank departs at the end of the "
+           "first window, sliding one step at a time, from which every later window exceeds the threshold.")
     if dep is None or not len(dep):
-        return INCONCLUSIVE, "no FullFT curve or no LoRA curve to compare", how
+        return Finding(INCONCLUSIVE, "n/a", "no FullFT curve or no LoRA curve to compare", how)
     dep = dep.sort_values("rank")
     steps = rec.steps
-    parts = [f"{c}: {'never' if pd.isna(d) else f'step {int(d)}'}" for c, d in zip(dep["curve"], dep["departs_at_step"])]
+    n = int(dep["n_seeds"].min())
+    ests = [Estimate(g, se, int(k), src) for g, se, k, src in zip(dep["gap"], dep["gap_se"], dep["n_seeds"], dep["noise"])]
+    noise = noise_text(ests, names=[f"r{int(r)}" for r in dep["rank"]])
+    w0 = int(dep["window_from"].iloc[-1])
+    parts = [f"r{int(r)} {g:+.3f} nats ({rg:+.1%}), {'departs from step ' + str(int(d)) if pd.notna(d) else 'does not depart'}"
+             for r, g, rg, d in zip(dep["rank"], dep["gap"], dep["rel_gap"], dep["departs_at_step"])]
+    measured = f"mean gap to FullFT over steps {w0}..{steps}: " + "; ".join(parts)
     top = dep.iloc[-1]
-    measured = f"leaves FullFT at ({steps} steps): " + ", ".join(parts) + f"; largest rank's final gap {top['final_rel_gap']:+.1%}"
     at = dep["departs_at_step"].astype(float).fillna(steps + 1).to_numpy()  # never = after the last step
     if not pd.isna(top["departs_at_step"]):
-        return NOT_REPRODUCED, measured, how
-    ordered = bool(np.all(np.diff(at) >= 0))
-    if not ordered:
-        return INCONCLUSIVE, measured + " (a higher rank left before a lower one)", how
+        return seeded(n, Finding(NOT_REPRODUCED, noise, measured + " (the largest rank departs)", how))
+    if not bool(np.all(np.diff(at) >= 0)):
+        return seeded(n, Finding(INCONCLUSIVE, noise, measured + " (a higher rank departs before a lower one)", how))
     if dep["departs_at_step"].isna().all():
         measured += " (no rank ran out of capacity here)"
-    return REPRODUCED, measured, how
+    return seeded(n, Finding(REPRODUCED, noise, measured, how))
 
 
-def judge_c2(s: Section) -> tuple[str, str, str]:
+def _main_curves(t: pd.DataFrame) -> pd.DataFrame:
+    """The LoRA curves C2 reads: all layers where there are any, ranks >= 4 where there are any."""
+    main = t[t["layers"] == "all"] if (t["layers"] == "all").any() else t
+    return main[main["rank"] >= 4] if (main["rank"] >= 4).any() else main
+
+
+def _ratio_noise(rec: RankRecord, band: pd.DataFrame) -> Estimate:
+    """The SE of log10 of the median ratio: across seeds of each seed's own median, or with one seed
+    from the fitted optima's 90% intervals (their median half-width / Z90)."""
+    sr = rec.seed_ratios
+    sr = sr[sr["curve"].isin(band["curve"])]
+    per_seed = sr.groupby("seed")["ratio"].median()
+    per_seed = per_seed[per_seed > 0]
+    if len(per_seed) >= 2:
+        return across_seeds(np.log10(per_seed.to_numpy()))
+    half = (np.log10(band["ratio_high"].astype(float)) - np.log10(band["ratio_low"].astype(float))) / 2
+    half = half[np.isfinite(half)]
+    return Estimate(math.nan, float(half.median() / Z90) if len(half) else math.nan, 1,
+                    f"{SINGLE_SEED} (the fits' 90% intervals)")
+
+
+def judge_c2(s: Section) -> Finding:
     rec = record_of(s, RankRecord)
-    ratios, short, steps = rec.ratios, rec.short_ratios, rec.steps
+    ratios, steps = rec.ratios, rec.steps
     expected = 15.0 if steps <= SHORT_RUN_STEPS else 10.0
-    how = ("optimal LR per curve: parabola in log LR through the best grid point and its neighbours (90% interval from "
-           f"the final losses' standard errors); final loss = mean train loss over the last {FINAL_WINDOW:.0%} of steps; "
-           f"ratio = LoRA optimum / FullFT optimum; runs of {steps} steps, so the paper's number is ~{expected:g}x.")
+    how = ("optimal LR per curve: parabola in log LR through the best grid point and its neighbours, fitted on the seed "
+           f"means of the final losses (mean train loss over the last {FINAL_WINDOW:.0%} of steps); ratio = LoRA optimum / "
+           f"FullFT optimum; runs of {steps} steps, so the paper's number is ~{expected:g}x. Noise: the SE of log10 of the "
+           "median ratio across seeds (each seed's runs fitted alone). Context: the ratio refitted on the losses at "
+           "several steps of the constant-LR runs, and the analytic hidden / (2 alpha).")
     if not len(ratios):
-        return INCONCLUSIVE, "no FullFT or no LoRA optimum to compare", how
-    r = ratios.sort_values("rank")
-    main = r[r["layers"] == "all"] if (r["layers"] == "all").any() else r
+        return Finding(INCONCLUSIVE, "n/a", "no FullFT or no LoRA optimum to compare", how)
+    main = ratios[ratios["layers"] == "all"] if (ratios["layers"] == "all").any() else ratios
+    main = main.sort_values("rank")
+    band = _main_curves(main)
     names = [f"r{int(k)}" for k in main["rank"]] if main["rank"].is_unique else list(main["curve"])
     parts = [f"{n}: {fmt(v)}x" + (" (open)" if o else "") for n, v, o in zip(names, main["ratio"], main["open"])]
-    band = main[main["rank"] >= 4] if (main["rank"] >= 4).any() else main
     med = float(band["ratio"].median())
+    est = _ratio_noise(rec, band)
+    f = 10 ** (K_SE * est.se) if np.isfinite(est.se) else math.inf
+    noise = (f"1 SE of the median ratio: a factor {10 ** est.se:.3f} ({est.source})" if np.isfinite(est.se)
+             else f"n/a ({est.source})")
     measured = "LoRA/FullFT optimal LR " + ", ".join(parts) + f"; median (rank >= 4) {fmt(med)}x"
-    if short is not None and len(short):
-        measured += f"; at step {SHORT_RUN_STEPS}: median {fmt(float(short['ratio'].median()))}x"
     lrs = band["lora_lr"]
-    spread_ok = bool(((lrs / lrs.median()).between(0.5, 2.0)).all())
-    measured += f"; rank >= 4 optima {'within' if spread_ok else 'not within'} 2x of their median"
-    if band["open"].any():
-        return INCONCLUSIVE, measured + " (an optimum at the edge of the LR grid: the ratio is only bounded)", how
-    ok = expected / 2 <= med <= expected * 2 and spread_ok
-    return (REPRODUCED if ok else NOT_REPRODUCED), measured, how
+    spread = (lrs / lrs.median()).to_numpy()
+    spread_ok = bool(((spread >= 1 / RATIO_TOL) & (spread <= RATIO_TOL)).all())
+    measured += f"; rank >= 4 optima {'within' if spread_ok else 'not within'} {RATIO_TOL:g}x of their median"
+    # context: the analytic prediction and the dependence on training length
+    if rec.hidden and np.isfinite(rec.alpha):
+        measured += f"; hidden/(2 alpha) = {rec.hidden}/(2*{rec.alpha:g}) = {fmt(rec.hidden / (2 * rec.alpha))}x"
+    cuts = rec.ratio_by_steps
+    if len(cuts):
+        by = _main_curves(cuts).groupby(["step", "cut"], sort=True).agg(ratio=("ratio", "median"), open=("open", "any"))
+        measured += "; median by length: " + ", ".join(f"{int(st)} steps {fmt(r['ratio'])}x" + (" (open)" if r["open"] else "")
+                                                       for (st, _), r in by.iterrows())
+    if band["open"].any():  # `open` covers FullFT's optimum too (curves.lr_ratios)
+        return seeded(est.n_seeds, Finding(INCONCLUSIVE, noise, measured + " (an optimum at an open edge of the LR grid: "
+                                           "the ratio is only bounded; extend the grid)", how))
+    lo, hi = expected / RATIO_TOL, expected * RATIO_TOL
+    if lo <= med <= hi and spread_ok and f <= RATIO_TOL:
+        return seeded(est.n_seeds, Finding(REPRODUCED, noise, measured, how))
+    if med * f < lo or med / f > hi or ((spread < 1 / (RATIO_TOL * f)) | (spread > RATIO_TOL * f)).any():
+        return seeded(est.n_seeds, Finding(NOT_REPRODUCED, noise, measured, how))
+    return seeded(est.n_seeds, Finding(INCONCLUSIVE, noise, measured + f" (inside the noise: {K_SE:g} SE is a factor "
+                                       f"{fmt(f, 2)} against the {RATIO_TOL:g}x tolerance)", how))
 
 
-def judge_c3(s: Section) -> tuple[str, str, str]:
-    pen = record_of(s, BatchRecord).penalties
-    how = ("best final train loss over the LR grid at the largest minus at the smallest batch size, per rank and FullFT "
-           f"(the batch-size penalty); LoRA 'pays more' when its penalty exceeds FullFT's by more than {tolerance_text()}.")
+def counted_flops_ratio(model: str, rank: int, seq_len: int | None, layers: str = "all",
+                        unembed: bool = False) -> float | None:
+    """LoRA/FullFT FLOPs per token from the harness's FLOPs counter (lora_lab.flops) for the adapters a
+    run trains (its layer set, and the lm_head adapter if `unembed`), None where it cannot count the model."""
+    try:
+        return float(flops_ratio(model, rank=rank, layers=layers or "all", seq_len=int(seq_len or 2048), unembed=bool(unembed)))
+    except Exception:  # noqa: BLE001 - an unknown model (offline hub id) is "not computed", not a crash
+        return None
+
+
+def judge_c6(s: Section) -> Finding:
+    how = ("matmul FLOPs per token of a training step, LoRA over FullFT, counted by lora_lab.flops for the experiment's "
+           "model and sequence length and for the adapters the runs trained (their lora.layers, and the lm_head adapter "
+           "where lora.unembed); judged at the smallest rank run (the paper's ~2/3 assumes R << N). The paper's formula "
+           "(2N^2 + 6NR) / 3N^2 at N = the hidden size is printed beside it. Measured time per step: median over "
+           "completed runs (wall clock on the machine that ran them), printed beside the count, not judged.")
+    rec = record_of(s, RankRecord)
+    model, ad = rec.model, rec.adapters.sort_values("rank")
+    noise = "none: FLOPs are counted, not measured"
+    flops = {(int(r["rank"]), r["layers"], bool(r["unembed"])): counted_flops_ratio(model, int(r["rank"]), rec.seq_len,
+                                                                                   r["layers"], bool(r["unembed"]))
+             for _, r in ad.iterrows()}
+    st = rec.step_time
+    times = {}
+    if st is not None and len(st):
+        times = {c: v for c, v in zip(st["curve"], st["ratio_to_full"]) if np.isfinite(v)}
+    if not rec.ranks or not flops or all(v is None for v in flops.values()):
+        return Finding(INCONCLUSIVE, noise, f"FLOPs ratio not computed (lora_lab.flops could not count {model})", how)
+    parts = []
+    for (rank, layers, unembed), (_, a) in zip(flops, ad.iterrows()):
+        t = times.get(a["curve"])
+        parts.append(f"r{rank} ({layers}{' + lm_head' if unembed else ''}) {fmt(flops[(rank, layers, unembed)])}"
+                     + (f", step time {t:.2f}" if t is not None else ""))
+    measured = "LoRA/FullFT FLOPs counted, step time measured: " + "; ".join(parts)
+    if rec.hidden:
+        measured += (f"; paper's formula at N = {rec.hidden}: "
+                     + ", ".join(f"r{r} {fmt(paper_flops_ratio(rec.hidden, r))}" for r in sorted({k[0] for k in flops})))
+    smallest = flops[next(iter(flops))]
+    if smallest is None:
+        return Finding(INCONCLUSIVE, noise, measured, how)
+    ok = C6_RANGE[0] <= smallest <= C6_RANGE[1]
+    return Finding(REPRODUCED if ok else NOT_REPRODUCED, noise, measured, how)
+
+
+# ----------------------------------------------------------------------------- C3, C4
+
+
+def judge_c3(s: Section) -> Finding:
+    rec = record_of(s, BatchRecord)
+    pen, sv = rec.penalties, rec.seed_values
+    how = ("best final train loss over the LR grid (chosen on the seed means) at the largest minus at the smallest batch "
+           "size, per rank and FullFT (the batch-size penalty); per seed, LoRA's penalty minus FullFT's (seed-matched); "
+           f"LoRA 'pays more' when the mean of that excess exceeds {K_SE:g} SE across seeds (and {MIN_GAP:g} nats), and "
+           f"does not when even mean + {K_SE:g} SE <= 0.")
     if not len(pen) or not (pen["method"] == "full").any() or not (pen["method"] == "lora").any():
-        return INCONCLUSIVE, "needs LoRA and FullFT at two or more batch sizes", how
+        return Finding(INCONCLUSIVE, "n/a", "needs LoRA and FullFT at two or more batch sizes", how)
+
+    def penalty(r: pd.Series) -> pd.DataFrame:
+        return seed_difference(sv[sv["curve"] == r["curve_large"]], sv[sv["curve"] == r["curve_small"]])
+
     full = pen[pen["method"] == "full"].iloc[0]
-    tol = max(TOL_REL * abs(full["loss_large"]), TOL_ABS)
     lora = pen[pen["method"] == "lora"]
-    more = lora["penalty"] - full["penalty"] > tol
+    ests = [paired(penalty(r), penalty(full)) for _, r in lora.iterrows()]
+    noise = noise_text(ests, names=list(lora["family"]))
     measured = (f"penalty (batch {int(full['batch_small'])} -> {int(full['batch_large'])}): FullFT {full['penalty']:+.3f} nats, "
-                + ", ".join(f"{f} {p:+.3f}" for f, p in zip(lora["family"], lora["penalty"])))
-    if more.all():
-        return REPRODUCED, measured, how
-    return (NOT_REPRODUCED if not more.any() else INCONCLUSIVE), measured, how
+                + ", ".join(f"{f} {p:+.3f} (excess {e.value:+.3f})" for f, p, e in zip(lora["family"], lora["penalty"], ests)))
+    n = min(e.n_seeds for e in ests)
+    if pen["edge"].any():
+        return seeded(n, Finding(INCONCLUSIVE, noise, measured + " (a best LR at an open edge of the grid: "
+                                 f"{', '.join(pen.loc[pen['edge'], 'family'])})", how))
+    return seeded(n, Finding(three_way([worse(e) for e in ests]), noise, measured, how))
 
 
-def judge_c4(s: Section) -> tuple[str, str, str]:
-    t = record_of(s, LayersRecord).layers
-    how = ("best final train loss over the LR grid per layer set; attention-only is compared with the MLP-only curve whose "
-           f"trainable-parameter count is closest (within 2x), MLP-only with all layers at the same rank; 'as good' = {tolerance_text()}.")
-    if t is None:
-        return INCONCLUSIVE, "no layer-set runs", how
+def judge_c4(s: Section) -> Finding:
+    rec = record_of(s, LayersRecord)
+    t, sv = rec.layers, rec.seed_values
+    how = ("best final train loss over the LR grid (chosen on the seed means) per layer set; attention-only is compared "
+           "with the MLP-only curve whose trainable-parameter count is closest (within 2x), MLP-only with all layers at the "
+           f"same rank, seed by seed. Attention-only is 'worse' when the mean difference exceeds {K_SE:g} SE (and "
+           f"{MIN_GAP:g} nats); MLP-only is 'as good' when mean + {K_SE:g} SE of (MLP - all) is within {tolerance_text()}.")
+    if t is None or not len(t):
+        return Finding(INCONCLUSIVE, "n/a", "no layer-set runs", how)
     lora = t[t["method"] == "lora"]
     attn, mlp, alll = (lora[lora["layers"] == k] for k in ("attn", "mlp", "all"))
     if not len(attn) or not len(mlp):
-        return INCONCLUSIVE, "needs attention-only and MLP-only runs", how
-    pairs, notes = [], []
+        return Finding(INCONCLUSIVE, "n/a", "needs attention-only and MLP-only runs", how)
+
+    def of(curve: str) -> pd.DataFrame:
+        return sv[sv["curve"] == curve]
+
+    outcomes, ests, names, notes, used = [], [], [], [], []
     for _, m in mlp.iterrows():
         ratio = attn["trainable_params"] / m["trainable_params"]
         close = attn[(ratio >= 0.5) & (ratio <= 2)]
         if len(close):
             a = close.iloc[int(np.argmin(np.abs(np.log(ratio[close.index]))))]
-            worse = not matches(a["best_final_loss"], m["best_final_loss"])
-            pairs.append(worse)
+            e = paired(of(a["curve"]), of(m["curve"]))
+            outcomes.append(worse(e))
+            ests.append(e)
+            names.append(f"attn r{a['rank']} - mlp r{m['rank']}")
+            used += [a, m]
             notes.append(f"attn r{a['rank']} ({a['trainable_params']:,.0f} params) {a['best_final_loss']:.3f} vs "
-                         f"mlp r{m['rank']} ({m['trainable_params']:,.0f}) {m['best_final_loss']:.3f}")
-    same = []
+                         f"mlp r{m['rank']} ({m['trainable_params']:,.0f}) {m['best_final_loss']:.3f} ({e.value:+.3f})")
+    pairs = len(outcomes)
     for _, m in mlp.iterrows():
         al = alll[alll["rank"] == m["rank"]]
         if len(al):
-            same.append(matches(m["best_final_loss"], al["best_final_loss"].iloc[0]))
-            notes.append(f"mlp r{m['rank']} {m['best_final_loss']:.3f} vs all r{m['rank']} {al['best_final_loss'].iloc[0]:.3f}")
+            e = paired(of(m["curve"]), of(al["curve"].iloc[0]))
+            outcomes.append(within(e, margin(al["best_final_loss"].iloc[0])))
+            ests.append(e)
+            names.append(f"mlp r{m['rank']} - all")
+            used += [m, al.iloc[0]]
+            notes.append(f"mlp r{m['rank']} {m['best_final_loss']:.3f} vs all r{m['rank']} {al['best_final_loss'].iloc[0]:.3f} "
+                         f"({e.value:+.3f}, margin {margin(al['best_final_loss'].iloc[0]):.3f})")
     measured = "; ".join(notes) or "no comparable pairs"
+    noise = noise_text(ests, names=names)
+    n = min((e.n_seeds for e in ests), default=0)
     if not pairs:
-        return INCONCLUSIVE, measured + " (no attention-only run with a parameter count within 2x of an MLP-only one)", how
-    if all(pairs) and all(same):
-        return REPRODUCED, measured, how
-    return NOT_REPRODUCED, measured, how
+        return seeded(n, Finding(INCONCLUSIVE, noise, measured + " (no attention-only run with a parameter count within 2x "
+                                 "of an MLP-only one)", how))
+    edges = sorted({u["curve"] for u in used if u["edge"]})
+    if edges:
+        return seeded(n, Finding(INCONCLUSIVE, noise, measured + f" (a best LR at an open edge of the grid: {', '.join(edges)})", how))
+    return seeded(n, Finding(three_way(outcomes), noise, measured, how))
 
 
-def judge_c5(s: Section) -> tuple[str, str, str]:
+# ----------------------------------------------------------------------------- C5
+
+
+def outcome_estimate(rows: pd.DataFrame) -> Estimate:
+    """wins - losses (problems) of paired held-out outcomes, one row per seed: the mean over seeds and
+    its SE, which adds the problem-level variance (McNemar's wins + losses: which problems flip) to
+    the seed-to-seed one; one seed: McNemar's alone."""
+    d = (rows["wins"] - rows["losses"]).to_numpy(dtype=float)
+    flips = (rows["wins"] + rows["losses"]).to_numpy(dtype=float)
+    n = len(d)
+    if n == 0:
+        return Estimate(math.nan, math.nan, 0, "no data")
+    if n == 1:
+        return Estimate(float(d[0]), math.sqrt(flips[0]), 1, "single seed: problem-level (McNemar) only")
+    return Estimate(float(d.mean()), math.sqrt((d.var(ddof=1) + flips.mean()) / n), n,
+                    f"seed-to-seed and problem-level, {n} seeds")
+
+
+def noninferior(est: Estimate, limit: float) -> int:
+    """+1: the one-sided C5_Z lower bound of est is above -limit; -1: even the upper bound is below
+    -limit; 0 in between."""
+    se = est.se if np.isfinite(est.se) else 0.0
+    if est.value - C5_Z * se > -limit:
+        return 1
+    return -1 if est.value + C5_Z * se < -limit else 0
+
+
+def judge_c5(s: Section) -> Finding:
     rec = record_of(s, RLRecord)
-    opt, metric, paired = rec.optimal, rec.metric, rec.paired
-    if paired:
-        return _judge_c5_paired(rec, paired)
-    how = (f"best {metric} over the LR grid per rank and FullFT; a rank 'matches' when it is at most two standard errors "
-           "of a difference of two accuracies below FullFT (or 0.02 for a reward); FullFT must beat the base model by as much.")
-    if not (opt["method"] == "full").any() or not (opt["method"] == "lora").any():
-        return INCONCLUSIVE, "needs LoRA and FullFT RL runs", how
-    full = float(opt.loc[opt["method"] == "full", "best_score"].iloc[0])
-    n = rec.eval_size
-    if rec.uses_accuracy and n and np.isfinite(n):
-        p = min(max(full, 0.05), 0.95)
-        tol = 2 * math.sqrt(2 * p * (1 - p) / n)
-    else:
-        tol = 0.02
-    lora = opt[opt["method"] == "lora"].sort_values("rank")
-    base = rec.base
-    measured = (f"{metric}: FullFT {full:.3f}, " + ", ".join(f"r{int(r)} {v:.3f}" for r, v in zip(lora["rank"], lora["best_score"]))
-                + (f"; base model {base:.3f}" if np.isfinite(base) else "") + f"; tolerance {tol:.3f}")
-    edges = opt.loc[opt["edge"], "curve"].tolist()
-    if edges:
-        measured += f" (best LR at a grid edge for {', '.join(edges)}: a better LR may lie outside the grid)"
-    if np.isfinite(base) and full <= base + tol:
-        return INCONCLUSIVE, measured + " (FullFT did not beat the base model: nothing to match)", how
-    ok = (lora["best_score"] >= full - tol).all()
-    return (REPRODUCED if ok else NOT_REPRODUCED), measured, how
-
-
-def _mcnemar_z(wins: int, losses: int) -> float:
-    """Paired comparison on the same problems: (wins - losses) / sqrt(wins + losses), McNemar's
-    statistic in its normal form (0 when no problem changes)."""
-    return (wins - losses) / math.sqrt(wins + losses) if wins + losses else 0.0
-
-
-def _judge_c5_paired(rec: RLRecord, paired: dict) -> tuple[str, str, str]:
     opt, metric = rec.optimal, rec.metric
-    how = (f"best {metric} over the LR grid per rank and FullFT, compared problem by problem on the same held-out set "
-           "(McNemar's z = (wins - losses) / sqrt(wins + losses), problems one policy solves and the other does not): "
-           f"FullFT must beat the base model (z > {C5_Z:g}), and a rank 'matches' FullFT when it is not worse beyond "
-           f"noise (z >= -{C5_Z:g}).")
-    full = float(opt.loc[opt["method"] == "full", "best_score"].iloc[0])
+    how = (f"each arm's LR chosen on {rec.selected_on} (the seed means); at it, the final {metric} compared with FullFT's "
+           f"{'problem by problem on the same held-out problems, seed by seed' if rec.paired is not None else 'seed by seed'}. "
+           f"Non-inferiority: a rank matches FullFT when the one-sided {C5_Z:g}-SE lower bound of (LoRA - FullFT) is above "
+           f"minus {C5_MARGIN:.0%} of FullFT's gain over the base model (LoRA keeps at least {1 - C5_MARGIN:.0%} of what "
+           f"FullFT gained); FullFT's gain must itself exceed {C5_Z:g} SE. The LR must be chosen on a validation split "
+           "separate from the judged problems.")
+    if not (opt["method"] == "full").any() or not (opt["method"] == "lora").any():
+        return Finding(INCONCLUSIVE, "n/a", "needs LoRA and FullFT RL runs", how)
+    full_row = opt[opt["method"] == "full"].iloc[0]
     lora = opt[opt["method"] == "lora"].sort_values("rank")
     base = rec.base
-    w, l = paired["full_vs_base"]
-    z_base = _mcnemar_z(w, l)
-    parts = [f"{metric}: FullFT {full:.3f} vs base model {base:.3f} (+{w}/-{l} problems, z {z_base:.1f})"]
-    zs = []
-    for _, r in lora.iterrows():
-        w_r, l_r = paired["vs_full"].get(r["curve"], (0, 0))
-        zs.append(_mcnemar_z(w_r, l_r))
-        parts.append(f"r{int(r['rank'])} {r['best_score']:.3f} (vs FullFT +{w_r}/-{l_r}, z {zs[-1]:.1f})")
-    measured = "; ".join(parts)
+    ss = rec.seed_scores
+    scores = {c: estimate(ss[ss["curve"] == c]) for c in opt["curve"]}  # each arm's judged score, mean over seeds
+
+    def score(c: str) -> str:
+        e = scores[c]
+        return f"{e.value:.3f}" + (f" +- {e.se:.3f}" if e.n_seeds > 1 else "")
+
+    if rec.paired is not None:
+        p = rec.paired
+        gain = outcome_estimate(p[p["versus"] == "base"])
+        problems = int(p["problems"].iloc[0])
+        ests = [outcome_estimate(p[(p["versus"] == FULL) & (p["curve"] == c)]) for c in lora["curve"]]
+        unit = " problems"
+        parts = [f"{metric}: FullFT {score(full_row['curve'])} vs base model {base:.3f} ({gain.value:+.1f} of {problems} problems)"]
+        parts += [f"r{int(r)} {score(c)} (vs FullFT {e.value:+.1f} problems)" for r, c, e in zip(lora["rank"], lora["curve"], ests)]
+    else:
+        full_scores = ss[ss["curve"] == full_row["curve"]]
+        fs = full_scores.assign(value=full_scores["value"] - base)
+        gain = estimate(fs) if np.isfinite(base) and len(fs) else Estimate(math.nan, math.nan, 0, "no base score")
+        ests = [paired(ss[ss["curve"] == c], full_scores) for c in lora["curve"]]
+        unit = ""
+        parts = [f"{metric}: FullFT {score(full_row['curve'])}" + (f" vs base {base:.3f}" if np.isfinite(base) else "")]
+        parts += [f"r{int(r)} {score(c)} ({e.value:+.3f})" for r, c, e in zip(lora["rank"], lora["curve"], ests)]
+    limit = C5_MARGIN * gain.value
+    noise = noise_text(ests, unit=unit, names=[f"r{int(r)}" for r in lora["rank"]]) + f"; FullFT's gain SE {fmt(gain.se, 2)}{unit}"
+    measured = "; ".join(parts) + f"; margin {fmt(limit, 3)}{unit} ({C5_MARGIN:.0%} of FullFT's gain); LR chosen on {rec.selected_on}"
+    n = min([gain.n_seeds] + [e.n_seeds for e in ests])
     edges = opt.loc[opt["edge"], "curve"].tolist()
+    if not np.isfinite(gain.value) or gain.value - C5_Z * (gain.se if np.isfinite(gain.se) else 0) <= 0:
+        return seeded(n, Finding(INCONCLUSIVE, noise, measured + " (FullFT did not beat the base model beyond the noise: "
+                                 "nothing to match)", how))
     if edges:
-        measured += f" (best LR at a grid edge for {', '.join(edges)}: a better LR may lie outside the grid)"
-    if z_base <= C5_Z:
-        return INCONCLUSIVE, measured + " (FullFT did not beat the base model: nothing to match)", how
-    return (REPRODUCED if all(z >= -C5_Z for z in zs) else NOT_REPRODUCED), measured, how
+        return seeded(n, Finding(INCONCLUSIVE, noise, measured + f" (best LR at an open edge of the grid for {', '.join(edges)}: "
+                                 "a better LR may lie outside it)", how))
+    verdict = three_way([noninferior(e, limit) for e in ests])
+    f = seeded(n, Finding(verdict, noise, measured, how))
+    if f.verdict in (REPRODUCED, NOT_REPRODUCED) and rec.selected_on != VALIDATION:
+        return f._replace(verdict=INCONCLUSIVE, measured=f"{f.measured} (the rule would say {verdict}, but the LRs were "
+                          f"chosen on the numbers judged: log a validation split)")
+    return f
 
 
-def counted_flops_ratio(model: str, rank: int, seq_len: int | None) -> float | None:
-    """LoRA/FullFT FLOPs per token from the harness's FLOPs counter (lora_lab.flops), None where it cannot
-    count the model."""
-    try:
-        return float(flops_ratio(model, rank=rank, layers="all", seq_len=int(seq_len or 2048)))
-    except Exception:  # noqa: BLE001 - an unknown model (offline hub id) is "not computed", not a crash
-        return None
+# ----------------------------------------------------------------------------- C7, C8, C9
 
 
-def judge_c6(s: Section) -> tuple[str, str, str]:
-    how = ("matmul FLOPs per token of a training step, LoRA (all layers) over FullFT, counted by lora_lab.flops for the "
-           "experiment's model and sequence length; judged at the smallest rank run (the paper's ~2/3 assumes R << N). "
-           "Measured time per step: median over completed runs (wall clock on the machine that ran them, reported, not judged).")
-    rec = record_of(s, RankRecord)
-    ranks, model = rec.ranks, rec.model
-    flops = {r: counted_flops_ratio(model, r, rec.seq_len) for r in ranks}
-    st = rec.step_time
-    times = ""
-    if st is not None and len(st) and np.isfinite(st["ratio_to_full"]).any():
-        lora = st[st["rank"].notna()].sort_values("rank")
-        times = "; step time LoRA/FullFT " + ", ".join(f"r{int(r)} {v:.2f}" for r, v in zip(lora["rank"], lora["ratio_to_full"]))
-    if not ranks or all(v is None for v in flops.values()):
-        return INCONCLUSIVE, f"FLOPs ratio not computed (lora_lab.flops could not count {model}){times}", how
-    measured = "FLOPs LoRA/FullFT " + ", ".join(f"r{r} {fmt(v)}" for r, v in flops.items()) + times
-    smallest = flops[min(ranks)]
-    if smallest is None:
-        return INCONCLUSIVE, measured, how
-    return (REPRODUCED if 0.6 <= smallest <= 0.75 else NOT_REPRODUCED), measured, how
-
-
-def judge_c7(s: Section) -> tuple[str, str, str]:
+def judge_c7(s: Section) -> Finding:
     rec = record_of(s, EarlyRecord)
     d, window = rec.diffs, rec.window
-    how = (f"train loss of each rank at one LR (lr {rec.lr:g}, unsmoothed, mean over seeds); over the "
-           f"first {EARLY:.0%} of steps (here {window}), the largest |difference| to the largest rank, relative to how much "
-           f"the loss fell over those steps; curves 'coincide' when that is at most {EARLY_REL:.0%}.")
+    how = (f"train loss of each rank at one LR (lr {rec.lr:g}, unsmoothed), per seed; over the first {EARLY:.0%} of steps "
+           f"(here {window}), the largest |difference| to the largest rank of the same seed, relative to how much the loss "
+           f"fell over those steps; curves 'coincide' when mean + {K_SE:g} SE across seeds is at most {EARLY_REL:.0%}, and "
+           f"do not when mean - {K_SE:g} SE exceeds it.")
     if not len(d):
-        return INCONCLUSIVE, "needs two or more ranks at one LR", how
-    pair = rec.pair
+        return Finding(INCONCLUSIVE, "n/a", "needs two or more ranks at one LR", how)
+    ests = [Estimate(v, se, int(k), src) for v, se, k, src in zip(d["early_rel_diff"], d["early_rel_se"], d["n_seeds"], d["noise"])]
+    noise = noise_text(ests, unit=" of the drop", names=list(d["curve"]))
     parts = [f"{c}: {fmt(v, 2)} ({a:.3f} nats)" for c, v, a in zip(d["curve"], d["early_rel_diff"], d["early_max_abs_diff"])]
     measured = f"early |diff| to {d['reference'].iloc[0]} / loss drop: " + ", ".join(parts)
+    pair = rec.pair
     if pair and pair[0] in set(d["curve"]):
         fd = float(d.set_index("curve").loc[pair[0], "final_diff"])
         measured += f"; {pair[0]} minus {pair[1]} at the end: {fd:+.3f} nats"
-    ok = (d["early_rel_diff"] <= EARLY_REL).all()
-    return (REPRODUCED if ok else NOT_REPRODUCED), measured, how
+    n = min(e.n_seeds for e in ests)
+    return seeded(n, Finding(three_way([within(e, EARLY_REL) for e in ests]), noise, measured, how))
 
 
-def judge_c8(s: Section) -> tuple[str, str, str]:
+def judge_c8(s: Section) -> Finding:
     rec = record_of(s, InvarianceRecord)
     t = rec.table
     how = ("runs grouped into classes by everything but (alpha, init_A, LR_A, LR_B), and by the two invariants s/eta_A and "
            "alpha*eta_A*eta_B of the map (alpha/(pq), p*init_A, p*LR_A, q*LR_B); within a class, the largest |difference| of "
            f"the train-loss trajectories to the class's reference run; 'identical' = at most {INVARIANCE_TOL:g} nats.")
+    noise = "none: runs of one class share the seed and are deterministic (float32 rounding ~1e-6 nats)"
     if not len(t):
-        return INCONCLUSIVE, "no completed LoRA runs", how
+        return Finding(INCONCLUSIVE, noise, "no completed LoRA runs", how)
     multi = t[t.groupby("class")["class"].transform("size") > 1]
     others = multi[multi["variant"] != multi["reference"]]
     if not len(others):
-        return INCONCLUSIVE, "no class has two equivalent variants", how
+        return Finding(INCONCLUSIVE, noise, "no class has two equivalent variants", how)
     worst = float(others["max_abs_diff"].max())
     measured = (f"largest within-class difference {worst:.2g} nats over {int(others['steps'].max())} steps "
                 f"({len(others)} variants against their class's reference, "
                 f"{multi['class'].nunique()} class{'es' if multi['class'].nunique() != 1 else ''})")
     between = rec.between
     if between is not None and np.isfinite(between):
+        noise += f"; for scale, the smallest difference between classes is {between:.2g} nats"
         measured += f"; smallest difference between classes {between:.2g} nats"
     eps = set(others["adam_eps"].astype(float))
     if eps != {0.0}:
         measured += f" (Adam eps {sorted(eps)}: the invariance is exact only at eps = 0)"
-    return (REPRODUCED if worst <= INVARIANCE_TOL else NOT_REPRODUCED), measured, how
+    return Finding(REPRODUCED if worst <= INVARIANCE_TOL else NOT_REPRODUCED, noise, measured, how)
 
 
-def judge_c9(s: Section) -> tuple[str, str, str]:
+def judge_c9(s: Section) -> Finding:
     rec = record_of(s, CapacityRecord)
     pts, b = rec.points, rec.bounds
     how = ("tiny-facts sets of known information content I (bits); at each size, the best LR's final eval loss of each "
-           f"LoRA size (P parameters) against FullFT's ({tolerance_text()}). A matching LoRA bounds the capacity from below "
-           "(c >= I/P), a failing smaller one from above (c < I/P); 'about 2 bits per parameter' = the bounds allow "
-           f"{BITS_RANGE[0]:g}..{BITS_RANGE[1]:g}. The ~1 bit per token (SL) and per episode (RL) statements are not measured.")
+           "LoRA size (P parameters) against FullFT's, seed by seed; a LoRA 'matches' when its gap does not exceed "
+           f"{K_SE:g} SE (and {MIN_GAP:g} nats). A matching LoRA bounds the capacity from below (c >= I/P), a failing "
+           f"smaller one from above (c < I/P); 'about 2 bits per parameter' = the bounds allow {BITS_RANGE[0]:g}.."
+           f"{BITS_RANGE[1]:g}. The ~1 bit per token (SL) and per episode (RL) statements are not measured.")
     if not len(pts) or pts["matches_full"].isna().all():
-        return INCONCLUSIVE, "needs LoRA and FullFT runs on tiny-facts", how
+        return Finding(INCONCLUSIVE, "n/a", "needs LoRA and FullFT runs on tiny-facts", how)
+    ok = pts[pts["matches_full"].notna()]
+    ests = [Estimate(g, se, int(k), src) for g, se, k, src in zip(ok["gap"], ok["gap_se"], ok["n_seeds"], ok["noise"])]
+    ses = [e.se for e in ests if np.isfinite(e.se)]
+    noise = (f"SE of the gap to FullFT {fmt(min(ses), 2)}..{fmt(max(ses), 2)} nats" if ses else "SE n/a") \
+        + f" ({'; '.join(sorted({e.source for e in ests}))})"
     lo, hi = b.get("low", math.nan), b.get("high", math.nan)
-    n_match = int((pts["matches_full"] == True).sum())
+    n_match = int((pts["matches_full"] == True).sum())  # noqa: E712 - a column of True/False/None
     measured = (f"bits per parameter in [{fmt(lo)}, {fmt(hi)}) (NaN: unbounded); {n_match} of {len(pts)} LoRA sizes match "
                 f"FullFT; predicted (I <= 2P) and observed agree for "
                 f"{int((pts['predicted_fits'] == pts['matches_full']).sum())} of {len(pts)}")
+    if pts["edge"].any():
+        # the bounds without the points whose best LR is only bounded: still shown, not judged
+        rest = capacity_bounds(pts[~pts["edge"].astype(bool)])
+        return Finding(INCONCLUSIVE, noise, measured + f" (a best LR at an open edge of the grid for {int(pts['edge'].sum())} "
+                       f"points; without them [{fmt(rest['low'])}, {fmt(rest['high'])}))", how)
     if np.isfinite(lo) and np.isfinite(hi):
         if lo > hi:
-            return INCONCLUSIVE, measured + " (bounds cross: noise or a non-monotone size effect)", how
-        ok = lo <= BITS_RANGE[1] and hi >= BITS_RANGE[0]
-        return (REPRODUCED if ok else NOT_REPRODUCED), measured, how
+            return Finding(INCONCLUSIVE, noise, measured + " (bounds cross: noise or a non-monotone size effect)", how)
+        ok_range = lo <= BITS_RANGE[1] and hi >= BITS_RANGE[0]
+        return Finding(REPRODUCED if ok_range else NOT_REPRODUCED, noise, measured, how)
     if np.isfinite(lo) and lo > BITS_RANGE[1]:
-        return NOT_REPRODUCED, measured, how
+        return Finding(NOT_REPRODUCED, noise, measured, how)
     if np.isfinite(hi) and hi < BITS_RANGE[0]:
-        return NOT_REPRODUCED, measured, how
-    return INCONCLUSIVE, measured + " (only one bound: the sizes do not bracket the capacity)", how
+        return Finding(NOT_REPRODUCED, noise, measured, how)
+    return Finding(INCONCLUSIVE, noise, measured + " (only one bound: the sizes do not bracket the capacity)", how)
 
+
+# ----------------------------------------------------------------------------- the table of claims
+
+_SEEDS = f"at least {MIN_SEEDS} seeds, else at most '{SINGLE}'"
+_EDGE = "an optimum at an open edge of the LR grid: inconclusive"
 
 CLAIMS: tuple[Claim, ...] = (
     Claim("C1", "High-rank LoRA and FullFT have the same learning curve; low ranks leave the min-loss curve when the "
           "adapter's capacity runs out.", "high ranks on the FullFT curve throughout; low ranks depart late in training",
-          ("rank",), "reproduced: the largest rank never leaves FullFT (tolerance as stated) and no rank leaves before a "
-          "smaller one; not reproduced: the largest rank leaves FullFT; inconclusive: ranks leave out of order, or no "
-          "FullFT/LoRA curve.", judge_c1),
+          ("rank",),
+          f"a rank departs FullFT when its mean seed-matched gap over the last {GAP_WINDOW:.0%} of the steps (at least "
+          f"{MIN_WINDOW}) exceeds {K_SE:g} standard errors across seeds (and {MIN_GAP:g} nats). Reproduced: the largest "
+          "rank does not depart and no rank departs before a smaller one; not reproduced: the largest rank departs; "
+          f"inconclusive: ranks depart out of order, or no FullFT/LoRA curve. {_SEEDS}.",
+          f"gap over last {GAP_WINDOW:.0%} of steps > {K_SE:g} SE (> {MIN_GAP:g} nats) = departs; {_SEEDS}", judge_c1),
     Claim("C2", "The optimal LoRA LR is about 10x FullFT's, nearly independent of rank; about 15x for runs of 100 "
           "steps or fewer.", "10x (fit 9.8x); ranks 4..512 within 2x; ~15x at <= 100 steps", ("rank",),
-          "reproduced: the median LoRA/FullFT ratio over ranks >= 4 is within 2x of the paper's number for the runs' "
-          "length (10x, or 15x at <= 100 steps) and those ranks' optima are within 2x of their median; inconclusive: an "
-          "optimum at a grid edge; not reproduced otherwise.", judge_c2),
+          f"reproduced: the median LoRA/FullFT ratio of the optima (fitted on seed means) over ranks >= 4 is within "
+          f"{RATIO_TOL:g}x of the paper's number for the runs' length (10x, or 15x at <= {SHORT_RUN_STEPS} steps), those "
+          f"ranks' optima are within {RATIO_TOL:g}x of their median, and {K_SE:g} SE of the median (across seeds) is "
+          f"a factor of at most {RATIO_TOL:g}; not reproduced: the median, or a rank's optimum, is outside its band by "
+          f"more than {K_SE:g} SE; inconclusive otherwise, and for {_EDGE.split(':')[0]}. {_SEEDS}.",
+          f"median ratio within {RATIO_TOL:g}x of 10x (15x at <= {SHORT_RUN_STEPS} steps), judged with {K_SE:g} SE; "
+          f"{_EDGE}; {_SEEDS}", judge_c2),
     Claim("C3", "LoRA pays more than FullFT for large batches, independent of rank.",
           "LoRA's loss grows more with batch size than FullFT's, at every rank", ("batch",),
-          "reproduced: every rank's batch-size penalty exceeds FullFT's by more than the tolerance; not reproduced: "
-          "none does; inconclusive: some do.", judge_c3),
+          f"reproduced: at every rank, LoRA's batch-size penalty exceeds FullFT's (seed-matched) by more than {K_SE:g} "
+          f"SE (and {MIN_GAP:g} nats); not reproduced: at some rank even the excess + {K_SE:g} SE is <= 0; "
+          f"inconclusive otherwise, and for {_EDGE.split(':')[0]}. {_SEEDS}.",
+          f"excess penalty > {K_SE:g} SE at every rank; {_EDGE}; {_SEEDS}", judge_c3),
     Claim("C4", "Attention-only LoRA is worse than MLP-only, even at matched parameter count; MLP-only is about as "
           "good as all layers.", "attention-only clearly worse; MLP-only ~ all layers", ("layers",),
-          "reproduced: attention-only is worse than MLP-only beyond the tolerance in every matched-parameter pair, and "
-          "MLP-only matches all layers at each rank; inconclusive: no matched pair; not reproduced otherwise.", judge_c4),
+          f"reproduced: in every matched-parameter pair attention-only is worse than MLP-only by more than {K_SE:g} SE "
+          f"(and {MIN_GAP:g} nats), and at each rank MLP-only minus all layers + {K_SE:g} SE is within {tolerance_text()}; "
+          f"not reproduced: a comparison contradicted beyond {K_SE:g} SE; inconclusive otherwise, with no matched pair, "
+          f"and for {_EDGE.split(':')[0]}. {_SEEDS}.",
+          f"attn - mlp > {K_SE:g} SE; mlp - all + {K_SE:g} SE <= {TOL_REL:.0%}; {_EDGE}; {_SEEDS}", judge_c4),
     Claim("C5", "In RL (policy gradient), even rank-1 LoRA matches FullFT.", "rank 1 reaches FullFT's reward",
-          ("rl",), "reproduced: every rank's best score is within the noise tolerance of FullFT's; inconclusive: FullFT "
-          "does not beat the base model; not reproduced otherwise.", judge_c5),
+          ("rl",),
+          f"each arm's LR chosen on a validation split, judged on the held-out test problems, paired problem by problem "
+          f"and seed by seed. Reproduced: FullFT beats the base model by more than {C5_Z:g} SE and every rank is "
+          f"non-inferior: the one-sided {C5_Z:g}-SE lower bound of LoRA - FullFT is above minus {C5_MARGIN:.0%} of "
+          f"FullFT's gain; not reproduced: for some rank even the upper bound is below that margin; inconclusive "
+          f"otherwise, for {_EDGE.split(':')[0]}, and whenever the LRs were chosen on the test problems. {_SEEDS}.",
+          f"lower {C5_Z:g}-SE bound of LoRA - FullFT > -{C5_MARGIN:.0%} of FullFT's gain; LR chosen on validation; "
+          f"{_EDGE}; {_SEEDS}", judge_c5),
     Claim("C6", "LoRA costs about 2/3 of FullFT's FLOPs per step: (2N^2 + 6NR) / 3N^2.",
           "~2/3 of FullFT's FLOPs per step", ("rank",),
-          "reproduced: the counted LoRA/FullFT FLOPs ratio at the smallest rank run is in [0.6, 0.75]; inconclusive: "
-          "not computed; not reproduced otherwise. Step time is reported, not judged.", judge_c6),
+          f"reproduced: the counted LoRA/FullFT FLOPs ratio for the runs' own adapters (layer set, lm_head adapter) at "
+          f"the smallest rank run is in [{C6_RANGE[0]:g}, {C6_RANGE[1]:g}]; inconclusive: not computed; not reproduced "
+          "otherwise. The measured step-time ratio is printed beside it, not judged (it depends on the machine).",
+          f"counted FLOPs ratio in [{C6_RANGE[0]:g}, {C6_RANGE[1]:g}] at the smallest rank; step time shown", judge_c6),
     Claim("C7", "With the alpha/r scaling, curves for different ranks coincide early in training.",
           "early curves of ranks 1..512 at one LR nearly identical", ("early_rank",),
-          f"reproduced: over the early steps every rank stays within {EARLY_REL:.0%} of the early loss drop of the largest "
-          "rank; not reproduced otherwise; inconclusive: fewer than two ranks.", judge_c7),
+          f"reproduced: over the early steps every rank's largest difference to the largest rank, + {K_SE:g} SE across "
+          f"seeds, is within {EARLY_REL:.0%} of the early loss drop; not reproduced: for some rank, minus {K_SE:g} SE, it "
+          f"is beyond; inconclusive otherwise, or with fewer than two ranks. {_SEEDS}.",
+          f"early |diff| / drop + {K_SE:g} SE <= {EARLY_REL:.0%}; {_SEEDS}", judge_c7),
     Claim("C8", "(alpha, init_A, LR_A, LR_B) has only two effective degrees of freedom under Adam (eps = 0).",
           "identical trajectories under (alpha/(pq), p*init_A, p*LR_A, q*LR_B)", ("invariance",),
           f"reproduced: every equivalent variant's trajectory is within {INVARIANCE_TOL:g} nats of its class reference; "
-          "not reproduced otherwise; inconclusive: no class with two variants.", judge_c8),
+          "not reproduced otherwise; inconclusive: no class with two variants.",
+          f"within-class difference <= {INVARIANCE_TOL:g} nats", judge_c8),
     Claim("C9", "LoRA matches FullFT while it is not capacity-bound; about 2 bits per parameter.",
           "~2 bits per parameter; SL ~1 bit per token, RL ~1 bit per episode", ("capacity",),
-          f"reproduced: the capacity bounds from matching and failing LoRA sizes allow {BITS_RANGE[0]:g}..{BITS_RANGE[1]:g} "
-          "bits per parameter; not reproduced: they exclude it; inconclusive: they do not bracket it.", judge_c9),
+          f"a LoRA size matches FullFT when its gap does not exceed {K_SE:g} SE (and {MIN_GAP:g} nats). Reproduced: the "
+          f"capacity bounds from matching and failing LoRA sizes allow {BITS_RANGE[0]:g}..{BITS_RANGE[1]:g} bits per "
+          f"parameter; not reproduced: they exclude it; inconclusive: they do not bracket it, or {_EDGE.split(':')[0]}.",
+          f"match = gap <= {K_SE:g} SE; bounds allow {BITS_RANGE[0]:g}..{BITS_RANGE[1]:g} bits/param; {_EDGE}", judge_c9),
 )
 
 
@@ -389,15 +640,17 @@ def judge(sections: list[Section]) -> dict[str, list[Verdict]]:
             if s.kind not in c.kinds:
                 continue
             if s.error:
-                vs.append(Verdict(c.id, s.experiment, INCONCLUSIVE, f"the analysis of this experiment failed: {s.error}"))
+                vs.append(Verdict(c.id, s.experiment, c.thresholds, "n/a",
+                                  f"the analysis of this experiment failed: {s.error}", INCONCLUSIVE))
                 continue
             if s.record is None:
-                vs.append(Verdict(c.id, s.experiment, NOT_RUN, "; ".join(s.notes) or "no completed or diverged runs"))
+                vs.append(Verdict(c.id, s.experiment, c.thresholds, "n/a",
+                                  "; ".join(s.notes) or "no completed or diverged runs", NOT_RUN))
                 continue
-            verdict, measured, how = c.judge(s)
-            vs.append(Verdict(c.id, s.experiment, verdict, measured, how))
+            f = c.judge(s)
+            vs.append(Verdict(c.id, s.experiment, c.thresholds, f.noise, f.measured, f.verdict, f.how))
         if not vs:
-            vs.append(Verdict(c.id, None, NOT_RUN, f"no experiment of kind {'/'.join(c.kinds)} among the results "
-                                                   f"(e.g. lora-lab sweep tiny/{c.kinds[0]})"))
+            vs.append(Verdict(c.id, None, c.thresholds, "n/a", f"no experiment of kind {'/'.join(c.kinds)} among the "
+                                                               f"results (e.g. lora-lab sweep tiny/{c.kinds[0]})", NOT_RUN))
         out[c.id] = vs
     return out

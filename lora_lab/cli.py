@@ -4,6 +4,8 @@
     lora-lab pair  [key=value ...]     a LoRA run and a FullFT run on the same data; prints both losses
     lora-lab show-config [key=value ...]   the resolved config and the run directory it maps to
     lora-lab build-tiny [--models ...]     rebuild the tiny tokenizer and pretrained base models
+    lora-lab show-data [key=value ...] [--rows N] [--json]   the first training rows, targets marked (no model)
+    lora-lab fetch EXPERIMENT|key=value ... [--dry-run]      download its models and data sets for offline runs
 
     lora-lab sweep | status | analyze | reproduce | plan | fit-lr | gpus   see `lora-lab <command> --help`
 
@@ -45,6 +47,8 @@ EXTERNAL = {
     "plan": ("lora_lab.plan", "plan_main", "parameter counts, FLOPs, recommended LRs and capacity for a config"),
     "fit-lr": ("lora_lab.plan", "fit_lr_main", "refit the LR law from your own sweeps' optimal LRs"),
     "gpus": ("lora_lab.distributed", "gpus_main", "GPU memory estimate of a config and how many GPUs it needs"),
+    "show-data": ("lora_lab.show", "show_data_main", "the first training rows as tokenized, targets marked (no model)"),
+    "fetch": ("lora_lab.fetch", "fetch_main", "download the models and data sets of an experiment for offline runs"),
 }
 
 
@@ -135,19 +139,10 @@ def _f(x) -> str:
 def _failure_record(exc: BaseException) -> Path | None:
     """The summary.json in which a run started here recorded this very failure, if one did: a run
     that failed before its directory was written (or on a rank that does not write) has none, and an
-    older summary.json there would point at another failure."""
-    from lora_lab.runs import CorruptFile, RunDir
+    older summary.json there would point at another failure. (A sweep's worker asks the same.)"""
+    from lora_lab.launch import failure_record
 
-    error = f"{type(exc).__name__}: {exc}"
-    for path in reversed(_started):
-        rd = RunDir(path)
-        try:
-            summary = rd.summary()
-        except (CorruptFile, OSError):
-            continue
-        if summary and summary.get("status") == "failed" and summary.get("error") == error:
-            return rd.summary_path
-    return None
+    return failure_record(_started, exc)
 
 
 def _is(exc: BaseException, module: str, name: str) -> bool:

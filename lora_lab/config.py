@@ -36,6 +36,9 @@ DEVICES = ("auto", "cpu", "cuda")
 MAX_RANK = 512
 # Chat templates shipped in lora_lab/assets/chat_templates/<name>.jinja (data.chat_template).
 CHAT_TEMPLATES = ("llama3", "chatml")
+# What happens to a sequence longer than data.max_seq_len (lora_lab/data.py encode_rows): head keeps
+# its first max_seq_len tokens, drop leaves the row out.
+TRUNCATIONS = ("head", "drop")
 # Seeds (train.seed, data.seed, model.init_seed) are in 0..MAX_SEED: numpy's generators take no
 # negative seed, and 2**63 - 1 is the largest that torch.manual_seed and an int64 column of a results
 # table both hold.
@@ -112,7 +115,7 @@ class DataConfig:
     num_examples: Optional[int] = 2048
     # Held-out examples for eval loss.
     eval_size: int = 128
-    # Sequences are truncated to this many tokens (the tail is dropped).
+    # Longest sequence in tokens; a longer one is cut or dropped (data.truncation).
     max_seq_len: int = 256
     # Seed of a generator or of a subset draw (not of the batch order: that is train.seed).
     seed: int = 1234
@@ -136,8 +139,13 @@ class DataConfig:
     # (llama3, chatml: with {% generation %} markers, so assistant masks are exact); or a .jinja file.
     # Base models (Llama-3.1-8B, Llama-3.2-1B) ship none and need one.
     chat_template: Optional[str] = None
+    # A sequence longer than max_seq_len: head keeps its first max_seq_len tokens (the tail, a long
+    # answer's end included, is lost; a row left with no assistant token does not train); drop leaves
+    # the row out (counted on stderr; an error if no row is left).
+    truncation: str = "head"
 
     def __post_init__(self) -> None:
+        _check(self.truncation in TRUNCATIONS, "data.truncation", self.truncation, f"choose one of {', '.join(TRUNCATIONS)}")
         if self.chat_template is not None and self.chat_template not in CHAT_TEMPLATES:
             _check(self.chat_template.endswith(".jinja") and Path(self.chat_template).expanduser().is_file(),
                    "data.chat_template", self.chat_template,
@@ -261,7 +269,8 @@ class TrainConfig:
         _check(self.device in DEVICES, "train.device", self.device, f"choose one of {', '.join(DEVICES)}")
 
 
-RL_SAMPLERS = ("cache", "generate")  # lora_lab/sampler.py SAMPLERS
+RL_SAMPLERS = ("cache", "generate", "vllm")  # lora_lab/sampler.py SAMPLERS, and lora_lab/vllm_sampler.py
+VLLM_MAX_TEMPERATURE = 2.0  # vLLM's SamplingParams refuse a higher temperature
 
 
 @dataclass
@@ -287,8 +296,15 @@ class RLConfig:
     # Appended to the problem's user turn, e.g. to ask a base model for a \boxed{} answer; null: none.
     instruction: Optional[str] = None
     # How completions are drawn (lora_lab/sampler.py): cache (a decoding loop on the KV cache that
-    # shares each prompt's prefill among its samples) or generate (transformers' generate).
+    # shares each prompt's prefill among its samples), generate (transformers' generate) or vllm (a
+    # vLLM engine that gets the LoRA adapter each step; pip install 'lora-lab[vllm]').
     sampler: str = "cache"
+    # Most sequences sampled in one forward pass (cache, generate: chunks of whole groups; vllm: its
+    # max_num_seqs). Must hold a group: >= group_size.
+    sample_batch: int = 256
+    # rl.sampler=vllm: the fraction of the GPU's memory the vLLM engine may take (weights and KV
+    # cache); the learner shares the GPU and keeps the rest.
+    vllm_gpu_memory: float = 0.4
 
     def __post_init__(self) -> None:
         _check(self.group_size >= 2, "rl.group_size", self.group_size,
@@ -305,6 +321,12 @@ class RLConfig:
         _check(self.eval_max_new_tokens is None or self.eval_max_new_tokens > 0, "rl.eval_max_new_tokens",
                self.eval_max_new_tokens, "must be > 0 (or null for rl.max_new_tokens)")
         _check(self.sampler in RL_SAMPLERS, "rl.sampler", self.sampler, f"choose one of {', '.join(RL_SAMPLERS)}")
+        _check(self.sample_batch >= self.group_size, "rl.sample_batch", self.sample_batch,
+               f"must be >= rl.group_size={self.group_size} (a prompt's samples share one forward pass)")
+        _check(0 < self.vllm_gpu_memory < 1, "rl.vllm_gpu_memory", self.vllm_gpu_memory,
+               "must be a fraction in (0, 1) of the GPU's memory")
+        _check(self.sampler != "vllm" or self.temperature <= VLLM_MAX_TEMPERATURE, "rl.temperature", self.temperature,
+               f"vLLM samples at temperatures up to {VLLM_MAX_TEMPERATURE:g} (rl.sampler=vllm)")
 
 
 @dataclass
@@ -315,6 +337,9 @@ class DistConfig:
     # Recompute each decoder layer's activations in the backward instead of keeping them (less
     # memory, about a third more compute); one process or several.
     activation_checkpointing: bool = False
+    # On CUDA, refuse (exit 2, before the weights load) a run whose memory estimate
+    # (lora_lab/distributed.py memory_estimate) exceeds the GPU's memory; false: try it anyway.
+    memory_check: bool = True
 
 
 @dataclass
@@ -324,6 +349,9 @@ class RunConfig:
     experiment: str = "default"
     # Override the derived run id (rarely needed; the default finds finished runs again).
     id: Optional[str] = None
+    # Keep tokenized data under <root>/.cache/tokens/ for every run that reads the same rows with the
+    # same tokenizer (lora_lab/token_cache.py); false: tokenize in every run. Never part of a run's id.
+    token_cache: bool = True
 
     def __post_init__(self) -> None:
         _check(bool(self.root), "run.root", self.root, "must be a directory path")
@@ -376,6 +404,10 @@ class Config:
             default_bs = OptimConfig.__dataclass_fields__["batch_size"].default
             _check(self.optim.batch_size == default_bs, "optim.batch_size", self.optim.batch_size,
                    f"is unused with task=rl (a step is rl.prompts_per_step x rl.group_size completions); drop it (default {default_bs})")
+            # vLLM gets the policy as a LoRA adapter each step; FullFT would have to push every weight.
+            _check(self.rl.sampler != "vllm" or self.method == "lora", "rl.sampler", self.rl.sampler,
+                   "syncs a LoRA adapter each step and does not take FullFT's full weights; "
+                   "use method=lora, or rl.sampler=cache with method=full")
         if self.method == "full":
             # LoRA keys would be silently ignored by a full fine-tuning run; a sweep that varies
             # lora.rank must not produce several identical FullFT runs under different names.
@@ -412,7 +444,8 @@ class SweepGridConfig:
     `lora-lab sweep` (lora_lab/sweep.py): the runs are the union over `grids` (named arms, e.g. a
     LoRA arm and a FullFT arm with their own LR grids) of the Cartesian product of the arm's axes and
     the shared `params`, in Hydra's sweep syntax (`optim.lr: 1e-4,3e-4`). With no grids, `params`
-    alone is the grid, as with Hydra's basic sweeper. `quick` holds the overrides of
+    alone is the grid, as with Hydra's basic sweeper. An arm's `launcher.gpus_per_node` and
+    `launcher.nodes` are its runs' SLURM resources, not run overrides. `quick` holds the overrides of
     `lora-lab sweep --quick` / `reproduce --quick` (a smaller grid, fewer steps), applied before the
     command line's."""
 

@@ -17,8 +17,13 @@ claims (lora_lab/claims.py) judge what the sections measured, and `lora-lab anal
 Conventions (also stated in the report):
 - A run's final loss is its mean train loss over the last 10% of its steps (lora_lab/results.py);
   a diverged run's is +inf at its LR; failed and unfinished runs are left out and counted.
+- Runs that differ only in train.seed are replicates: curves and final losses are their mean, with
+  the standard error across seeds (the band of the figures, +-1 SE); optima are fitted on the means.
 - Curves are smoothed with a trailing mean over 5% of the run's steps before any minimum is taken.
-- Two losses "match" when they differ by at most TOL_REL of the reference (or TOL_ABS nats).
+- The noise floor of a comparison is the standard error of the seed-matched (paired) difference
+  across seeds (`Estimate`); with one seed, the scatter of the paired per-step difference within the
+  run (`SINGLE_SEED`), which cannot see what the seed changes and so is only a fallback.
+- A gap "exceeds the noise" when it is larger than K_SE standard errors (and than MIN_GAP nats).
 """
 
 from __future__ import annotations
@@ -30,11 +35,25 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from lora_lab.results import Results, final_value
+from lora_lab.results import Results, final_value, seed_of
 
+# The "as good as" margin of an equivalence comparison (C4's MLP-only vs all layers): 2% of the
+# reference loss, at least TOL_ABS nats.
 TOL_REL = 0.02
 TOL_ABS = 0.01
 SMOOTH = 0.05
+# The noise yardstick (the rules of lora_lab/claims.py and the departures here): a difference counts
+# when it exceeds K_SE standard errors. 3 because the SE comes from few seeds (with 3 seeds, Student's
+# t with 2 degrees of freedom puts the one-sided 95% point at 2.9) and because the departure step
+# looks at many windows.
+K_SE = 3.0
+# C1 judges the mean paired gap over the last GAP_WINDOW of the steps (at least MIN_WINDOW steps):
+# long enough to average the per-step noise down, late enough to be "the end of training".
+GAP_WINDOW = 0.2
+MIN_WINDOW = 3
+# A gap smaller than this (nats) is no gap whatever the noise (identical replicates have an SE of 0).
+MIN_GAP = 1e-3
+SINGLE_SEED = "single seed: within-run scatter"
 # Keys that make two runs different curves; the LR and the seed do not (a curve is min'd over LRs
 # and averaged over seeds).
 CURVE_KEYS = ("model.name", "data.name", "data.num_examples", "task", "method", "rank", "layers", "lora.unembed",
@@ -44,6 +63,9 @@ CURVE_KEYS = ("model.name", "data.name", "data.num_examples", "task", "method", 
 CONTEXT_KEYS = ("model.name", "data.name", "data.num_examples", "task", "optim.batch_size", "train.max_steps")
 KINDS = ("early_rank", "rank", "batch", "layers", "rl", "invariance", "capacity")
 FULL = "FullFT"
+# Optimum.edge values for which the best LR is only bounded, or unknown (every LR diverged): the grid
+# must be extended to find it.
+OPEN_EDGES = ("low", "high", "single", "none")
 
 
 def kind_of(experiment: str) -> str | None:
@@ -58,16 +80,114 @@ def experiments_of(res: Results, kind: str) -> list[str]:
     return [e for e in res.experiments() if kind_of(e) == kind]
 
 
-def matches(value: float, reference: float) -> bool:
-    """value is no worse than reference beyond the stated tolerance (lower is better)."""
-    return bool(value <= reference + max(TOL_REL * abs(reference), TOL_ABS))
+def margin(reference: float) -> float:
+    """The equivalence margin around a reference loss: TOL_REL of it, at least TOL_ABS nats."""
+    return max(TOL_REL * abs(reference), TOL_ABS)
+
+
+# ----------------------------------------------------------------------------- noise
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A measured number and its noise floor: `se`, the standard error a rule judges it against,
+    from `n_seeds` seed-matched replicates (the spread across seeds) or, with one seed, from the
+    scatter within the run; `source` says which (NaN se: no estimate)."""
+
+    value: float
+    se: float
+    n_seeds: int
+    source: str
+
+    def exceeds(self, k: float = K_SE) -> bool:
+        """Larger than k standard errors and than MIN_GAP (an unknown se counts as 0: only MIN_GAP)."""
+        se = self.se if np.isfinite(self.se) else 0.0
+        return bool(np.isfinite(self.value) and self.value > max(k * se, MIN_GAP))
+
+
+def noise_source(n_seeds: int) -> str:
+    return f"seed-to-seed, {n_seeds} seeds" if n_seeds >= 2 else SINGLE_SEED
+
+
+def scatter_se(x: Iterable[float]) -> float:
+    """Standard error of the mean of a series from its own scatter: the per-point SD estimated from
+    successive differences (sqrt(mean(diff^2) / 2), insensitive to a slow trend such as a gap that
+    opens), divided by sqrt(n). NaN for fewer than two points."""
+    x = np.asarray(list(x), dtype=float)
+    x = x[np.isfinite(x)]
+    if x.size < 2:
+        return math.nan
+    return float(math.sqrt(np.mean(np.diff(x) ** 2) / 2) / math.sqrt(x.size))
+
+
+def across_seeds(values: Iterable[float], fallback_se: float = math.nan) -> Estimate:
+    """The mean of per-seed values and its SE across seeds; with one value, `fallback_se` (the
+    within-run noise of that one seed)."""
+    v = np.asarray(list(values), dtype=float)
+    n = int(v.size)
+    if n == 0:
+        return Estimate(math.nan, math.nan, 0, "no data")
+    if n == 1:
+        return Estimate(float(v[0]), float(fallback_se), 1, SINGLE_SEED)
+    se = float(v.std(ddof=1) / math.sqrt(n)) if np.isfinite(v).all() else math.nan
+    return Estimate(float(v.mean()), se, n, noise_source(n))
+
+
+def seed_difference(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
+    """(seed, value, sem): a - b seed by seed, for tables (seed, value, sem) such as seed_values of two
+    curves, at the seeds both have; the runs' own standard errors combine in quadrature."""
+    a, b = a.groupby("seed")[["value", "sem"]].mean(), b.groupby("seed")[["value", "sem"]].mean()
+    common = a.index.intersection(b.index)
+    return pd.DataFrame({"seed": common, "value": (a.loc[common, "value"] - b.loc[common, "value"]).to_numpy(),
+                         "sem": np.hypot(a.loc[common, "sem"].fillna(0), b.loc[common, "sem"].fillna(0)).to_numpy()})
+
+
+def estimate(per_seed: pd.DataFrame) -> Estimate:
+    """The Estimate of a (seed, value, sem) table: mean over seeds, SE across them; with one seed, its
+    own `sem` (the within-run scatter)."""
+    fallback = float(per_seed["sem"].iloc[0]) if len(per_seed) == 1 else math.nan
+    return across_seeds(per_seed["value"].to_numpy(), fallback)
+
+
+def paired(a: pd.DataFrame, b: pd.DataFrame) -> Estimate:
+    """a - b for tables (seed, value, sem) of two curves (seed_values): the mean over the seeds both
+    have of the seed-matched difference, its SE across those seeds; with one common seed, the two
+    runs' own standard errors combined (over their final windows)."""
+    return estimate(seed_difference(a, b))
+
+
+def paired_gap_steps(per_seed: pd.DataFrame, refs: dict[str, str]) -> pd.DataFrame:
+    """(curve, step, gap, sem, n_seeds): per step, the seed-matched difference curve - reference
+    (per_seed: at_chosen_lr's table), its mean over seeds and SE across them (NaN with one seed)."""
+    rows = []
+    for name, ref in refs.items():
+        a = per_seed[per_seed["curve"] == name].pivot_table(index="step", columns="seed", values="value")
+        b = per_seed[per_seed["curve"] == ref].pivot_table(index="step", columns="seed", values="value")
+        seeds = a.columns.intersection(b.columns)
+        g = (a[seeds] - b[seeds]).dropna()
+        if len(g) and len(seeds):
+            n = len(seeds)
+            rows.append(pd.DataFrame({"curve": name, "step": g.index, "gap": g.mean(axis=1).to_numpy(),
+                                      "sem": (g.std(axis=1, ddof=1) / math.sqrt(n)).to_numpy() if n > 1 else math.nan,
+                                      "n_seeds": n}))
+    cols = ["curve", "step", "gap", "sem", "n_seeds"]
+    return pd.concat(rows, ignore_index=True)[cols] if rows else pd.DataFrame(columns=cols)
+
+
+def window_gap(gaps: pd.DataFrame) -> Estimate:
+    """The mean gap over a window: `gaps` is step x seed (rows: the window's steps, columns: seeds);
+    each seed's mean over the window, then across seeds; one seed: the SE from the scatter of its
+    per-step gaps within the window (scatter_se)."""
+    means = gaps.mean(axis=0).to_numpy()
+    fallback = scatter_se(gaps.iloc[:, 0]) if gaps.shape[1] == 1 else math.nan
+    return across_seeds(means, fallback)
 
 
 # ----------------------------------------------------------------------------- curves and labels
 
 
 def label_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """Add `rank` (NaN for FullFT), `layers` (None for FullFT), `lr` and `curve`: a readable label
+    """Add `rank` (NaN for FullFT), `layers` (None for FullFT), `lr`, `seed` and `curve`: a readable label
     unique per combination of CURVE_KEYS, naming only what varies among these runs ("LoRA r4",
     "LoRA r4 mlp bs64", "FullFT")."""
     runs = runs.copy()
@@ -75,6 +195,7 @@ def label_runs(runs: pd.DataFrame) -> pd.DataFrame:
     runs["rank"] = pd.to_numeric(runs.get("lora.rank"), errors="coerce").where(~full)
     runs["layers"] = runs.get("lora.layers", pd.Series(None, index=runs.index)).where(~full, None)
     runs["lr"] = pd.to_numeric(runs["optim.lr"], errors="coerce")
+    runs["seed"] = seed_of(runs)
     for k in CURVE_KEYS:
         if k.startswith("lora.") and k in runs:
             runs[k] = runs[k].astype(object).where(~full, None)
@@ -121,15 +242,16 @@ def sort_curves(df: pd.DataFrame, runs: pd.DataFrame, *then: str) -> pd.DataFram
 
 def smoothed(res: Results, runs: pd.DataFrame, column: str = "train_loss", smooth: float = SMOOTH) -> pd.DataFrame:
     """Long table (curve, lr, seed, run_dir, step, examples, value) of each run's `column`, smoothed by
-    a trailing mean over `smooth` of its logged points (at least 1)."""
+    a trailing mean over `smooth` of its logged points (at least 1; 0: the raw values)."""
     frames = []
-    for _, r in runs.iterrows():
+    seeds = seed_of(runs)
+    for i, r in runs.iterrows():
         c = res.curve(r["run_dir"], column)
         if not len(c):
             continue
         w = max(1, round(smooth * len(c)))
         c = c.assign(value=c[column].rolling(w, min_periods=1).mean(), curve=r["curve"], lr=r["lr"],
-                     seed=r.get("train.seed", 0), run_dir=r["run_dir"])
+                     seed=int(seeds[i]), run_dir=r["run_dir"])
         c["examples"] = c["step"] * (r.get("optim.batch_size") or 1)
         frames.append(c.drop(columns=column))
     cols = ["step", "value", "curve", "lr", "seed", "run_dir", "examples"]
@@ -137,21 +259,40 @@ def smoothed(res: Results, runs: pd.DataFrame, column: str = "train_loss", smoot
 
 
 def seed_mean(long: pd.DataFrame) -> pd.DataFrame:
-    """Average over seeds at each (curve, lr, step)."""
+    """(curve, lr, step, value, sem, n_seeds, examples): the mean over seeds at each (curve, lr, step)
+    and its standard error across seeds (NaN with one seed; runs of one seed are averaged first)."""
+    cols = ["curve", "lr", "step", "value", "sem", "n_seeds", "examples"]
     if not len(long):
-        return long
-    return long.groupby(["curve", "lr", "step"], as_index=False).agg(value=("value", "mean"), examples=("examples", "first"))
+        return pd.DataFrame(columns=cols)
+    per_seed = long.groupby(["curve", "lr", "step", "seed"], as_index=False).agg(value=("value", "mean"),
+                                                                                examples=("examples", "first"))
+    out = per_seed.groupby(["curve", "lr", "step"], as_index=False).agg(
+        value=("value", "mean"), sd=("value", "std"), n_seeds=("seed", "nunique"), examples=("examples", "first"))
+    out["sem"] = out["sd"] / np.sqrt(out["n_seeds"])
+    return out[cols]
 
 
 def pointwise_min(res: Results, runs: pd.DataFrame, column: str = "train_loss", smooth: float = SMOOTH,
                   maximize: bool = False) -> pd.DataFrame:
-    """(curve, step, examples, value, lr): for each curve and step, the best over LRs of the
-    (smoothed, seed-averaged) `column`, and the LR that gave it (C1's min-loss curves)."""
+    """(curve, step, examples, value, lr, sem, n_seeds): for each curve and step, the best over LRs of
+    the (smoothed, seed-averaged) `column`, the LR that gave it, and that point's standard error across
+    seeds (C1's min-loss curves)."""
     long = seed_mean(smoothed(res, res.plotted(runs), column, smooth))
+    cols = ["curve", "step", "examples", "value", "lr", "sem", "n_seeds"]
     if not len(long):
-        return pd.DataFrame(columns=["curve", "step", "examples", "value", "lr"])
+        return pd.DataFrame(columns=cols)
     best = long.groupby(["curve", "step"])["value"].idxmax() if maximize else long.groupby(["curve", "step"])["value"].idxmin()
-    return sort_curves(long.loc[best.values, ["curve", "step", "examples", "value", "lr"]], runs, "step")
+    return sort_curves(long.loc[best.values, cols], runs, "step")
+
+
+def at_chosen_lr(res: Results, runs: pd.DataFrame, chosen: pd.DataFrame, column: str = "train_loss") -> pd.DataFrame:
+    """(curve, seed, step, value): each seed's raw (unsmoothed) `column` at the LR `chosen` picked for
+    that curve and step (pointwise_min's lr), so that the seeds of a min-over-LR curve can be paired."""
+    raw = smoothed(res, res.plotted(runs), column, smooth=0.0)
+    if not len(raw) or not len(chosen):
+        return pd.DataFrame(columns=["curve", "seed", "step", "value"])
+    at = raw.merge(chosen[["curve", "step", "lr"]], on=["curve", "step", "lr"])
+    return at.groupby(["curve", "seed", "step"], as_index=False)["value"].mean()
 
 
 def reference_curves(runs: pd.DataFrame) -> dict[str, str]:
@@ -164,27 +305,64 @@ def reference_curves(runs: pd.DataFrame) -> dict[str, str]:
     return {c: fulls[context[c]] for c in keys.index[keys["method"] == "lora"] if context[c] in fulls}
 
 
-def departures(curves: pd.DataFrame, reference: str | dict[str, str] = FULL) -> pd.DataFrame:
-    """For each curve, the first step from which it stays above its reference curve by more than the
-    tolerance (`matches`) until the end (None: it never leaves), and its largest relative gap.
-    `reference`: one curve for all, or a dict curve -> reference (reference_curves)."""
+def _sliding_gap(g: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """window_gap over every window of w consecutive rows of g (steps x seeds), vectorised: the mean
+    gap and its SE (across seeds; one seed: from successive differences within the window)."""
+    c = np.vstack([np.zeros((1, g.shape[1])), np.cumsum(g, axis=0)])
+    per_seed = (c[w:] - c[:-w]) / w  # each seed's mean over each window
+    n = g.shape[1]
+    if n > 1:
+        return per_seed.mean(axis=1), per_seed.std(axis=1, ddof=1) / math.sqrt(n)
+    if w < 2:
+        return per_seed[:, 0], np.full(len(per_seed), math.nan)
+    d2 = np.concatenate([[0.0], np.cumsum(np.diff(g[:, 0]) ** 2)])
+    ss = d2[w - 1:] - d2[:len(d2) - w + 1]  # the w - 1 squared successive differences inside each window
+    return per_seed[:, 0], np.sqrt(ss / (w - 1) / 2) / math.sqrt(w)
+
+
+def departures(curves: pd.DataFrame, reference: str | dict[str, str] = FULL, window: float = GAP_WINDOW,
+               k: float = K_SE) -> pd.DataFrame:
+    """Whether, and from when, each curve is above its reference by more than the noise.
+
+    `curves`: (curve, step, value) and, for several seeds, `seed` (at_chosen_lr); `reference`: one
+    curve for all, or a dict curve -> reference (reference_curves). The gap is the seed-matched
+    difference curve - reference. Over a window of `window` of the compared steps (at least
+    MIN_WINDOW), its mean is an Estimate (window_gap: the SE across seeds, or with one seed from the
+    scatter within the window). A curve departs when the mean gap over the last window exceeds k
+    SE (and MIN_GAP); `departs_at_step` is the last step of the first window, sliding one step at a
+    time, from which every later window does too (None: it does not depart)."""
     refs = reference if isinstance(reference, dict) else {c: reference for c in curves["curve"].unique() if c != reference}
+    if "seed" not in curves:
+        curves = curves.assign(seed=0)
+    piv = {name: g.pivot_table(index="step", columns="seed", values="value", aggfunc="mean")
+           for name, g in curves.groupby("curve", sort=False)}
     rows = []
-    for name, c in curves[curves["curve"].isin(list(refs))].groupby("curve", sort=False):
-        ref = curves[curves["curve"] == refs[name]].set_index("step")["value"]
-        c = c.set_index("step")["value"]
-        common = c.index.intersection(ref.index)
-        if not len(common):
+    for name in [c for c in curves["curve"].unique() if c in refs and refs[c] in piv]:
+        a, b = piv[name], piv[refs[name]]
+        seeds = a.columns.intersection(b.columns)
+        gaps = (a[seeds] - b[seeds]).dropna()
+        if not len(gaps) or not len(seeds):
             continue
-        a, b = c.loc[common].to_numpy(), ref.loc[common].to_numpy()
-        off = np.array([not matches(x, y) for x, y in zip(a, b)])
-        # the last step that matches; everything after it is off the reference
-        last_ok = np.flatnonzero(~off)
+        steps = gaps.index.to_numpy()
+        w = min(len(steps), max(MIN_WINDOW, math.ceil(window * len(steps))))
+        means, ses = _sliding_gap(gaps.to_numpy(dtype=float), w)
+        over = means > np.maximum(k * np.nan_to_num(ses), MIN_GAP)  # Estimate.exceeds, every window at once
+        last_ok = np.flatnonzero(~over)
         start = 0 if not len(last_ok) else last_ok[-1] + 1
-        rows.append({"curve": name, "departs_at_step": int(common[start]) if start < len(common) else None,
-                     "max_rel_gap": float(np.max((a - b) / np.abs(b))), "final_rel_gap": float((a[-1] - b[-1]) / abs(b[-1])),
-                     "steps_compared": len(common)})
-    return pd.DataFrame(rows, columns=["curve", "departs_at_step", "max_rel_gap", "final_rel_gap", "steps_compared"])
+        final = window_gap(gaps.iloc[-w:])
+        ref_mean = b.loc[steps, seeds].mean(axis=1)
+        gap_mean = gaps.mean(axis=1)
+        ref_end = float(ref_mean.iloc[-w:].mean())
+        rows.append({"curve": name, "reference": refs[name],
+                     "departs_at_step": int(steps[w - 1 + start]) if start < len(over) else None,
+                     "gap": final.value, "gap_se": final.se, "n_seeds": final.n_seeds, "noise": final.source,
+                     "rel_gap": final.value / abs(ref_end) if ref_end else math.nan,
+                     "max_rel_gap": float((gap_mean / ref_mean.abs()).max()),
+                     "final_rel_gap": float(gap_mean.iloc[-1] / abs(ref_mean.iloc[-1])),
+                     "window_steps": w, "window_from": int(steps[-w]), "steps_compared": len(steps)})
+    return pd.DataFrame(rows, columns=["curve", "reference", "departs_at_step", "gap", "gap_se", "n_seeds", "noise",
+                                       "rel_gap", "max_rel_gap", "final_rel_gap", "window_steps", "window_from",
+                                       "steps_compared"])
 
 
 def value_at_step(res: Results, runs: pd.DataFrame, step: int, column: str = "train_loss",
@@ -210,10 +388,11 @@ def value_at_step(res: Results, runs: pd.DataFrame, step: int, column: str = "tr
 
 
 def ucurves(runs: pd.DataFrame, value: str = "final_loss", sem: str | None = "final_loss_sem") -> pd.DataFrame:
-    """(curve, lr, value, sem, n_runs, diverged): the runs' `value` per curve and LR, averaged over
-    seeds (a diverged seed makes the point +inf, or -inf for a reward). The standard error is that
-    across seeds, or the single run's own (over its final window)."""
+    """(curve, lr, value, sem, n_runs, n_seeds, diverged): the runs' `value` per curve and LR,
+    averaged over seeds (a diverged seed makes the point +inf, or -inf for a reward). The standard
+    error is that across seeds, or the single run's own (over its final window)."""
     plotted = runs[runs["status"].isin(("completed", "diverged"))]
+    plotted = plotted.assign(seed=seed_of(plotted))
     rows = []
     for (name, lr), g in plotted.groupby(["curve", "lr"], sort=False):
         v = g[value].astype(float)
@@ -222,8 +401,8 @@ def ucurves(runs: pd.DataFrame, value: str = "final_loss", sem: str | None = "fi
         else:
             s = float(g[sem].iloc[0]) if sem and sem in g and pd.notna(g[sem].iloc[0]) else 0.0
         rows.append({"curve": name, "lr": float(lr), "value": float(v.mean()), "sem": s, "n_runs": len(g),
-                     "diverged": int((g["status"] == "diverged").sum())})
-    t = pd.DataFrame(rows, columns=["curve", "lr", "value", "sem", "n_runs", "diverged"])
+                     "n_seeds": int(g["seed"].nunique()), "diverged": int((g["status"] == "diverged").sum())})
+    t = pd.DataFrame(rows, columns=["curve", "lr", "value", "sem", "n_runs", "n_seeds", "diverged"])
     return sort_curves(t, runs, "lr")
 
 
@@ -241,6 +420,12 @@ class Optimum:
     grid_lr: float
     edge: str
     fitted: bool
+
+    @property
+    def open(self) -> bool:
+        """The optimum is a bound, not a point: at the grid's lowest or highest LR, a one-LR grid, or
+        none (every LR diverged)."""
+        return self.edge in OPEN_EDGES
 
 
 def _vertex(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -299,8 +484,10 @@ def fit_optimum(lrs: Iterable[float], values: Iterable[float], sems: Iterable[fl
 
 def optimal_lrs(runs: pd.DataFrame, value: str = "final_loss", sem: str | None = "final_loss_sem",
                 maximize: bool = False) -> pd.DataFrame:
-    """One row per curve with at least one plotted run: the fitted optimum of its U-curve and its
-    keys (the columns of optimal_lr.csv, plus the curve label and the experiment)."""
+    """One row per curve with at least one plotted run: the fitted optimum of its U-curve (on the
+    seed means, with their SE across seeds) and its keys (the columns of optimal_lr.csv, plus the
+    best grid LR, the seeds, the curve label and the experiment). `edge` is true where the optimum is
+    a bound (OPEN_EDGES)."""
     uc = ucurves(runs, value, sem)
     keys = curve_table(runs).set_index("curve")
     rows = []
@@ -308,17 +495,36 @@ def optimal_lrs(runs: pd.DataFrame, value: str = "final_loss", sem: str | None =
         o = fit_optimum(g["lr"], g["value"], g["sem"], maximize=maximize)
         k = keys.loc[name]
         full = k["method"] == "full"
+        at = g[g["lr"] == o.grid_lr]
         rows.append({"method": k["method"], "rank": None if full else int(k["rank"]),
                      "layers": None if full else k["layers"], "batch_size": k.get("optim.batch_size"),
                      "best_lr": o.best_lr, "best_lr_low": o.low, "best_lr_high": o.high,
                      "best_final_loss": o.best_value, "model": k.get("model.name"),
                      # edge: the optimum is a bound, not a point (lora-lab fit-lr leaves such rows out)
-                     "edge": bool(o.edge), "edge_side": o.edge,
-                     "n_lrs": len(g), "curve": name})
+                     "edge": o.open, "edge_side": o.edge,
+                     "n_lrs": len(g), "grid_lr": o.grid_lr, "n_seeds": int(at["n_seeds"].iloc[0]) if len(at) else 0,
+                     "curve": name})
     t = pd.DataFrame(rows)
     if len(t):
         t["rank"] = t["rank"].astype("Int64")
     return t
+
+
+def seed_values(runs: pd.DataFrame, optimal: pd.DataFrame, value: str = "final_loss",
+                sem: str | None = "final_loss_sem") -> pd.DataFrame:
+    """(curve, seed, value, sem): each seed's `value` at its curve's best grid LR (optimal's grid_lr,
+    chosen on the seed means), and that run's own standard error (`sem`, over its final window): what
+    `paired` compares, seed by seed."""
+    rows = []
+    plotted = runs[runs["status"].isin(("completed", "diverged"))]
+    plotted = plotted.assign(seed=seed_of(plotted))
+    for _, o in optimal.iterrows():
+        at = plotted[(plotted["curve"] == o["curve"]) & np.isclose(plotted["lr"], o["grid_lr"])]
+        for seed, g in at.groupby("seed"):
+            se = pd.to_numeric(g[sem], errors="coerce").mean() if sem and sem in g else math.nan
+            rows.append({"curve": o["curve"], "seed": int(seed), "value": float(g[value].astype(float).mean()),
+                         "sem": float(se) if pd.notna(se) else math.nan})
+    return pd.DataFrame(rows, columns=["curve", "seed", "value", "sem"])
 
 
 def lr_ratios(optimal: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
@@ -336,3 +542,17 @@ def lr_ratios(optimal: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
                      "ratio_high": o["best_lr_high"] / f["best_lr_low"],
                      "open": bool(o["edge"] or f["edge"])})
     return pd.DataFrame(rows, columns=["curve", "rank", "layers", "lora_lr", "full_lr", "ratio", "ratio_low", "ratio_high", "open"])
+
+
+def seed_ratios(runs: pd.DataFrame, value: str = "final_loss", sem: str | None = "final_loss_sem") -> pd.DataFrame:
+    """lr_ratios of each seed's runs alone (its own U-curves and optima), with a `seed` column: the
+    seed-to-seed spread of the LoRA/FullFT optimal-LR ratio."""
+    frames = []
+    seeds = seed_of(runs)
+    for seed in sorted(seeds.unique()):
+        one = runs[seeds == seed]
+        r = lr_ratios(optimal_lrs(one, value, sem), one)
+        if len(r):
+            frames.append(r.assign(seed=int(seed)))
+    cols = ["curve", "rank", "layers", "lora_lr", "full_lr", "ratio", "ratio_low", "ratio_high", "open", "seed"]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)

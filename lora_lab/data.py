@@ -1,5 +1,6 @@
 """Post-training data: data set registry, real data set loaders, chat conversion, tokenization with
-assistant-only labels, and the deterministic batch order shared by every run of a sweep.
+assistant-only labels (lora_lab/chat.py finds them), truncation, the token cache, and the
+deterministic batch order shared by every run of a sweep.
 
 A data set is a function `DataConfig -> (train_rows, eval_rows)`; rows are dicts in the schema of
 the real data set they stand for. Generated sets live in tiny/world.py; the real ones load here
@@ -17,13 +18,14 @@ a real set's schema trains the same way. A real set is read lazily: a seeded per
 indices, the first `eval_size` usable rows held out (unless `data.eval_split` names a split), the
 next `num_examples` usable rows trained on; so the held-out rows never depend on num_examples.
 Malformed rows are counted, reported on stderr and skipped; above `data.max_bad_fraction` the load
-fails with a DataError. Truncation to `data.max_seq_len` keeps the head and drops the tail; a row
-left with no assistant token is dropped and counted. Batches are drawn in an order that depends only
-on `train.seed` and the data config, so LoRA and FullFT runs of one sweep see the same sequences at
-the same step.
+fails with a DataError. Rows longer than `data.max_seq_len` keep their head (`data.truncation=head`;
+a row left with no assistant token does not train) or do not train (`drop`); both are counted on
+stderr. Tokenized rows are cached under run.root (lora_lab/token_cache.py). Batches are drawn in an
+order that depends only on `train.seed` and the data config, so LoRA and FullFT runs of one sweep
+see the same sequences at the same step.
 
-    python -m lora_lab.data                                    # a few tiny-tulu examples with their targets
-    python -m lora_lab.data data=gsm8k data.path=tests/fixtures/gsm8k.jsonl
+    lora-lab show-data                                         # a few tiny-tulu rows with their targets marked
+    lora-lab show-data data=gsm8k data.path=tests/fixtures/gsm8k.jsonl --json
 """
 
 from __future__ import annotations
@@ -41,13 +43,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import numpy as np
 import torch
 
-from lora_lab import answers, hub
+from lora_lab import answers, hub, token_cache
+from lora_lab.chat import CHAT_TEMPLATE_DIR, IGNORE_INDEX, encode_chat, encode_chats, use_chat_template  # noqa: F401 - re-exported
 from lora_lab.tiny.world import TINY_DATASETS
 
 if TYPE_CHECKING:
     from lora_lab.config import Config, DataConfig
-
-IGNORE_INDEX = -100
 
 
 class DataError(ValueError):
@@ -434,81 +435,45 @@ DATASETS: dict[str, Callable[["DataConfig"], tuple[Sequence[dict], Sequence[dict
 # ----------------------------------------------------------------------------- tokenization
 
 
-def encode_chat(tokenizer, messages: list[dict], max_len: int | None) -> tuple[list[int], list[int]]:
-    """Token ids and labels (IGNORE_INDEX outside assistant turns) of one conversation, cut to its
-    first max_len tokens (None: not cut).
+@dataclass
+class RowTokens:
+    """One row as training sees it: its ids and labels after the truncation policy, its length
+    before, and why it does not train (None: it does)."""
 
-    Uses the template's {% generation %} blocks when it has them; otherwise marks each assistant
-    turn by rendering the conversation before it (with the generation prompt) and after it, which
-    is exact for prefix-stable templates and then also counts the turn's trailing separator."""
-    if _has_generation_blocks(tokenizer):
-        out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
-        ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
-    else:
-        def render(msgs, gen=False):
-            return list(tokenizer.apply_chat_template(msgs, tokenize=True, return_dict=True, add_generation_prompt=gen)["input_ids"])
+    ids: list[int]
+    labels: list[int]
+    length: int
+    dropped: str | None = None
 
-        ids, mask = [], []
-        for i, m in enumerate(messages):
-            full = render(messages[: i + 1])
-            if full[: len(ids)] != ids:
-                # A template that rewrites earlier turns once a later one follows (Qwen3's drops an
-                # assistant turn's empty <think> block): the masks of this method would be shifted.
-                raise DataError("data.chat_template: the chat template rewrites earlier turns (the first turns "
-                                "rendered alone are not a prefix of the whole), so assistant tokens cannot be "
-                                "found without {% generation %} markers; set data.chat_template=chatml, llama3 "
-                                "or a .jinja file with {% generation %} blocks")
-            if m["role"] == "assistant":
-                # The turn's header (e.g. "<|start_header_id|>assistant...") is prompt, not target.
-                head = render(messages[:i], gen=True) if i else []
-                if full[: len(head)] != head or head[: len(ids)] != ids:
-                    head = ids
-                ids, mask = head, mask + [0] * (len(head) - len(ids))
-                mask += [1] * (len(full) - len(ids))
-            else:
-                mask += [0] * (len(full) - len(ids))
-            ids = full
-    ids, mask = ids[:max_len], mask[:max_len]
-    labels = [t if k else IGNORE_INDEX for t, k in zip(ids, mask)]
-    return ids, labels
+    @property
+    def truncated(self) -> bool:
+        return self.length > len(self.ids)
+
+    @property
+    def targets(self) -> int:
+        """Target tokens that the next-token loss counts (a target at position 0 has no context)."""
+        return sum(x != IGNORE_INDEX for x in self.labels[1:])
 
 
-CHAT_TEMPLATE_DIR = Path(__file__).resolve().parent / "assets" / "chat_templates"
+TOO_LONG, NO_TARGET = "longer than data.max_seq_len", "no assistant token within data.max_seq_len"
 
 
-def use_chat_template(tokenizer, data: "DataConfig") -> Any:
-    """The tokenizer with the chat template data.chat_template names (a preset of
-    lora_lab/assets/chat_templates/ or a .jinja file), or its own; a DataError naming
-    data.chat_template when it has none (a base model's tokenizer), before any model loads."""
-    if data.chat_template is not None:
-        from lora_lab.config import CHAT_TEMPLATES
+def encode_rows(rows: Sequence[dict], tokenizer, max_len: int, truncation: str = "head") -> list[RowTokens]:
+    """Rows -> RowTokens under a truncation policy (data.truncation):
 
-        path = (CHAT_TEMPLATE_DIR / f"{data.chat_template}.jinja" if data.chat_template in CHAT_TEMPLATES
-                else Path(data.chat_template).expanduser())
-        tokenizer.chat_template = path.read_text()
-    if not getattr(tokenizer, "chat_template", None):
-        raise DataError(f"data.chat_template=null: the tokenizer of {getattr(tokenizer, 'name_or_path', 'this model')} "
-                        f"has no chat template (a base model); set data.chat_template=llama3, chatml or a .jinja file")
-    return tokenizer
-
-
-def _has_generation_blocks(tokenizer) -> bool:
-    template = getattr(tokenizer, "chat_template", None) or ""
-    return "{% generation %}" in template or "{%- generation %}" in template
-
-
-def encode_chats(tokenizer, conversations: Sequence[list[dict]], chunk: int = 256) -> list[tuple[list[int], list[int]]]:
-    """encode_chat (not cut) of many conversations. With {% generation %} blocks the tokenizer runs
-    on chunks of conversations at once (same ids and masks as one at a time, in 0.62x the time on
-    tiny-tulu: experiments/bench_tokenize.py); otherwise one conversation at a time."""
-    if not _has_generation_blocks(tokenizer):
-        return [encode_chat(tokenizer, m, None) for m in conversations]
+    - head: keep the first max_len tokens, drop the tail (SFT recipes' usual cut): the prompt
+      survives whole where it fits, a long answer loses its end, final answer and end-of-turn token
+      included; a row left with no target after position 0 does not train;
+    - drop: a row longer than max_len does not train; every row that does is whole."""
     out = []
-    for i in range(0, len(conversations), chunk):
-        enc = tokenizer.apply_chat_template(list(conversations[i:i + chunk]), tokenize=True, return_dict=True,
-                                            return_assistant_tokens_mask=True)
-        for ids, mask in zip(enc["input_ids"], enc["assistant_masks"]):
-            out.append((list(ids), [t if k else IGNORE_INDEX for t, k in zip(ids, mask)]))
+    for ids, labels in encode_chats(tokenizer, [_messages(row) for row in rows]):
+        if truncation == "drop" and len(ids) > max_len:
+            out.append(RowTokens(ids, labels, len(ids), TOO_LONG))  # whole, for show-data; never trained
+            continue
+        r = RowTokens(ids[:max_len], labels[:max_len], len(ids))
+        if not r.targets:
+            r.dropped = NO_TARGET
+        out.append(r)
     return out
 
 
@@ -521,26 +486,46 @@ class TokenizedSplit:
         return len(self.ids)
 
 
-def tokenize(rows: Sequence[dict], tokenizer, max_len: int, label: str = "data") -> TokenizedSplit:
-    """Rows -> token ids and assistant-only labels. Truncation policy: keep the first max_len tokens
-    and drop the tail, as SFT recipes do: the prompt survives whole where it fits, a long answer
-    loses its end. A row left with no assistant token after position 0 (the next-token loss has no
-    target) is dropped. Both counts go to stderr, prefixed by `label`."""
-    ids, labels = [], []
-    cut = dropped = 0
-    for full_ids, full_labels in encode_chats(tokenizer, [_messages(row) for row in rows]):
-        i, l = full_ids[:max_len], full_labels[:max_len]
-        cut += len(full_ids) > max_len
-        if sum(x != IGNORE_INDEX for x in l[1:]) == 0:
-            dropped += 1
-            continue
-        ids.append(torch.tensor(i, dtype=torch.long))
-        labels.append(torch.tensor(l, dtype=torch.long))
-    if cut:
-        gone = f"; dropped {dropped} left with no assistant token" if dropped else ""
-        print(f"{label}: truncated {cut} of {len(ids) + dropped} rows to data.max_seq_len={max_len} tokens (tail dropped){gone}",
-              file=sys.stderr)
-    return TokenizedSplit(ids, labels)
+@dataclass
+class _Counts:
+    """What a truncation policy did to one split: rows tokenized, cut to max_len, not trained."""
+
+    rows: int = 0
+    cut: int = 0
+    too_long: int = 0
+    no_target: int = 0
+
+    def note(self, label: str, max_len: int) -> str | None:
+        if self.too_long:
+            return (f"{label}: dropped {self.too_long} of {self.rows} rows longer than data.max_seq_len={max_len} tokens "
+                    f"(data.truncation=drop)")
+        if self.cut:
+            gone = f"; dropped {self.no_target} left with no assistant token" if self.no_target else ""
+            return f"{label}: truncated {self.cut} of {self.rows} rows to data.max_seq_len={max_len} tokens (tail dropped){gone}"
+        return None
+
+
+def _tokenize(rows: Sequence[dict], tokenizer, max_len: int, truncation: str) -> tuple[TokenizedSplit, _Counts]:
+    split, counts = TokenizedSplit([], []), _Counts()
+    for r in encode_rows(rows, tokenizer, max_len, truncation):
+        counts.rows += 1
+        counts.cut += r.truncated and r.dropped != TOO_LONG
+        counts.too_long += r.dropped == TOO_LONG
+        counts.no_target += r.dropped == NO_TARGET
+        if r.dropped is None:
+            split.ids.append(torch.tensor(r.ids, dtype=torch.long))
+            split.labels.append(torch.tensor(r.labels, dtype=torch.long))
+    return split, counts
+
+
+def tokenize(rows: Sequence[dict], tokenizer, max_len: int, label: str = "data", truncation: str = "head") -> TokenizedSplit:
+    """Rows -> token ids and assistant-only labels of the rows that train under the truncation
+    policy (encode_rows); what the policy cut or dropped goes to stderr, prefixed by `label`."""
+    split, counts = _tokenize(rows, tokenizer, max_len, truncation)
+    note = counts.note(label, max_len)
+    if note:
+        print(note, file=sys.stderr)
+    return split
 
 
 def collate(split: TokenizedSplit, idx: list[int], pad_id: int) -> dict[str, torch.Tensor]:
@@ -557,12 +542,65 @@ def collate(split: TokenizedSplit, idx: list[int], pad_id: int) -> dict[str, tor
     return {"input_ids": input_ids, "attention_mask": attn, "labels": labels}
 
 
+# ----------------------------------------------------------------------------- the token cache
+
+
+def cache_parts(cfg: "Config", tokenizer, train_rows: Sequence[dict], eval_rows: Sequence[dict]) -> dict:
+    """Everything the tokens of a run's rows depend on (lora_lab/token_cache.py hashes it): the
+    tokenizer (the model's name and revision, its definition and chat template), the data config,
+    the rows themselves (a real set's Arrow fingerprint and the indices read; a generated set's rows)
+    and the versions of the libraries that render and tokenize."""
+    import jinja2
+    import tokenizers
+    import transformers
+
+    def rows_id(rows: Sequence[dict]) -> str:
+        if isinstance(rows, Rows):
+            return f"{getattr(rows.ds, '_fingerprint', None)}:{hashlib.sha256(np.asarray(rows.indices, np.int64).tobytes()).hexdigest()}"
+        return hashlib.sha256(json.dumps(list(rows), sort_keys=True, default=str).encode()).hexdigest()
+
+    return {"model": cfg.model.name, "revision": cfg.model.revision, "tokenizer": token_cache.tokenizer_fingerprint(tokenizer),
+            "data": vars(cfg.data), "train_rows": rows_id(train_rows), "eval_rows": rows_id(eval_rows),
+            "versions": [transformers.__version__, tokenizers.__version__, jinja2.__version__]}
+
+
+def _to_arrays(prefix: str, split: TokenizedSplit, counts: _Counts) -> dict[str, np.ndarray]:
+    lens = np.array([len(x) for x in split.ids], dtype=np.int64)
+    ids = torch.cat(split.ids).numpy() if len(split) else np.zeros(0, np.int64)
+    labels = torch.cat(split.labels).numpy() if len(split) else np.zeros(0, np.int64)
+    dtype = np.int32 if ids.size == 0 or ids.max() < 2**31 else np.int64
+    return {f"{prefix}_ids": ids.astype(dtype), f"{prefix}_target": (labels != IGNORE_INDEX).astype(np.uint8),
+            f"{prefix}_lens": lens, f"{prefix}_counts": np.array([counts.rows, counts.cut, counts.too_long, counts.no_target], np.int64)}
+
+
+def _from_arrays(prefix: str, a: dict[str, np.ndarray], max_len: int) -> tuple[TokenizedSplit, _Counts]:
+    """The split back from its arrays; ValueError if they are not what _to_arrays wrote."""
+    ids, target, lens, counts = (a[f"{prefix}_{k}"] for k in ("ids", "target", "lens", "counts"))
+    if (ids.ndim != 1 or target.shape != ids.shape or lens.ndim != 1 or counts.shape != (4,) or int(lens.sum()) != ids.size
+            or (lens.size and (lens.min() < 1 or lens.max() > max_len)) or (ids.size and ids.min() < 0)):
+        raise ValueError(f"inconsistent {prefix} arrays")
+    split, start = TokenizedSplit([], []), 0
+    for n in lens.tolist():
+        x = torch.from_numpy(ids[start:start + n].astype(np.int64))
+        split.ids.append(x)
+        split.labels.append(torch.where(torch.from_numpy(target[start:start + n].astype(bool)), x, IGNORE_INDEX))
+        start += n
+    return split, _Counts(*(int(c) for c in counts))
+
+
 # ----------------------------------------------------------------------------- batch order
+
+
+# Data keys added after runs were made, at the value that reproduces those runs: left out of the
+# order seed there, so that a run resumed across the change keeps its batch order (and a grid its
+# runs' shared order). chat_template=null renders as before it existed; truncation=head cuts as before.
+_ORDER_NEUTRAL = {"chat_template": None, "truncation": "head"}
 
 
 def order_seed(cfg: "Config") -> int:
     """Seed of the data order: train.seed and the data config only (not method, rank or LR)."""
-    key = json.dumps({"seed": cfg.train.seed, "data": vars(cfg.data)}, sort_keys=True, default=str)
+    data = {k: v for k, v in vars(cfg.data).items() if k not in _ORDER_NEUTRAL or v != _ORDER_NEUTRAL[k]}
+    key = json.dumps({"seed": cfg.train.seed, "data": data}, sort_keys=True, default=str)
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") & (2**62 - 1)
 
 
@@ -601,26 +639,33 @@ def load_rows(data: "DataConfig") -> tuple[Sequence[dict], Sequence[dict]]:
 
 def _seq_len_error(cfg: "Config", what: str) -> DataError:
     n = cfg.data.max_seq_len
+    if cfg.data.truncation == "drop":
+        return DataError(f"data.truncation=drop: every {what} row of {cfg.data.name} is longer than data.max_seq_len={n} "
+                         f"tokens; raise data.max_seq_len, or set data.truncation=head")
     return DataError(f"data.max_seq_len={n}: no {what} row of {cfg.data.name} has an assistant token within its first {n} tokens; raise it")
 
 
-def _has_target(row: dict, tokenizer, max_len: int) -> bool:
-    """Whether the row keeps a target token within its first max_len tokens, as tokenize() cuts it."""
-    _, labels = encode_chat(tokenizer, _messages(row), max_len)
-    return any(x != IGNORE_INDEX for x in labels[1:])
+def _trains(row: dict, tokenizer, data: "DataConfig") -> bool:
+    """Whether the row trains under data.max_seq_len and data.truncation, as tokenize() treats it."""
+    return encode_rows([row], tokenizer, data.max_seq_len, data.truncation)[0].dropped is None
 
 
 def _prompt_fits(row: dict, tokenizer, cfg: "Config") -> bool:
     """Whether the RL prompt of a row (the conversation before its last assistant turn, with
     rl.instruction and the generation prompt: what lora_lab/rl.py encode_prompt builds) fits in
     data.max_seq_len, as the RL loop requires of its held-out prompts."""
+    return len(rl_prompt_ids(row, tokenizer, cfg.rl.instruction)) <= cfg.data.max_seq_len
+
+
+def rl_prompt_ids(row: dict, tokenizer, instruction: str | None) -> list[int]:
+    """The token ids of a row's RL prompt: the conversation before its last assistant turn, with
+    `instruction` appended to its last user turn and the generation prompt on."""
     msgs = _messages(row)
     last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
     msgs = [dict(m) for m in msgs[:last]]
-    if cfg.rl.instruction:
-        msgs[-1]["content"] = f"{msgs[-1]['content']}\n\n{cfg.rl.instruction}"
-    ids = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
-    return len(ids) <= cfg.data.max_seq_len
+    if instruction:
+        msgs[-1]["content"] = f"{msgs[-1]['content']}\n\n{instruction}"
+    return list(tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
 
 
 def check_rows(cfg: "Config", rows: tuple[Sequence[dict], Sequence[dict]], tokenizer: Any = None) -> None:
@@ -630,8 +675,9 @@ def check_rows(cfg: "Config", rows: tuple[Sequence[dict], Sequence[dict]], token
     - one step's batch fits in the training rows: optim.batch_size sequences (task=rl:
       rl.prompts_per_step problems). A real set may hold fewer rows than data.num_examples, or all
       of a file (num_examples null), so only the rows read can tell;
-    - data.max_seq_len leaves some training row and some held-out row a target (task=rl: some
-      held-out prompt fits). The loop would find out only after building the model.
+    - data.max_seq_len (under data.truncation) leaves some training row and some held-out row to
+      train on (task=rl: some held-out prompt fits). The loop would find out only after building
+      the model.
 
     The second needs the model's tokenizer (loaded here if not given), not its weights. It stops at
     the first row that passes: one row of each split in a usable config."""
@@ -652,33 +698,58 @@ def check_rows(cfg: "Config", rows: tuple[Sequence[dict], Sequence[dict]], token
             raise DataError(f"data.max_seq_len={n}: every held-out prompt of {cfg.data.name} is longer than {n} tokens; raise it")
         return
     for split, what in ((train_rows, "training"), (eval_rows, "held-out")):
-        if not any(_has_target(row, tokenizer, n) for row in split):
+        if not any(_trains(row, tokenizer, cfg.data) for row in split):
             raise _seq_len_error(cfg, what)
 
 
 def load_data(cfg: "Config", tokenizer, rows: tuple[Sequence[dict], Sequence[dict]] | None = None
               ) -> tuple[TokenizedSplit, TokenizedSplit]:
+    """The training and held-out rows tokenized under data.max_seq_len and data.truncation, from the
+    token cache under run.root when it holds them (lora_lab/token_cache.py; run.token_cache=false:
+    never), else tokenized here and written to it. DataError if a split is left empty or the
+    training rows cannot fill a batch."""
     train_rows, eval_rows = rows if rows is not None else load_rows(cfg.data)
-    name, n = cfg.data.name, cfg.data.max_seq_len
-    train, held = tokenize(train_rows, tokenizer, n, f"data.{name} train"), tokenize(eval_rows, tokenizer, n, f"data.{name} eval")
+    name, n, policy = cfg.data.name, cfg.data.max_seq_len, cfg.data.truncation
+    labels = (f"data.{name} train", f"data.{name} eval")
+    path = key = None
+    if cfg.run.token_cache:
+        key = token_cache.key_of(cache_parts(cfg, tokenizer, train_rows, eval_rows))
+        path = token_cache.path_for(cfg.run.root, name, key)
+    with token_cache.locked(path):  # a job that finds another building the same file waits for it
+        arrays = token_cache.read(path, key) if path is not None else None
+        try:
+            (train, train_counts), (held, held_counts) = _from_arrays("train", arrays, n), _from_arrays("eval", arrays, n)
+            print(f"data.{name}: {len(train)} training and {len(held)} held-out rows from the token cache {path}", file=sys.stderr)
+        except (TypeError, KeyError, ValueError) as exc:  # no file (None), or arrays that do not fit together
+            if arrays is not None:
+                print(f"token cache {path}: unreadable ({exc}); rebuilding it", file=sys.stderr)
+            (train, train_counts), (held, held_counts) = (_tokenize(r, tokenizer, n, policy) for r in (train_rows, eval_rows))
+            if path is not None:
+                try:
+                    token_cache.write(path, key, {**_to_arrays("train", train, train_counts), **_to_arrays("eval", held, held_counts)})
+                except OSError as err:  # a read-only or full run root: train on, uncached
+                    print(f"token cache {path}: not written ({err})", file=sys.stderr)
+    for counts, label in ((train_counts, labels[0]), (held_counts, labels[1])):
+        note = counts.note(label, n)
+        if note:
+            print(note, file=sys.stderr)
     for split, what in ((train, "training"), (held, "held-out")):
         if not len(split):
             raise _seq_len_error(cfg, what)
     if cfg.task != "rl" and len(train) < cfg.optim.batch_size:
-        # Rows left with no target after truncation are dropped: check_rows counted them still.
+        # Rows that do not train after truncation are dropped: check_rows counted them still.
         raise DataError(f"optim.batch_size={cfg.optim.batch_size}: only {len(train)} training rows of {name} keep an "
-                        f"assistant token within data.max_seq_len={n} tokens; lower it, or raise data.max_seq_len")
+                        f"assistant token within data.max_seq_len={n} tokens (data.truncation={policy}); lower it, "
+                        f"or raise data.max_seq_len")
     return train, held
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # `lora-lab show-data` (lora_lab/show.py) shows more: any model's tokenizer, JSON
     from lora_lab.config import compose
     from lora_lab.models import load_tokenizer
 
     data = compose(sys.argv[1:]).data
-    tok = load_tokenizer("tiny-llama")
-    train_rows, _ = load_rows(data)
-    for row in list(train_rows[:3]):
-        ids, labels = encode_chat(tok, _messages(row), data.max_seq_len)
-        print(repr(tok.decode(ids)))
-        print("  target:", repr(tok.decode([t for t in labels if t != IGNORE_INDEX])))
+    tok = use_chat_template(load_tokenizer("tiny-llama"), data)
+    for r in encode_rows(list(load_rows(data)[0][:3]), tok, data.max_seq_len, data.truncation):
+        print(repr(tok.decode(r.ids)) if r.dropped is None else f"(not trained: {r.dropped})")
+        print("  target:", repr(tok.decode([t for t in r.labels if t != IGNORE_INDEX])))

@@ -2,7 +2,8 @@
 
 Colour is the rank (viridis over log2 rank 1..512, the same rank the same colour in every figure),
 black is FullFT; line style is the layer set (all solid, MLP dashed, attention dotted). Steps and
-LRs are on log axes, as in the paper's figures. The functions take the tidy tables of
+LRs are on log axes, as in the paper's figures. A line that is a mean over seeds (a table with `sem`
+and `n_seeds` columns, n_seeds > 1) is drawn with a shaded band of +-1 standard error across seeds. The functions take the tidy tables of
 lora_lab/curves.py and return matplotlib Figures (no pyplot state), which `save` writes as PNG and
 PDF; a notebook shows them with `display(fig)`.
 
@@ -83,21 +84,39 @@ def _legend(ax, **kw) -> None:
         ax.legend(handles, labels, **kw)
 
 
+BAND_ALPHA = 0.2
+
+
+def seed_band(ax, c: pd.DataFrame, x: str, y: str, color: object) -> None:
+    """The +-1 SE band across seeds of one line, where it is a mean over two or more seeds."""
+    if "sem" not in c or "n_seeds" not in c:
+        return
+    c = c[(pd.to_numeric(c["n_seeds"], errors="coerce") > 1) & np.isfinite(c[y].astype(float))
+          & np.isfinite(pd.to_numeric(c["sem"], errors="coerce"))]
+    if len(c) >= 2:
+        v, s = c[y].astype(float), c["sem"].astype(float)
+        ax.fill_between(c[x].astype(float), v - s, v + s, color=color, alpha=BAND_ALPHA, lw=0)
+
+
 def _plot_lines(ax, data: pd.DataFrame, styles: Mapping[str, dict], x: str, y: str = "value", **kw) -> None:
     for name in styles:
         c = data[data["curve"] == name].sort_values(x)
         if len(c):
             ax.plot(c[x], c[y], **{**styles[name], **kw})
+            seed_band(ax, c, x, y, styles[name].get("color"))
 
 
 def curves_figure(curves: pd.DataFrame, styles: Mapping[str, dict], *, x: str = "step", logx: bool = True,
                   ylabel: str = "train loss (nats)", title: str = "", reference: str | None = None,
                   relative: bool = True, band: float | None = None, marks: Mapping[str, float] | None = None,
-                  diff_label: str | None = None, lower: pd.DataFrame | None = None, lower_logy: bool = False) -> Figure:
-    """Curves (curve, x, value) per curve; with `reference`, a lower panel of each curve minus the
-    reference curve (relative: divided by it), a grey band of +-`band`, and a dot at `marks[curve]`
-    (an x where something happens, e.g. the step a rank leaves FullFT). `lower` instead gives the
-    lower panel's lines directly (curve, x, value), e.g. differences to several references."""
+                  diff_label: str | None = None, lower: pd.DataFrame | None = None, lower_logy: bool = False,
+                  diff_sem: pd.DataFrame | None = None) -> Figure:
+    """Curves (curve, x, value) per curve, with a +-1 SE band where a curve is a mean over seeds
+    (columns sem, n_seeds); with `reference`, a lower panel of each curve minus the reference curve
+    (relative: divided by it), a grey band of +-`band`, a band of +-1 SE of the seed-matched
+    difference from `diff_sem` (curve, x, sem), and a dot at `marks[curve]` (an x where something
+    happens, e.g. the step a rank leaves FullFT). `lower` instead gives the lower panel's lines
+    directly (curve, x, value), e.g. differences to several references."""
     rows = 2 if (reference or lower is not None) else 1
     fig, axes = new_figure(rows, 1, height=3.4 if rows == 1 else 5.0, sharex=True,
                            gridspec_kw={"height_ratios": [2, 1]} if rows == 2 else None)
@@ -123,6 +142,14 @@ def curves_figure(curves: pd.DataFrame, styles: Mapping[str, dict], *, x: str = 
                 if relative:
                     d = d / ref.loc[common].abs()
                 low.plot(common, d, **{k: v for k, v in st.items() if k != "label"})
+                if diff_sem is not None:
+                    se = diff_sem[diff_sem["curve"] == name].set_index(x)["sem"].reindex(common).astype(float)
+                    if relative:
+                        se = se / ref.loc[common].abs()
+                    ok = np.isfinite(se.to_numpy())
+                    if ok.sum() >= 2:
+                        low.fill_between(np.asarray(common)[ok], (d - se).to_numpy()[ok], (d + se).to_numpy()[ok],
+                                         color=st["color"], alpha=BAND_ALPHA, lw=0)
                 if marks and marks.get(name) is not None and marks[name] in d.index:
                     low.plot([marks[name]], [d.loc[marks[name]]], "o", color=st["color"], ms=4)
             if band:
@@ -145,7 +172,8 @@ def curves_figure(curves: pd.DataFrame, styles: Mapping[str, dict], *, x: str = 
 def ucurve_figure(uc: pd.DataFrame, optimal: pd.DataFrame | None, styles: Mapping[str, dict], *,
                   ylabel: str = "final train loss (nats)", title: str = "", maximize: bool = False,
                   reference: tuple[str, float] | None = None) -> Figure:
-    """Final value vs LR per curve (log LR); diverged LRs as crosses at the worst edge of the plot;
+    """Final value vs LR per curve (log LR), the mean over seeds with a +-1 SE band where there are
+    several; diverged LRs as crosses at the worst edge of the plot;
     the fitted optimum as a marker with its interval (an arrow where the interval is open);
     `reference` = (label, value): a dashed horizontal line, e.g. the base model's accuracy."""
     fig, axes = new_figure()
@@ -165,6 +193,7 @@ def ucurve_figure(uc: pd.DataFrame, optimal: pd.DataFrame | None, styles: Mappin
                 continue
             ok = np.isfinite(c["value"])
             ax.plot(c.loc[ok, "lr"], c.loc[ok, "value"], marker="o", ms=3, **st)
+            seed_band(ax, c[ok], "lr", "value", st.get("color"))
             if (~ok).any():
                 ax.plot(c.loc[~ok, "lr"], [worst] * int((~ok).sum()), "x", color=st["color"], ms=6)
             if optimal is not None and name in set(optimal["curve"]):
@@ -241,4 +270,38 @@ def panels_figure(panels: Mapping[str, pd.DataFrame], styles: Mapping[str, dict]
             ax.set_visible(False)
         if title:
             fig.suptitle(title)
+    return fig
+
+
+def ratio_steps_figure(table: pd.DataFrame, styles: Mapping[str, dict], references: Mapping[str, float], *,
+                       title: str = "") -> Figure:
+    """LoRA/FullFT optimal-LR ratio (curve, step, ratio, open) against the training length at which
+    the optima were fitted, one line per curve (hollow markers: a ratio built on an optimum at a
+    grid edge, only a bound), and horizontal reference lines {label: ratio} (e.g. 10x, 15x,
+    hidden / (2 alpha))."""
+    fig, axes = new_figure()
+    ax = axes[0, 0]
+    with matplotlib.rc_context(RC):
+        for name, st in styles.items():
+            c = table[(table["curve"] == name) & np.isfinite(table["ratio"].astype(float))].sort_values("step")
+            if not len(c):
+                continue
+            ax.plot(c["step"], c["ratio"], **st)
+            closed = ~c["open"].astype(bool)
+            ax.plot(c.loc[closed, "step"], c.loc[closed, "ratio"], "o", ms=4, color=st["color"])
+            ax.plot(c.loc[~closed, "step"], c.loc[~closed, "ratio"], "o", ms=4, mfc="white", color=st["color"])
+        for (label, v), ls in zip(references.items(), ("--", ":", "-.", (0, (5, 1)))):
+            if v is not None and np.isfinite(v):
+                ax.axhline(v, color="0.4", ls=ls, lw=1, label=label)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(plain)
+            axis.set_minor_formatter(plain)
+        ax.grid(True, which="major")
+        ax.set_xlabel("training steps at which the optima are fitted")
+        ax.set_ylabel("LoRA / FullFT optimal LR")
+        ax.set_title(title)
+        _legend(ax, ncols=2, loc="best")
     return fig

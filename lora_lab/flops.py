@@ -27,6 +27,14 @@ against all s keys, the convention of PaLM's MFU, Chowdhery et al. 2022, appendi
 skip about half) and twice that backward. MoE layers count the router and the active experts; expert
 LoRA is counted as applied per token, with per-expert rank = rank / active experts.
 
+RL also samples (`sampling_flops`, `rl_sampling_cost`): forward passes only, with a KV cache. A
+prompt of P tokens is prefilled once (unembedding its last position only), for the whole group
+where the samples share it (lora_lab's cached loop; vLLM's prefix cache) or once per sample
+(transformers' generate); then each generated token but the last is fed once, at ~2 x the matmul
+parameters (LoRA's adapter matmuls included: samplers run the adapter unmerged) plus attention to
+the cached keys (P + G/2 on average over G new tokens). G is rl.max_new_tokens, an upper bound:
+completions that stop earlier cost less. Held-out greedy evaluation is counted the same way.
+
     python -m lora_lab.flops llama-3.1-8b 256 2048     # FLOPs per token: LoRA r=256 vs FullFT
 """
 
@@ -319,6 +327,71 @@ def flops_ratio(config: ModelLike, rank: int = 8, layers: str = "all", seq_len: 
     return lora.total / flops_per_token(config, "full", rank, layers, seq_len).total
 
 
+def _unembed_forward(config: ModelLike, method: str, rank: int, unembed: bool) -> float:
+    """Forward FLOPs of the unembedding for one position."""
+    a = Arch.of(config)
+    return linear_flops(a.hidden, a.vocab, rank=rank if unembed and method == "lora" else 0,
+                        input_grad=False)[0].forward
+
+
+def sampling_flops(config: ModelLike, method: str = "lora", rank: int = 8, layers: str = "all", unembed: bool = False,
+                   *, prompt_len: float, new_tokens: float, samples: int = 1, shared_prefill: bool = True) -> float:
+    """Forward matmul FLOPs of drawing `samples` completions of `new_tokens` tokens from one prompt
+    of `prompt_len` tokens with a KV cache (see the module docstring): the prefill, once
+    (`shared_prefill`) or once per sample, then new_tokens - 1 cached decoding steps per sample."""
+    if prompt_len < 1 or new_tokens < 1 or samples < 1:
+        raise ConfigError(f"prompt_len={prompt_len}, new_tokens={new_tokens}, samples={samples}: each must be >= 1")
+
+    def forward(keys: float) -> float:  # one position attending to `keys` keys
+        return flops_per_token(config, method, rank, layers, keys, unembed).forward
+
+    head = _unembed_forward(config, method, rank, unembed)
+    prefill = prompt_len * (forward(prompt_len) - head) + head  # logits of the last prompt position only
+    # Decoding step t (t = 0 .. G-2) feeds token t at position P + t: it attends to P + t + 1 keys.
+    decode = (new_tokens - 1) * forward(prompt_len + new_tokens / 2)
+    return (1 if shared_prefill else samples) * prefill + samples * decode
+
+
+@dataclass(frozen=True)
+class SamplingCost:
+    """What an RL run's sampling costs: forward FLOPs of the training completions and of the held-out
+    greedy evaluations, and the generated tokens (at their length limits: upper bounds)."""
+
+    train: float
+    eval: float
+    train_tokens: float
+    eval_tokens: float
+    evals: int  # held-out evaluations of a run that completes
+
+    @property
+    def total(self) -> float:
+        return self.train + self.eval
+
+
+def rl_evals(cfg: Config, steps: int) -> int:
+    """Held-out evaluations of an RL run that completes: the base model at step 0, every
+    train.eval_every steps before the last, and the end (lora_lab/rl.py)."""
+    every = cfg.train.eval_every
+    return 2 + ((steps - 1) // every if every and steps > 0 else 0)
+
+
+def rl_sampling_cost(cfg: Config, steps: int, prompt_len: float) -> SamplingCost:
+    """Sampling of an RL run of `steps` steps whose prompts have `prompt_len` tokens on average:
+    rl.prompts_per_step groups of rl.group_size completions of up to rl.max_new_tokens a step, and
+    data.eval_size greedy completions of up to rl.eval_max_new_tokens (else rl.max_new_tokens) per
+    evaluation."""
+    rl, lc = cfg.rl, cfg.lora
+    kw = dict(method=cfg.method, rank=lc.rank, layers=lc.layers, unembed=lc.unembed, prompt_len=prompt_len)
+    group = sampling_flops(cfg.model, **kw, new_tokens=rl.max_new_tokens, samples=rl.group_size,
+                           shared_prefill=rl.sampler != "generate")
+    eval_new = rl.eval_max_new_tokens or rl.max_new_tokens
+    evals = rl_evals(cfg, steps)
+    one_eval = cfg.data.eval_size * sampling_flops(cfg.model, **kw, new_tokens=eval_new)
+    return SamplingCost(steps * rl.prompts_per_step * group, evals * one_eval,
+                        float(steps * rl.prompts_per_step * rl.group_size * rl.max_new_tokens),
+                        float(evals * cfg.data.eval_size * eval_new), evals)
+
+
 def run_steps(cfg: Config, rows: int | None) -> int | None:
     """Optimizer steps of a run: train.max_steps, else epochs x (rows // batch) (the train loop's count)."""
     if cfg.train.max_steps:
@@ -333,9 +406,9 @@ def rl_episodes(cfg: Config, steps: int | None) -> int | None:
 
 
 def run_cost(cfg: Config, rows: int | None, mean_len: float, attn_len: float) -> tuple[int | None, float, float]:
-    """(steps, tokens, FLOPs) of one run. Tokens = steps x batch x mean tokens per row (RL: episodes x
-    mean row length, the trained tokens; sampling is not counted). Padding is not counted: model
-    FLOPs, the quantity MFU is defined on."""
+    """(steps, tokens, FLOPs) of one run's learner. Tokens = steps x batch x mean tokens per row (RL:
+    episodes x mean row length, the trained tokens; sampling is `rl_sampling_cost`). Padding is not
+    counted: model FLOPs, the quantity MFU is defined on."""
     steps = run_steps(cfg, rows)
     if steps is None:
         return None, float("nan"), float("nan")

@@ -1,8 +1,11 @@
-"""Access to the Hugging Face hub: whether it can be reached, and the offline switches.
+"""Access to the Hugging Face hub: whether it can be reached, the offline switches, and downloads
+into its caches.
 
 Models (lora_lab/models.py), model configs (lora_lab/flops.py) and real data sets
 (lora_lab/data.py) all ask here first, so that an air-gapped node goes straight to local files and
-caches instead of spending tens of seconds in the libraries' retries.
+caches instead of spending tens of seconds in the libraries' retries. `lora-lab fetch`
+(lora_lab/fetch.py) fills the caches through `fetch_model` and `fetch_dataset` beforehand; both
+write where the libraries read (HF_HOME, HF_HUB_CACHE, HF_DATASETS_CACHE).
 
     python -m lora_lab.hub      # prints whether this process would treat the hub as offline
 """
@@ -16,6 +19,12 @@ import sys
 import urllib.parse
 import urllib.request
 from typing import Iterator
+
+# What a run loads of a hub model (AutoConfig, AutoTokenizer, AutoModelForCausalLM from safetensors),
+# and what it never does: the original/ consolidated checkpoints of Meta's repositories (as large as
+# the model again) and other frameworks' weights.
+MODEL_FILES = ("*.json", "*.safetensors", "*.model", "*.tiktoken", "*.txt", "*.jinja")
+MODEL_SKIP = ("original/*", "*.pth", "*.bin", "*.gguf", "*.onnx", "*.msgpack", "*.h5", "*.ot")
 
 # Any of these set to 1/ON/YES/TRUE makes the hub offline for every lora-lab component.
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -58,6 +67,49 @@ def offline_flags(on: bool) -> Iterator[None]:
         yield
     finally:
         ds_config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE = saved
+
+
+def model_cached(name: str, revision: str | None = None) -> bool:
+    """Whether the hub cache holds a model's config.json and its safetensors weights (every shard)."""
+    import json
+    from pathlib import Path
+
+    from huggingface_hub import try_to_load_from_cache
+
+    def cached(filename: str) -> str | None:
+        found = try_to_load_from_cache(name, filename, revision=revision)
+        return found if isinstance(found, str) else None
+
+    if not cached("config.json"):
+        return False
+    if cached("model.safetensors"):
+        return True
+    index = cached("model.safetensors.index.json")
+    if not index:
+        return False
+    shards = set(json.loads(Path(index).read_text()).get("weight_map", {}).values())
+    return all(cached(s) for s in shards)
+
+
+def fetch_model(name: str, revision: str | None = None, trust_remote_code: bool = False) -> str:
+    """Download a hub model's config, tokenizer and weights into the hub cache; its local path."""
+    from huggingface_hub import snapshot_download
+
+    from pathlib import Path
+
+    patterns = list(MODEL_FILES) + (["*.py"] if trust_remote_code else [])
+    path = snapshot_download(repo_id=name, revision=revision, allow_patterns=patterns, ignore_patterns=list(MODEL_SKIP))
+    if not any(Path(path).glob("*.safetensors")):  # an older repository with PyTorch weights only
+        path = snapshot_download(repo_id=name, revision=revision, allow_patterns=["pytorch_model*.bin"])
+    return path
+
+
+def fetch_dataset(hub_id: str, config: str | None, split: str) -> int:
+    """Download one split of a hub data set and prepare it in the datasets cache, where a run with
+    the hub offline finds it; its number of rows."""
+    import datasets
+
+    return len(datasets.load_dataset(hub_id, config, split=split))
 
 
 if __name__ == "__main__":

@@ -10,13 +10,19 @@ the loop its `task` names: lora_lab/train.py (SFT) or lora_lab/rl.py (RL).
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+from typing import Iterable
 
 from lora_lab import distributed
-from lora_lab.config import Config
-from lora_lab.data import check_rows, load_rows
+from lora_lab.config import Config, ConfigError
+from lora_lab.data import DataError, check_rows, load_rows
 from lora_lab.learner import preflight, summary_from_final
-from lora_lab.runs import FINAL_STATUSES, CorruptFile, ReadOnlyRunDir, RunDir, run_dir, run_id
+from lora_lab.runs import FINAL_STATUSES, CorruptFile, ReadOnlyRunDir, RunBusy, RunDir, run_dir, run_id
 from lora_lab.train import train_sft
+
+# The exit codes of `lora-lab train` (lora_lab/cli.py): 0 completed or diverged, 1 failed, 2 a bad
+# config or data set.
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
 
 def train(cfg: Config) -> dict:
@@ -81,3 +87,46 @@ def _finished(cfg: Config, rid: str, rd: RunDir, rebuild: bool = False) -> dict 
         how = "summary rebuilt from its final checkpoint; " if rebuilt else ""
         print(f"{rid}: already {done['status']} ({how}{final[0]} {final[1]}); skipping", file=sys.stderr)
     return done
+
+
+def failure_record(paths: Iterable[Path], exc: BaseException) -> Path | None:
+    """The summary.json in which one of these runs recorded this very failure, if one did: a run
+    that failed before its directory was written (or on a rank that does not write) has none, and an
+    older summary.json there would point at another failure. Latest path first."""
+    error = f"{type(exc).__name__}: {exc}"
+    for path in reversed(list(paths)):
+        rd = RunDir(path)
+        try:
+            summary = rd.summary()
+        except (CorruptFile, OSError):
+            continue
+        if summary and summary.get("status") == "failed" and summary.get("error") == error:
+            return rd.summary_path
+    return None
+
+
+def outcome(cfg: Config) -> dict:
+    """One run as `lora-lab train` runs it, for a process that goes on to other runs (a sweep's
+    worker, a packed SLURM job): {run_id, status, code, error, record, steps}, with `lora-lab
+    train`'s exit code in `code` and the same classes of failure (a bad config or data set: 2; a run
+    busy in another process or failed: 1, with the summary.json that recorded the failure). Ctrl-C,
+    SIGTERM and SystemExit (a SLURM requeue) are not outcomes: they propagate, and the run stays
+    unfinished."""
+    rid = run_id(cfg)
+    out = {"run_id": rid, "status": None, "code": EXIT_FAILED, "error": None, "record": None, "steps": None}
+    try:
+        summary = train(cfg)
+    except ConfigError as exc:
+        return {**out, "status": "config error", "code": EXIT_CONFIG, "error": str(exc)}
+    except DataError as exc:  # before the run starts (load_rows), or recorded as failed
+        record = failure_record([run_dir(cfg)], exc)
+        return {**out, "status": "failed" if record else "data error", "code": EXIT_CONFIG, "error": str(exc),
+                "record": str(record) if record else None}
+    except RunBusy as exc:
+        return {**out, "status": "busy", "error": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - train() recorded it in summary.json where it could
+        record = failure_record([run_dir(cfg)], exc)
+        return {**out, "status": "failed", "error": f"{type(exc).__name__}: {exc}", "record": str(record) if record else None}
+    status = summary.get("status")
+    return {**out, "status": status, "code": EXIT_OK if status in FINAL_STATUSES else EXIT_FAILED,
+            "error": summary.get("error"), "steps": summary.get("steps")}

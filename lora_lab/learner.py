@@ -34,13 +34,20 @@ def preflight(cfg: Config) -> None:
     not its weights), before anything heavy; a ConfigError names the key (CLI exit 2)."""
     check_run_root(cfg.run.root)
     check_available(cfg.model)
-    resolve_device(cfg.train.device)
+    device = resolve_device(cfg.train.device)
     env = distributed.current()
     # Under torchrun / multi-task srun each process takes batch_size / world_size sequences of a step.
     distributed.check_batch(cfg.optim.batch_size, cfg.optim.micro_batch_size, distributed.world_size_from_env())
     if env.world_size > 1 and cfg.task == "rl":
         raise ConfigError(f"task=rl: runs on one process; launch it without torchrun / several SLURM tasks "
                           f"(this launch has {env.world_size})")
+    if cfg.task == "rl" and cfg.rl.sampler == "vllm":
+        from lora_lab import vllm_sampler  # vLLM importable, an adapter it can load
+
+        vllm_sampler.check(cfg)
+    if device.type == "cuda" and cfg.dist.memory_check:
+        # The memory estimate against this GPU: one line saying what to set, before the weights load.
+        distributed.check_memory(cfg, distributed.world_size_from_env(), distributed.device_memory(env.local_rank))
     if cfg.method != "lora":
         return
     arch = model_config(cfg.model)

@@ -14,6 +14,14 @@ W_e + s B_e A_e, which is also how peft's `target_parameters` works, so exports 
 Dense layers hold K independent adapters (a leading K dimension, K = 1 for a normal run): the
 batch is split into K contiguous groups, group k goes through adapter k. That lets one process
 train K runs of a sweep on one frozen base.
+
+Precision: the adapters' parameters (and so their gradients and AdamW state) are fp32. On a bf16 or
+fp16 base on CUDA they compute in the base's dtype: A and B are cast for the forward, the input is
+used as it is, and autograd casts the gradients back to fp32. Computed in fp32 there, every adapted
+layer would keep an fp32 copy of its input for the backward (q, k and v one each): on Llama-3.1-8B
+with LoRA on all layers, 1.5x the activations the decoder layers keep (tests/test_memory.py). On the
+CPU and on an fp32 base nothing is cast: those results are bitwise what they were
+(`LoRALinear.in_base_dtype` forces either way).
 """
 
 from __future__ import annotations
@@ -39,6 +47,17 @@ EXPERT_PARAMS = ("gate_up_proj", "down_proj")  # gate_up first: peft nests it in
 PEFT_PREFIX = "base_model.model."
 
 
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def _in_base_dtype(flag: bool | None, base: torch.Tensor) -> bool:
+    """Whether adapters on this base weight compute in its dtype: `flag` when set, else for a
+    bf16/fp16 base on CUDA."""
+    if flag is not None:
+        return flag and base.dtype in _LOW_PRECISION
+    return base.is_cuda and base.dtype in _LOW_PRECISION
+
+
 def _uniform_a(shape: tuple[int, ...], d_in: int, scale: float, device, generator=None) -> torch.Tensor:
     bound = scale / math.sqrt(d_in)
     a = torch.empty(shape, dtype=torch.float32, device=device)
@@ -46,7 +65,11 @@ def _uniform_a(shape: tuple[int, ...], d_in: int, scale: float, device, generato
 
 
 class LoRALinear(nn.Module):
-    """y = base(x) + (alpha / r) (x A^T) B^T, with A: [K, r, d_in], B: [K, d_out, r] in fp32."""
+    """y = base(x) + (alpha / r) (x A^T) B^T, with A: [K, r, d_in], B: [K, d_out, r] in fp32, computed
+    in the base's dtype on a bf16/fp16 CUDA base (see the module docstring)."""
+
+    # None: in the base's dtype for a bf16/fp16 base on CUDA, else fp32; True / False force it.
+    in_base_dtype: bool | None = None
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float, init_a_scale: float = 1.0, k: int = 1):
         super().__init__()
@@ -62,14 +85,18 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
-        xa = x.to(self.lora_A.dtype)
+        a, b = self.lora_A, self.lora_B
+        if _in_base_dtype(self.in_base_dtype, self.base.weight):
+            # Casts of A and B (small) instead of an fp32 copy of x (large) kept for the backward.
+            a, b = a.to(self.base.weight.dtype), b.to(self.base.weight.dtype)
+        xa = x.to(a.dtype)
         if self.k == 1:
-            d = F.linear(F.linear(xa, self.lora_A[0]), self.lora_B[0])
+            d = F.linear(F.linear(xa, a[0]), b[0])
         else:
             if x.shape[0] % self.k:
                 raise ValueError(f"batch of {x.shape[0]} cannot be split among {self.k} adapters")
             xs = xa.reshape(self.k, -1, x.shape[-1])
-            d = torch.bmm(torch.bmm(xs, self.lora_A.transpose(1, 2)), self.lora_B.transpose(1, 2))
+            d = torch.bmm(torch.bmm(xs, a.transpose(1, 2)), b.transpose(1, 2))
             d = d.reshape(*x.shape[:-1], -1)
         # Scale after B, as peft does, so that parity holds bitwise in fp32.
         return y + (d * self.scale).to(y.dtype)
@@ -80,7 +107,14 @@ class LoRALinear(nn.Module):
 
 class ExpertLoRA(nn.Module):
     """Parametrization of a fused expert weight W [E, d_out, d_in]: W_e + (alpha / r) B_e A_e,
-    A: [E, r, d_in], B: [E, d_out, r]."""
+    A: [E, r, d_in], B: [E, d_out, r] in fp32 (B A computed in W's dtype on a bf16/fp16 CUDA base).
+
+    The merged weight (W's size, in W's dtype) is what the experts' matmuls use: it is kept for the
+    backward, for every MoE layer (under `cached()` for the whole forward, activation checkpointing
+    or not), and is not sharded by FSDP since it is built from the gathered W. On
+    Qwen3-30B-A3B that is ~58 GB per GPU (lora_lab.distributed.memory_estimate counts it)."""
+
+    in_base_dtype: bool | None = None
 
     def __init__(self, weight: torch.Tensor, rank: int, alpha: float, init_a_scale: float = 1.0):
         super().__init__()
@@ -90,7 +124,10 @@ class ExpertLoRA(nn.Module):
         self.lora_B = nn.Parameter(torch.zeros(e, d_out, rank, dtype=torch.float32, device=weight.device))
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return w + (torch.bmm(self.lora_B, self.lora_A) * self.scale).to(w.dtype)
+        a, b = self.lora_A, self.lora_B
+        if _in_base_dtype(self.in_base_dtype, w):
+            a, b = a.to(w.dtype), b.to(w.dtype)
+        return w + (torch.bmm(b, a) * self.scale).to(w.dtype)
 
 
 @dataclass

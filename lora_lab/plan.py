@@ -29,9 +29,9 @@ from pathlib import Path
 from lora_lab.config import LAYER_SETS, MAX_RANK, Config, ConfigError
 
 # Re-exported: plan is the one import for planning (lora_lab.flops holds the model arithmetic).
-from lora_lab.flops import (GPU_PEAK_TFLOPS, Arch, Flops, ModelLike, flops_per_token, flops_ratio,  # noqa: F401
-                            full_param_count, gpu_hours, hf_config, lora_param_count, paper_flops_ratio, rank_unit,
-                            rl_episodes, run_cost, run_steps)
+from lora_lab.flops import (GPU_PEAK_TFLOPS, Arch, Flops, ModelLike, SamplingCost, flops_per_token,  # noqa: F401
+                            flops_ratio, full_param_count, gpu_hours, hf_config, lora_param_count, paper_flops_ratio,
+                            rank_unit, rl_episodes, rl_evals, rl_sampling_cost, run_cost, run_steps, sampling_flops)
 
 # tinker-cookbook: FullFT LR at hidden size 2000, the LoRA multiplier, and the per-family exponents.
 BASE_LR = 5e-5
@@ -83,6 +83,7 @@ class DataStats:
     bits_per_row: float | None = None
     bits_how: str = ""  # how the bits were found
     bits_bound: bool = False  # the bits are a code length of the targets: an upper bound of their information
+    prompt_len: float | None = None  # task=rl: tokens of the prompt the policy is sampled from
 
     @property
     def bits(self) -> float | None:
@@ -94,10 +95,11 @@ class DataStats:
 
 
 def measure_data(cfg: Config, sample: int = 64, bits: bool = True) -> DataStats:
-    """Lengths from `sample` training rows tokenized as a run tokenizes them; with `bits`, also the
-    base model's summed NLL of their targets in bits (one forward pass, no training). Totals scale the
-    sample's means by the number of training rows. Where the data or the tokenizer cannot be read here,
-    every row is taken at data.max_seq_len (an upper bound)."""
+    """Lengths from `sample` training rows tokenized as a run tokenizes them (task=rl: also the
+    prompts as RL encodes them); with `bits`, also the base model's summed NLL of their targets in
+    bits (one forward pass, no training). Totals scale the sample's means by the number of training
+    rows. Where the data or the tokenizer cannot be read here, every row (and prompt) is taken at
+    data.max_seq_len (an upper bound)."""
     import torch
 
     from lora_lab.data import IGNORE_INDEX, DataError, collate, load_rows, tokenize, use_chat_template
@@ -112,13 +114,23 @@ def measure_data(cfg: Config, sample: int = 64, bits: bool = True) -> DataStats:
     except (DataError, OSError, ValueError) as exc:
         n = cfg.data.max_seq_len
         return DataStats(cfg.data.num_examples, n, n, None, f"upper bound, every row at data.max_seq_len={n} "
-                         f"(not measured: {str(exc).splitlines()[0].split('; ')[0]})")
+                         f"(not measured: {str(exc).splitlines()[0].split('; ')[0]})",
+                         prompt_len=float(n) if cfg.task == "rl" else None)
     split = tokenize([train_rows[i] for i in range(min(sample, len(train_rows)))], tok, cfg.data.max_seq_len,
                      f"plan: data.{cfg.data.name} sample")
     lens = [len(x) for x in split.ids]
     targets = sum(int((y[1:] != IGNORE_INDEX).sum()) for y in split.labels)
     stats = DataStats(len(train_rows), sum(lens) / len(lens), sum(n * n for n in lens) / sum(lens), targets / len(lens),
                       f"tokenized {len(lens)} of {len(train_rows):,} training rows")
+    if cfg.task == "rl":
+        from lora_lab.rewards import reward_task
+        from lora_lab.rl import encode_prompt
+
+        task = reward_task(cfg.data.name)
+        prompts = [len(encode_prompt(train_rows[i], tok, task, cfg.rl.instruction).ids)
+                   for i in range(min(sample, len(train_rows)))]
+        kept = [n for n in prompts if n <= cfg.data.max_seq_len] or [cfg.data.max_seq_len]  # longer ones are skipped
+        stats.prompt_len = sum(kept) / len(kept)
     if not bits:
         return stats
     try:
@@ -346,7 +358,8 @@ def fit_lr_main(argv: list[str]) -> int:
 PLAN_USAGE = """usage: lora-lab plan [key=value ...]
 
 Trainable parameters per rank x layer set, recommended LRs, FLOPs per token, the capacity verdict
-(C9) and the cost of the run, or with experiment=<scale>/<figure> of that experiment's whole grid.
+(C9) and the cost of the run (task=rl: the learner's and the sampling's), or with
+experiment=<scale>/<figure> of that experiment's whole grid.
 Hydra overrides as for `lora-lab train` (model=llama-3.1-8b data=tulu3 lora.rank=16 ...), plus:
   gpu=h100|h200|a100   GPU for GPU-hours (bf16 dense peak: h100 989, h200 989, a100 312 TFLOPS)
   mfu=0.4              model-FLOPs utilisation assumed for GPU-hours
@@ -477,9 +490,16 @@ def plan_main(argv: list[str]) -> int:
         steps, tokens, flops = run_cost(cfg, stats.rows, stats.mean_len, stats.attn_len)
         if steps is None:
             line("this run", "length unknown: set train.max_steps or data.num_examples")
+        elif cfg.task == "rl":
+            sampled = rl_sampling_cost(cfg, steps, _prompt_len(cfg, stats))
+            line(f"learner ({cfg.method})", f"{rl_episodes(cfg, steps):,} episodes x {stats.mean_len:.0f} tokens = "
+                 f"{_si(tokens)} tokens: {flops:.3g} FLOPs")
+            line(f"sampling ({cfg.rl.sampler})", _sampling_text(cfg, steps, _prompt_len(cfg, stats), sampled))
+            total = flops + sampled.total
+            line(f"this run ({cfg.method})", f"learner {flops:.3g} + sampling {sampled.total:.3g} = {total:.3g} FLOPs = "
+                 f"{gpu_hours(total, gpu, mfu):.3g} GPU-hours {at}")
         else:
-            seqs = f"{rl_episodes(cfg, steps):,} episodes" if cfg.task == "rl" else f"{steps:,} steps x {cfg.optim.batch_size}"
-            line(f"this run ({cfg.method})", f"{seqs} x {stats.mean_len:.0f} tokens = "
+            line(f"this run ({cfg.method})", f"{steps:,} steps x {cfg.optim.batch_size} x {stats.mean_len:.0f} tokens = "
                  f"{_si(tokens)} tokens: {flops:.3g} FLOPs = {gpu_hours(flops, gpu, mfu):.3g} GPU-hours {at}")
         return 0
     measured: dict[str, DataStats] = {}
@@ -493,10 +513,28 @@ def plan_main(argv: list[str]) -> int:
         steps, tokens, flops = run_cost(c, s.rows, s.mean_len, s.attn_len)
         if steps is None:
             raise ConfigError(f"experiment={o['experiment']}: a run has no length; set train.max_steps or data.num_examples")
-        t = totals.setdefault(c.method, [0, 0.0, 0.0])
-        t[0], t[1], t[2] = t[0] + 1, t[1] + tokens, t[2] + flops
-    flops = sum(t[2] for t in totals.values())
+        sampled = rl_sampling_cost(c, steps, _prompt_len(c, s)).total if c.task == "rl" else 0.0
+        t = totals.setdefault(c.method, [0, 0.0, 0.0, 0.0])
+        t[0], t[1], t[2], t[3] = t[0] + 1, t[1] + tokens, t[2] + flops + sampled, t[3] + sampled
+    flops, sampled = sum(t[2] for t in totals.values()), sum(t[3] for t in totals.values())
     parts = ", ".join(f"{t[0]:.0f} {m}: {gpu_hours(t[2], gpu, mfu):.3g} GPU-h" for m, t in sorted(totals.items()))
+    of_which = f" (sampling {sampled:.3g} of them)" if sampled else ""
     line("experiment", f"{o['experiment']}: {len(grid)} runs ({parts}); {_si(sum(t[1] for t in totals.values()))} tokens, "
-         f"{flops:.3g} FLOPs = {gpu_hours(flops, gpu, mfu):.3g} GPU-hours {at}")
+         f"{flops:.3g} FLOPs{of_which} = {gpu_hours(flops, gpu, mfu):.3g} GPU-hours {at}")
     return 0
+
+
+def _prompt_len(cfg: Config, stats: DataStats) -> float:
+    """Mean RL prompt length: measured, else data.max_seq_len (the longest prompt a run keeps)."""
+    return stats.prompt_len if stats.prompt_len is not None else float(cfg.data.max_seq_len)
+
+
+def _sampling_text(cfg: Config, steps: int, prompt_len: float, s: SamplingCost) -> str:
+    rl = cfg.rl
+    prefill = "once per sample" if rl.sampler == "generate" else "once per group"
+    eval_new = rl.eval_max_new_tokens or rl.max_new_tokens
+    return (f"{steps:,} steps x {rl.prompts_per_step} prompts x {rl.group_size} samples of up to {rl.max_new_tokens} tokens "
+            f"after {prompt_len:.0f}-token prompts (KV cache, prompt prefilled {prefill}) = {_si(s.train_tokens)} tokens: "
+            f"{s.train:.3g} FLOPs forward; held-out: {s.evals} evals x {cfg.data.eval_size} greedy x {eval_new} tokens: "
+            f"{s.eval:.3g} FLOPs. Lengths at their limits (upper bounds); decoding is memory-bound, so its "
+            f"GPU-hours at the training MFU are a lower bound")

@@ -4,6 +4,9 @@ typed record of the numbers its claims are judged by (lora_lab/claims.py).
     sec = analyze_experiment(res, "tiny/rank", out)      # lora_lab/sections.py
     sec.record.ratios                                      # a RankRecord: C1, C2 and C6 read it
 
+Every comparison a claim rests on carries its noise: the seeds behind it and a standard error
+(columns such as gap_se, n_seeds, noise; or per-seed tables the rules pair up, curves.paired).
+
 One record class per kind of experiment, holding exactly what the rules of that kind's claims read.
 The classes are frozen and slotted: a section that writes, or a rule that reads, a name the record
 does not declare fails at once (TypeError, AttributeError) instead of turning a verdict
@@ -27,13 +30,17 @@ class RankRecord:
     """Rank curves and LR sweeps (C1, C2, C6)."""
 
     departures: pd.DataFrame | None  # curves.departures with a rank column; None without a FullFT curve
-    ratios: pd.DataFrame  # curves.lr_ratios of the final losses
-    short_ratios: pd.DataFrame | None  # the same at step SHORT_RUN_STEPS, for runs longer than that
+    ratios: pd.DataFrame  # curves.lr_ratios of the optima fitted on the seed means of the final losses
+    seed_ratios: pd.DataFrame  # curves.seed_ratios: the same, each seed's runs alone
+    ratio_by_steps: pd.DataFrame  # sections.ratios_by_steps: the ratios refitted at several training lengths
     steps: int  # the runs' length
     step_time: pd.DataFrame  # sections.step_times
     ranks: list[int]
     model: str
     seq_len: int | None
+    hidden: int | None  # the model's hidden size (None: the model could not be looked up)
+    alpha: float  # the LoRA runs' lora.alpha (median; NaN without LoRA runs)
+    adapters: pd.DataFrame  # sections.lora_adapters: rank, layer set and lm_head adapter of each LoRA curve
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,25 +48,27 @@ class BatchRecord:
     """Batch size (C3)."""
 
     penalties: pd.DataFrame  # per rank and FullFT: best final loss at the largest minus at the smallest batch
+    seed_values: pd.DataFrame  # curves.seed_values: each seed's final loss at each curve's best grid LR
 
 
 @dataclass(frozen=True, slots=True)
 class LayersRecord:
     """Layer sets (C4)."""
 
-    layers: pd.DataFrame  # per curve: layers, rank, best final loss, trainable parameters
+    layers: pd.DataFrame  # per curve: layers, rank, best final loss, its grid edge, trainable parameters
+    seed_values: pd.DataFrame  # curves.seed_values: each seed's final loss at each curve's best grid LR
 
 
 @dataclass(frozen=True, slots=True)
 class RLRecord:
     """RL (C5)."""
 
-    optimal: pd.DataFrame  # curves.optimal_lrs of the score, best_final_loss renamed best_score
+    optimal: pd.DataFrame  # curves.optimal_lrs of the selection score; best_score: the judged score at that LR
     metric: str  # what the score is (held-out accuracy or train reward)
-    base: float  # the base model's held-out accuracy (NaN: not logged)
-    uses_accuracy: bool
-    eval_size: float  # held-out problems (NaN: not known)
-    paired: dict | None  # sections.paired_outcomes; None when the runs logged no per-problem outcomes
+    base: float  # the base model's held-out accuracy, or FullFT's first rewards (NaN: not logged)
+    paired: pd.DataFrame | None  # sections.paired_outcomes; None when the runs logged no per-problem outcomes
+    selected_on: str  # what each arm's LR was chosen on: sections.VALIDATION, or the judged numbers themselves
+    seed_scores: pd.DataFrame  # curves.seed_values of the score: each seed's score at each curve's chosen LR
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +77,7 @@ class EarlyRecord:
 
     lr: float
     window: int  # the early steps judged
-    diffs: pd.DataFrame  # per rank: early and final differences to the largest rank
+    diffs: pd.DataFrame  # per rank: early difference to the largest rank (mean over seeds, its SE) and final difference
     pair: tuple[str, str]  # the two curves whose final difference is reported
 
 
@@ -84,7 +93,7 @@ class InvarianceRecord:
 class CapacityRecord:
     """Loss vs LoRA size on sets of known information content (C9)."""
 
-    points: pd.DataFrame  # per LoRA size and data size: loss, FullFT's loss, matches_full, predicted_fits
+    points: pd.DataFrame  # per LoRA size and data size: loss, FullFT's, the gap and its SE, matches_full, edge, predicted_fits
     bounds: dict[str, float]  # sections.capacity_bounds: {"low", "high"} bits per parameter
 
 

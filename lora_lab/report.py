@@ -17,9 +17,10 @@ command line of the scripts in analysis/.
 Conventions (also stated in the report):
 - A run's final loss is its mean train loss over the last 10% of its steps (lora_lab/results.py);
   a diverged run's is +inf at its LR; failed and unfinished runs are left out and counted.
+- Runs that differ only in train.seed are replicates: shown as their mean with a +-1 SE band.
 - Curves are smoothed with a trailing mean over 5% of the run's steps before any minimum is taken.
-- Two losses "match" when they differ by at most TOL_REL of the reference (or TOL_ABS nats;
-  lora_lab/curves.py).
+- Each claim is printed as its rule and thresholds, the noise floor (the seed-to-seed SE of the
+  paired difference it compares, or with one seed the within-run scatter), the number, the verdict.
 """
 
 from __future__ import annotations
@@ -39,9 +40,9 @@ import numpy as np
 import pandas as pd
 from markdown_it import MarkdownIt
 
-from lora_lab.claims import CLAIMS, Verdict, fmt, judge, tolerance_text
-from lora_lab.curves import SMOOTH, experiments_of
-from lora_lab.results import FINAL_WINDOW, STATUSES, Results, ResultsError, load_results
+from lora_lab.claims import CLAIMS, MIN_SEEDS, SINGLE, Verdict, fmt, judge, tolerance_text
+from lora_lab.curves import GAP_WINDOW, K_SE, MIN_GAP, SINGLE_SEED, SMOOTH, experiments_of
+from lora_lab.results import FINAL_WINDOW, STATUSES, Results, ResultsError, load_results, seed_of
 from lora_lab.sections import Section, analyze_experiment, run_sections
 
 # ----------------------------------------------------------------------------- rendering
@@ -74,20 +75,29 @@ def _provenance(res: Results) -> str:
             f"code: {', '.join(commits) or 'unknown'}")
 
 
+def _cell(text: str) -> str:
+    """Text for a markdown table cell (a pipe escaped, on one line)."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
 def render_markdown(res: Results, sections: list[Section], verdicts: dict[str, list[Verdict]], out: Path) -> str:
     now = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     counts = res.counts()
     lines = ["# LoRA Without Regret: claims scorecard\n",
              f"Generated {now} by `lora-lab analyze` from {len(res.runs)} run directories ({_provenance(res)}).\n",
-             "## Scorecard\n", "| claim | paper | measured | verdict |", "|---|---|---|---|"]
+             "## Scorecard\n",
+             ("Each row: the rule and its thresholds (fixed before the data), the noise floor the number is judged "
+              "against, the number, the verdict.\n"),
+             "| claim | paper | rule | noise floor | measured | verdict |", "|---|---|---|---|---|---|"]
     by_id = {c.id: c for c in CLAIMS}
     for cid, vs in verdicts.items():
         for v in vs:
             where = f" ({v.experiment})" if v.experiment else ""
-            lines.append(f"| {cid}{where} | {by_id[cid].paper} | {v.measured.replace('|', '/')} | **{v.verdict}** |")
+            lines.append(f"| {cid}{where} | {_cell(by_id[cid].paper)} | {_cell(v.rule)} | {_cell(v.noise)} | "
+                         f"{_cell(v.measured)} | **{v.verdict}** |")
     lines += ["", "## Runs\n",
               ("Failed and unfinished runs are left out of every figure and table; a diverged run counts as infinitely "
-               "bad at its LR.\n"), md_table(counts)]
+               "bad at its LR.\n"), md_table(counts), _seeds_line(res)]
     failed = res.runs[res.runs["status"] == "failed"]
     if len(failed):
         lines.append("Failed runs:\n")
@@ -96,16 +106,27 @@ def render_markdown(res: Results, sections: list[Section], verdicts: dict[str, l
         lines.append("")
     lines += ["## Conventions\n",
               f"- Final loss: mean train loss over the last {FINAL_WINDOW:.0%} of a run's steps (one epoch: the batches are unseen).",
+              ("- Seeds: runs that differ only in `train.seed` (the LoRA init and the data order) are replicates; curves, "
+               "final losses and U-curves are their mean, drawn with a band of +-1 standard error across seeds."),
               f"- Curves: trailing mean over {SMOOTH:.0%} of the steps before a minimum over LRs is taken.",
-              f"- 'Matches': within {tolerance_text()}.",
-              ("- Optimal LR: parabola in log10(LR) through the best grid point and its neighbours; 90% interval from "
-               "the final losses' standard errors (over the final window, or across seeds); at a grid edge the best grid "
-               "LR with the interval open on that side."), ""]
+              ("- Noise floor: every comparison is seed-matched (LoRA and FullFT runs of one seed see the same batches); its "
+               "noise floor is the standard error of the paired difference across seeds. With one seed the scatter of the "
+               f"paired difference within the run stands in (labelled '{SINGLE_SEED}'); it cannot see what the seed "
+               f"changes, so a comparison claim on fewer than {MIN_SEEDS} seeds is at most '{SINGLE}'."),
+              (f"- A difference counts when it exceeds {K_SE:g} standard errors (and {MIN_GAP:g} nats); C1 judges the mean "
+               f"gap over the last {GAP_WINDOW:.0%} of the steps; 'as good as' margins are stated per claim "
+               f"({tolerance_text()} for losses)."),
+              ("- Optimal LR: parabola in log10(LR) through the best grid point and its neighbours, on the seed means; 90% "
+               "interval from their standard errors (across seeds, or over the final window); at a grid edge the best "
+               "grid LR with the interval open on that side, and any verdict resting on it is inconclusive."), ""]
     for c in CLAIMS:
-        lines += [f"## {c.id}: {c.statement}\n", f"- Paper: {c.paper}.", f"- Rule: {c.rule}", ""]
+        lines += [f"## {c.id}: {c.statement}\n", f"- Paper: {c.paper}.", f"- Rule: {c.rule}",
+                  f"- Thresholds: {c.thresholds}.", ""]
         for v in verdicts[c.id]:
-            lines.append(f"### {v.experiment or 'not run'}: **{v.verdict}**\n")
+            lines.append(f"### {v.experiment or 'not run'}\n")
+            lines.append(f"Noise floor: {v.noise}.\n")
             lines.append(f"Measured: {v.measured}.\n")
+            lines.append(f"Verdict: **{v.verdict}**\n")
             if v.how:
                 lines.append(f"How: {v.how}\n")
             sec = next((s for s in sections if s.experiment == v.experiment), None)
@@ -127,11 +148,20 @@ def render_markdown(res: Results, sections: list[Section], verdicts: dict[str, l
     return "\n".join(lines) + "\n"
 
 
-_CLAIM_FIGURES = {"C1": ("rank_curves",), "C2": ("lr_ucurves",), "C3": ("batch_curves", "batch_final"),
+def _seeds_line(res: Results) -> str:
+    """Seeds per experiment, as a sentence for the report."""
+    plotted = res.plotted()
+    if not len(plotted):
+        return ""
+    seeds = plotted.assign(seed=seed_of(plotted)).groupby("experiment")["seed"].nunique()
+    return "Seeds per experiment: " + ", ".join(f"{e} {n}" for e, n in seeds.items()) + ".\n"
+
+
+_CLAIM_FIGURES = {"C1": ("rank_curves",), "C2": ("lr_ucurves", "lr_ratio_vs_steps"), "C3": ("batch_curves", "batch_final"),
                   "C4": ("layers_curves", "layers_lr"), "C5": ("rl_lr", "rl_curves"), "C7": ("early_curves",),
                   "C8": ("invariance",), "C9": ("capacity",)}
-_CLAIM_TABLES = {"C1": ("departures",), "C2": ("optimal_lr", "lr_ratios"), "C3": ("batch_penalty",), "C4": ("layers_best",),
-                 "C5": ("optimal_lr_rl",), "C6": ("step_time",), "C7": ("early_differences",), "C8": ("invariance",),
+_CLAIM_TABLES = {"C1": ("departures",), "C2": ("optimal_lr", "lr_ratios", "lr_ratio_vs_steps"), "C3": ("batch_penalty",),
+                 "C4": ("layers_best",), "C5": ("optimal_lr_rl", "paired_outcomes"), "C6": ("step_time",), "C7": ("early_differences",), "C8": ("invariance",),
                  "C9": ("capacity",)}
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
@@ -151,8 +181,8 @@ def render_html(markdown: str, out: Path) -> str:
         return 'src="data:image/png;base64,' + base64.b64encode(path.read_bytes()).decode() + '"'
 
     body = re.sub(r'src="([^"]+\.png)"', embed, body)
-    body = re.sub(r"<strong>(reproduced|not reproduced|inconclusive|not run)</strong>",
-                  lambda m: f'<strong class="{m.group(1).replace(" ", "-")}">{m.group(1)}</strong>', body)
+    body = re.sub(r"<strong>(reproduced|not reproduced|inconclusive(?: \(single seed\))?|not run)</strong>",
+                  lambda m: f'<strong class="{m.group(1).split(" (")[0].replace(" ", "-")}">{m.group(1)}</strong>', body)
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>lora-lab claims scorecard</title>"
             f"<style>{_CSS}</style></head><body>\n{body}</body></html>\n")
 
@@ -246,7 +276,7 @@ def analyze_main(argv: list[str]) -> int:
 def verdict_table(verdicts: dict[str, list[dict]]) -> str:
     """The scorecard in plain text, one line per claim and experiment: claim, verdict, experiment,
     what was measured (what `lora-lab analyze` and `lora-lab reproduce` print at the end)."""
-    return "\n".join(f"{claim:<4}{v['verdict']:<16}{v.get('experiment') or '-':<28}{v['measured']}"
+    return "\n".join(f"{claim:<4}{v['verdict']:<28}{v.get('experiment') or '-':<28}{v['measured']}"
                      for claim, vs in verdicts.items() for v in vs)
 
 

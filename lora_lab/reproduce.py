@@ -1,6 +1,7 @@
 """`lora-lab reproduce`: every experiment of a scale through the sweep machinery, then the analysis
 and the claims scorecard. A rerun resumes: finished runs are skipped, unfinished ones resume from
-their checkpoints.
+their checkpoints. Locally the runs go to worker processes that each run one run after another
+(lora_lab/pool.py); the progress line's time left counts the steps the runs in flight have done.
 
     lora-lab reproduce                      # tiny scale, here (2 cores: ~30 min), runs/ -> runs/tiny/analysis
     lora-lab reproduce --quick              # smaller grids, fewer steps (~5 min), runs-quick/
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 
 from lora_lab.config import ConfigError
-from lora_lab.sweep import Job, expand_jobs, experiment_names, launch_jobs, split_launcher_args
+from lora_lab.sweep import Job, expand_jobs, experiment_names, launch_jobs, run_work, split_launcher_args
 
 SCALES = ("tiny", "paper")
 
@@ -34,18 +35,9 @@ def plan(scale: str, quick: bool, overrides: list[str], only: list[str] | None =
     return {name: expand_jobs(name, overrides, quick)[1] for name in names}
 
 
-def _cost(job: Job) -> float:
-    """A rough relative cost, to start the longest runs first (fewer idle cores at the end)."""
-    cfg = job.cfg
-    if cfg.task == "rl":
-        return 50.0 * (cfg.train.max_steps or 50) * cfg.rl.prompts_per_step * cfg.rl.group_size
-    steps = cfg.train.max_steps or cfg.train.epochs * max(1, cfg.data.num_examples // cfg.optim.batch_size)
-    return float(steps * cfg.optim.batch_size)
-
-
 def reproduce(scale: str = "tiny", quick: bool = False, overrides: list[str] | None = None, launcher: str = "local",
               cluster: str | None = None, max_parallel: int | None = None, only: list[str] | None = None,
-              out: Path | None = None, analyze_only: bool = False) -> int:
+              out: Path | None = None, analyze_only: bool = False, workers: bool = True) -> int:
     overrides = list(overrides or [])
     if not any(o.startswith("run.root=") for o in overrides):
         # Quick runs differ from the full ones; keep them apart so analyses never mix the two.
@@ -62,9 +54,10 @@ def reproduce(scale: str = "tiny", quick: bool = False, overrides: list[str] | N
         print(f"  {name:<36} {len(js):>4} runs", flush=True)
     code = 0
     if not analyze_only:
-        jobs.sort(key=_cost, reverse=True)
+        # Longest runs first: fewer idle workers at the end.
+        jobs.sort(key=lambda j: run_work(j.cfg), reverse=True)
         code = launch_jobs(f"reproduce {scale}", jobs, root / scale, launcher, cluster, max_parallel,
-                           overrides=overrides)
+                           overrides=overrides, workers=workers)
         print(f"runs: {time.monotonic() - t0:.0f} s", flush=True)
     from lora_lab.report import analyze, verdict_table
 
@@ -90,9 +83,10 @@ def reproduce_main(argv: list[str]) -> int:
     p.add_argument("--only", help="comma-separated experiments, e.g. tiny/rank,tiny/batch")
     p.add_argument("--out", type=Path, help="analysis output directory (default <run.root>/<scale>/analysis)")
     p.add_argument("--analyze-only", action="store_true", help="skip the runs; analyze what is there")
-    p.add_argument("overrides", nargs="*", help="launcher=local|slurm, cluster=<profile>, max_parallel=N, Hydra overrides")
+    p.add_argument("overrides", nargs="*", help="launcher=local|slurm, cluster=<profile>, max_parallel=N, "
+                   "workers=false (local: a process per run), Hydra overrides")
     args = p.parse_intermixed_args(argv)
-    launcher, cluster, max_parallel, overrides = split_launcher_args(args.overrides)
+    launcher, cluster, max_parallel, overrides, workers = split_launcher_args(args.overrides)
     only = [s.strip() for s in args.only.split(",")] if args.only else None
     return reproduce(args.scale, args.quick, overrides, launcher, cluster, max_parallel, only, args.out,
-                     args.analyze_only)
+                     args.analyze_only, workers)

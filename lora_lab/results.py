@@ -6,7 +6,7 @@ back from a cluster, and while sweeps are still writing.
 
     from lora_lab.results import load_results
     res = load_results(["runs/tiny/rank"])     # a runs root, experiment directories or run directories
-    res.runs      # one row per run: flattened config (dotted keys), summary fields, status, final_loss
+    res.runs      # one row per run: flattened config (dotted keys, the seed in train.seed), summary fields, status, final_loss
     res.metrics   # one row per logged line: run_id, step, train_loss, eval_loss, reward, ...
     res.plotted() # the runs a figure may show: completed and diverged (failed and unfinished are counted)
 
@@ -38,7 +38,10 @@ FINAL_WINDOW = 0.1
 # Summary keys kept under their own names; the config's keys are dotted (optim.lr) and cannot clash.
 SUMMARY_KEYS = ("status", "steps", "max_steps", "final_train_loss", "final_eval_loss", "trainable_params",
                 "total_params", "wall_s", "step_time_s", "tokens", "examples", "error", "diverged_at_step",
-                "final_reward", "final_eval_accuracy", "base_eval_accuracy")
+                "final_reward", "final_eval_accuracy", "base_eval_accuracy", "final_val_accuracy")
+# The config key whose runs are replicates: runs that differ only in it (it sets the LoRA init and the
+# data order, lora_lab/data.py order_seed) are averaged, and their spread is the analysis's noise floor.
+SEED_KEY = "train.seed"
 
 # Provenance shown in the report (where and on what the runs ran).
 META_KEYS = ("host", "device", "device_name", "git_commit", "git_dirty", "slurm_job_id")
@@ -72,6 +75,13 @@ def final_value(values: list[float] | np.ndarray, window: float = FINAL_WINDOW) 
     tail = x[-n:]
     sem = float(tail.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
     return float(tail.mean()), sem
+
+
+def seed_of(runs: pd.DataFrame) -> pd.Series:
+    """Each run's train.seed as an integer (0 where the config has none: runs written before the key)."""
+    if SEED_KEY not in runs:
+        return pd.Series(0, index=runs.index, dtype="int64")
+    return pd.to_numeric(runs[SEED_KEY], errors="coerce").fillna(0).astype("int64")
 
 
 def read_run(path: Path) -> tuple[dict, list[dict]]:

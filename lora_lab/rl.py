@@ -4,8 +4,12 @@ One RL step:
 
 1. take rl.prompts_per_step training problems, in an order that depends on train.seed and the data
    config only (so every run of a sweep sees the same problems at the same step);
-2. sample rl.group_size completions of each from the current policy (lora_lab/sampler.py), keeping
-   the sampler's per-token log-probs;
+2. sample rl.group_size completions of each from the current policy (lora_lab/sampler.py; vLLM
+   with rl.sampler=vllm, lora_lab/vllm_sampler.py), keeping the sampler's per-token log-probs; a
+   completion ends at the first turn terminator (eos, generation_config's eos ids, the chat
+   template's end-of-turn token such as <|eot_id|> or <|im_end|>), which it keeps as its last token
+   (the policy learns to stop, as SFT trains on the end-of-turn token), and its reward reads only the
+   text before it;
 3. score them (lora_lab/rewards.py) and centre each reward on its group's mean (GRPO-like; divided
    by the group's std as well with rl.normalize_std);
 4. take rl.updates_per_batch optimizer steps, each on a slice of whole groups, on the loss below.
@@ -32,7 +36,7 @@ of the learner's distribution at the sampled positions), `ratio_mean`, `ratio_st
 tokens the learner ran in the step's updates: those of completions with a nonzero advantage (the
 others add exactly nothing to the gradient and are not run; null when no group had any), `lr`,
 `wall_s`, `grad_norm` (mean over the step's updates), `examples` (prompts seen), `tokens` (prompt +
-completion tokens), and `loss`, `finished` (fraction that ended with end-of-sequence),
+completion tokens), and `loss`, `finished` (fraction that ended with a terminator),
 `zero_adv_groups` (fraction of groups with equal rewards: no signal), `sample_s`, `learn_s`.
 Eval lines: `eval_accuracy` by greedy decoding of the data.eval_size held-out problems at step 0
 (the base model), every train.eval_every steps and at the end, and `eval_solved`, which of them
@@ -63,7 +67,7 @@ from lora_lab.data import BatchOrder, _messages, order_seed
 from lora_lab.models import base_reference, target_logits
 from lora_lab.rewards import reference_for, reward_task, score
 from lora_lab.runs import RunDir, read_metrics
-from lora_lab.sampler import SAMPLERS, Completion, Sampler
+from lora_lab.sampler import SAMPLERS, Completion, Sampler, generation_eos, stop_token_ids
 from lora_lab.learner import (Learner, Progress, build_learner, record_failure, resume, save_checkpoint,
                               start_logging)
 
@@ -175,6 +179,20 @@ def eval_accuracy(sampler: Sampler, prompts: Sequence[Prompt], task: str, max_ne
 # ----------------------------------------------------------------------------- the loop
 
 
+def build_sampler(cfg: Config, learner: Learner) -> Sampler:
+    """The sampler rl.sampler names, stopping at every turn terminator of the model and its chat
+    template: on the learner's model (cache, generate; chunks of rl.sample_batch sequences), or a
+    vLLM engine that gets the learner's LoRA adapter at each sync."""
+    stops = stop_token_ids(learner.tok, generation_eos(cfg.model))
+    if cfg.rl.sampler == "vllm":
+        from lora_lab.vllm_sampler import VLLMSampler
+
+        base = base_reference(cfg.model)
+        return VLLMSampler.build(cfg, learner.tok, stops, model=base,
+                                 export=lambda path: lora_mod.export_peft(learner.sites, cfg.lora, path, base))
+    return SAMPLERS[cfg.rl.sampler](learner.model, learner.tok, max_batch=cfg.rl.sample_batch, stop_ids=stops)
+
+
 def _learn(cfg: Config, learner: Learner, prompts: Sequence[Prompt], completions: list[Completion],
            advantages: list[float], pad_id: int) -> dict:
     """One optimizer step on these completions: gradient over length-sorted micro-batches, global
@@ -223,7 +241,7 @@ def train_rl(cfg: Config, rid: str, rd: RunDir, rows: tuple) -> dict:
     rd.write_config(cfg)
     rd.clear_summary()
     summary = {"run_id": rid, "method": cfg.method, "task": "rl", "status": "failed", "steps": 0}
-    run = None
+    run, sampler = None, None
     try:
         learner = build_learner(cfg)
         model, tok = learner.model, learner.tok
@@ -237,7 +255,7 @@ def train_rl(cfg: Config, rid: str, rd: RunDir, rows: tuple) -> dict:
             raise ValueError(f"data.max_seq_len={cfg.data.max_seq_len}: every held-out prompt is longer; raise it")
         order = BatchOrder(len(train_rows), rl.prompts_per_step, order_seed(cfg))
         total = cfg.train.max_steps or cfg.train.epochs * order.steps_per_epoch
-        sampler: Sampler = SAMPLERS[rl.sampler](model, tok)
+        sampler = build_sampler(cfg, learner)
         eval_tokens = rl.eval_max_new_tokens or rl.max_new_tokens
 
         step, wall, tokens, examples, skipped, base_acc = 0, 0.0, 0, 0, 0, None
@@ -360,3 +378,5 @@ def train_rl(cfg: Config, rid: str, rd: RunDir, rows: tuple) -> dict:
     finally:
         if run:
             run.finish()
+        if sampler is not None and hasattr(sampler, "close"):
+            sampler.close()

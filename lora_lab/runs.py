@@ -67,6 +67,9 @@ SCHEDULE_KEYS = ("checkpoint_every", "eval_every")
 # value a key is left out of the identity, so every earlier run keeps its id. Add one line per new key.
 ADDED_KEYS: tuple[tuple[str, str, object], ...] = (
     ("data", "chat_template", None),
+    ("data", "truncation", "head"),
+    ("rl", "sample_batch", 256),
+    ("rl", "vllm_gpu_memory", 0.4),
 )
 
 

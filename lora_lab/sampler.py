@@ -2,15 +2,28 @@
 
 RL (lora_lab/rl.py) talks to a `Sampler`: `sync(model)` after the learner's weights change, then
 `sample(prompts, n, max_new_tokens, temperature)` for n completions per prompt (temperature 0:
-greedy). Each `Completion` carries its token ids, through the end-of-sequence token when the policy
-stopped (the policy learns to stop, so that token is an action too), and the log-probability the
-sampler gave each token under the distribution it sampled from (softmax of logits / temperature).
-Those sampler log-probs are the denominators of the importance ratios; the learner recomputes the
-numerators itself, so any mismatch between the two engines shows up as the `kl` metric and is
-corrected by the ratio rather than silently ignored.
+greedy). Each `Completion` carries its token ids, through the first turn terminator when the
+policy stopped (the policy learns to stop, so that token is an action too), and the
+log-probability the sampler gave each token under the distribution it sampled from (softmax of
+logits / temperature). Those sampler log-probs are the denominators of the importance ratios; the
+learner recomputes the numerators itself, so any mismatch between the two engines shows up as the
+`kl` metric and is corrected by the ratio rather than silently ignored.
+
+Terminators (`stop_token_ids`). A chat turn ends with a token that is often not the tokenizer's
+end-of-sequence: Llama-3's `<|eot_id|>` (eos is `<|end_of_text|>`), ChatML's and Qwen's `<|im_end|>`
+(eos `<|endoftext|>`). A sampler that stopped at eos alone would run every completion to
+max_new_tokens and let the reward parse what the model wrote after its answer. Sampling stops at the
+first of: the tokenizer's eos, the model's generation_config.json `eos_token_id` (an id or a list;
+read from local files only: the model directory or the hub cache, `generation_eos`), and the
+end-of-turn tokens the chat template writes (`<|eot_id|>`, `<|eom_id|>`, `<|im_end|>`,
+`<end_of_turn>`, `<|end|>`: those in the template text that are single tokens of the tokenizer;
+data.chat_template's presets llama3 and chatml are installed on the tokenizer before this runs). A
+completion is cut after its first terminator: the terminator is kept in `tokens` (and trained on,
+as the SFT targets include the end-of-turn token inside the template's {% generation %} block),
+and `text`, which the reward reads, is the decoded tokens before it.
 
 Two tiny-scale implementations run on the learner's own model object (so `sync` has nothing to do),
-chosen by `rl.sampler`:
+chosen by `rl.sampler`, each in chunks of at most `rl.sample_batch` sequences per forward:
 
 - `CachedSampler` (`rl.sampler=cache`, the default): a decoding loop on transformers' `DynamicCache`
   that runs each distinct prompt once, repeats its cache for the n samples, and drops a row from
@@ -23,25 +36,12 @@ chosen by `rl.sampler`:
 Both draw from torch's global generator, so a seeded run (and a resumed one, which restores that
 generator) samples the same completions; the two draw in different orders, so their samples differ.
 
-At the paper's scale a generation server takes its place behind the same two methods, with no
-change to the objective or the loop:
-
-- vLLM: `vllm serve <base> --enable-lora --max-lora-rank <r> --max-loras 2`. `sync` writes the
-  adapter with `lora.export_peft(sites, cfg.lora, <dir>/step_<k>, base)` (peft format, which vLLM
-  loads) and registers it with `POST /v1/load_lora_adapter {"lora_name": "step_<k>", "lora_path": ...}`
-  (server started with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True), unloading the previous one;
-  `sample` posts the prompts' token ids to `/v1/completions` with `model="step_<k>"`, `n`,
-  `temperature`, `max_tokens`, `logprobs=0` (the sampled token's own log-prob) and
-  `return_tokens_as_token_ids=true`, and reads `choices[i].logprobs.token_logprobs`. FullFT has no
-  adapter: `sync` must push the full weights instead (vLLM's weight-update RPC over NCCL from the
-  trainer's ranks, or a checkpoint reload), which is why LoRA is the cheaper RL setup there.
-- SGLang: `python -m sglang.launch_server --enable-lora --max-lora-rank <r> --lora-target-modules all`;
-  `sync` calls `/load_lora_adapter`, and `sample` calls `/generate` with `input_ids`, `lora_path`,
-  `sampling_params={"n", "temperature", "max_new_tokens"}` and `return_logprob=true`, reading
-  `meta_info.output_token_logprobs`. FullFT: `/update_weights_from_disk` or its distributed variant.
-
-Servers sample in bf16 with their own kernels, so their log-probs differ slightly from the learner's;
-the importance ratio is computed against the sampler's numbers, never against a recomputation.
+At the paper's scale vLLM takes their place behind the same two methods (`rl.sampler=vllm`,
+lora_lab/vllm_sampler.py): an in-process engine that gets the LoRA adapter each `sync` (peft format,
+a new adapter id) and the prompts as token ids, and returns the sampled tokens with their log-probs.
+Engines sample in bf16 with their own kernels, so their log-probs differ slightly from the
+learner's; the importance ratio is computed against the sampler's numbers, never against a
+recomputation.
 
     python -m lora_lab.sampler "What is 3 + 4?"      # four samples from tiny-llama, with log-probs
 """
@@ -50,18 +50,26 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Iterable, Protocol, Sequence, runtime_checkable
 
 import torch
+
+if TYPE_CHECKING:
+    from lora_lab.config import ModelConfig
+
+# End-of-turn tokens of the chat formats in use: Llama-3 (<|eot_id|>; <|eom_id|> ends a tool-call
+# message), ChatML and Qwen (<|im_end|>), Gemma (<end_of_turn>), Phi-3 and the tiny world (<|end|>).
+END_OF_TURN = ("<|eot_id|>", "<|eom_id|>", "<|im_end|>", "<end_of_turn>", "<|end|>")
+DEFAULT_SAMPLE_BATCH = 256  # most sequences per forward pass; RLConfig.sample_batch's default
 
 
 @dataclass
 class Completion:
     prompt_index: int  # which prompt of the `sample` call it answers
-    tokens: list[int]  # generated token ids, through the first end-of-sequence token if the policy stopped
+    tokens: list[int]  # generated token ids, through the first terminator if the policy stopped
     logprobs: list[float]  # the sampler's log-prob of each token in `tokens`
-    text: str  # decoded tokens without special tokens
-    finished: bool = field(default=False)  # the policy emitted end-of-sequence within max_new_tokens
+    text: str  # the decoded tokens before the terminator, without special tokens: what the reward reads
+    finished: bool = field(default=False)  # the policy emitted a terminator within max_new_tokens
 
 
 @runtime_checkable
@@ -73,6 +81,82 @@ class Sampler(Protocol):
                temperature: float) -> list[Completion]:
         """n completions per prompt, prompt-major (all of prompt 0, then prompt 1, ...).
         temperature 0: greedy decoding (then the log-probs are those of the unscaled logits)."""
+
+
+# ----------------------------------------------------------------------------- terminators
+
+
+def _single_token(tok, text: str) -> int | None:
+    """The id of `text` if the tokenizer has it as one token (an added or special token), else None."""
+    tid = tok.convert_tokens_to_ids(text)
+    if not isinstance(tid, int) or tid < 0 or (tid == tok.unk_token_id and text != tok.unk_token):
+        return None
+    return tid if tok.convert_ids_to_tokens(tid) == text else None
+
+
+def _template_text(tok) -> str:
+    template = getattr(tok, "chat_template", None) or ""
+    return "\n".join(template.values()) if isinstance(template, dict) else str(template)
+
+
+def stop_token_ids(tok, generation_eos: Iterable[int] = ()) -> list[int]:
+    """Every token that ends a completion: the tokenizer's eos, the generation config's eos ids
+    (`generation_eos`) and the end-of-turn tokens of END_OF_TURN that the tokenizer's chat template
+    writes and the tokenizer holds as one token. Sorted, no repeats."""
+    ids = {int(i) for i in generation_eos if i is not None}
+    if tok.eos_token_id is not None:
+        ids.add(int(tok.eos_token_id))
+    template = _template_text(tok)
+    for text in END_OF_TURN:
+        tid = _single_token(tok, text) if text in template else None
+        if tid is not None:
+            ids.add(tid)
+    return sorted(ids)
+
+
+def generation_eos(cfg: ModelConfig) -> list[int]:
+    """generation_config.json's eos_token_id (an id or a list) of the model, read from local files
+    only (a tiny preset's shipped directory, a local model directory, or the hub cache); [] when there
+    is none here. Llama-3.1's lists <|end_of_text|>, <|eom_id|> and <|eot_id|> there."""
+    from pathlib import Path
+
+    from transformers import GenerationConfig
+
+    from lora_lab.models import base_reference
+    from lora_lab.tiny.presets import TINY_CONFIGS
+
+    source = base_reference(cfg)
+    if cfg.name in TINY_CONFIGS and not Path(source).is_dir():
+        return []  # a seeded random init: no files
+    try:
+        gen = GenerationConfig.from_pretrained(source, revision=None if Path(source).is_dir() else cfg.revision,
+                                               local_files_only=True)
+    except (OSError, ValueError, TypeError):
+        return []
+    eos = gen.eos_token_id
+    return [int(eos)] if isinstance(eos, int) else [int(i) for i in eos or []]
+
+
+def cut_at_stop(tokens: Sequence[int], stop_ids: Iterable[int]) -> tuple[int, bool]:
+    """(how many tokens to keep, whether a terminator was met): through the first terminator."""
+    stops = set(stop_ids)
+    for i, t in enumerate(tokens):
+        if t in stops:
+            return i + 1, True
+    return len(tokens), False
+
+
+def completion(prompt_index: int, tokens: Sequence[int], logprobs: Sequence[float], stop_ids: Iterable[int],
+               decode) -> Completion:
+    """A Completion cut after its first terminator: `tokens` and `logprobs` through it, `text` (what
+    the reward reads) the decoded tokens before it. `decode(ids) -> str`."""
+    keep, finished = cut_at_stop(tokens, stop_ids)
+    toks = [int(t) for t in tokens[:keep]]
+    return Completion(prompt_index=prompt_index, tokens=toks, logprobs=[float(x) for x in logprobs[:keep]],
+                      text=decode(toks[:-1] if finished else toks), finished=finished)
+
+
+# ----------------------------------------------------------------------------- on the learner's model
 
 
 def _left_pad(prompts: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,12 +172,19 @@ def _left_pad(prompts: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor,
 
 class _OnModel:
     """Shared by the samplers that run on the learner's model: eval mode while sampling, chunks of
-    at most `max_batch` sequences (whole prompts)."""
+    at most `max_batch` sequences (whole prompts: a prompt's n samples share one chunk), stopping at
+    `stop_ids` (default: `stop_token_ids(tokenizer)`)."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer, max_batch: int = 256):
+    def __init__(self, model: torch.nn.Module, tokenizer, max_batch: int = DEFAULT_SAMPLE_BATCH,
+                 stop_ids: Iterable[int] | None = None):
+        if max_batch < 1:
+            raise ValueError(f"max_batch={max_batch}: must be >= 1")
         self.model, self.tok, self.max_batch = model, tokenizer, max_batch
-        self.eos = tokenizer.eos_token_id
-        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
+        self.stop_ids = sorted(set(stop_ids)) if stop_ids is not None else stop_token_ids(tokenizer)
+        if not self.stop_ids:
+            raise ValueError("no terminator: the tokenizer has no eos token and none was given")
+        eos = tokenizer.eos_token_id
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos if eos is not None else self.stop_ids[0])
 
     def sync(self, model: torch.nn.Module) -> None:
         # The learner's own module: its weights are the policy already.
@@ -116,10 +207,8 @@ class _OnModel:
             self.model.train(was_training)
 
     def _completion(self, prompt_index: int, toks: list[int], logprobs: list[float]) -> Completion:
-        finished = self.eos in toks
-        stop = toks.index(self.eos) + 1 if finished else len(toks)
-        return Completion(prompt_index=prompt_index, tokens=toks[:stop], logprobs=logprobs[:stop],
-                          text=self.tok.decode(toks[:stop], skip_special_tokens=True), finished=finished)
+        return completion(prompt_index, toks, logprobs, self.stop_ids,
+                          lambda ids: self.tok.decode(ids, skip_special_tokens=True))
 
     def _generate(self, prompts, offset, n, max_new_tokens, temperature) -> list[Completion]:
         raise NotImplementedError
@@ -150,13 +239,14 @@ class CachedSampler(_OnModel):
         nextpos = mask.sum(-1)  # position of the token about to be fed: prompt length, then + 1 a step
         tokens = torch.full((rows, max_new_tokens), self.pad, dtype=torch.long, device=device)
         logps = torch.zeros((rows, max_new_tokens), device=device)
+        stops = torch.tensor(self.stop_ids, dtype=torch.long, device=device)
         for t in range(max_new_tokens):
             scaled = logits.float() if temperature == 0 else logits.float() / temperature
             lp = torch.log_softmax(scaled, dim=-1)
             nxt = lp.argmax(-1) if temperature == 0 else torch.multinomial(lp.exp(), 1).squeeze(1)
             tokens[alive, t] = nxt
             logps[alive, t] = lp.gather(1, nxt[:, None]).squeeze(1)
-            going = nxt != self.eos
+            going = ~torch.isin(nxt, stops)
             if t == max_new_tokens - 1 or not bool(going.any()):
                 break
             if not bool(going.all()):
@@ -173,7 +263,8 @@ class CachedSampler(_OnModel):
 
 class HFSampler(_OnModel):
     """transformers `generate` with a KV cache on the learner's model, in chunks of at most
-    `max_batch` sequences."""
+    `max_batch` sequences; every terminator is one of generate's eos ids (a row that ends is padded
+    while the others go on, and the padding is cut off)."""
 
     def _generate(self, prompts: Sequence[Sequence[int]], offset: int, n: int, max_new_tokens: int,
                   temperature: float) -> list[Completion]:
@@ -187,7 +278,7 @@ class HFSampler(_OnModel):
         # top_k=0 and top_p=1: sample from the full softmax, the distribution the log-probs describe.
         gen = GenerationConfig(do_sample=not greedy, temperature=None if greedy else temperature, top_k=None if greedy else 0,
                                top_p=None if greedy else 1.0, max_new_tokens=max_new_tokens,
-                               eos_token_id=self.eos, pad_token_id=self.pad, bos_token_id=self.tok.bos_token_id,
+                               eos_token_id=list(self.stop_ids), pad_token_id=self.pad, bos_token_id=self.tok.bos_token_id,
                                use_cache=True, return_dict_in_generate=True, output_scores=True)
         res = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen)
         new = res.sequences[:, width:]

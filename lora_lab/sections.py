@@ -25,26 +25,38 @@ from matplotlib.figure import Figure
 
 from lora_lab import figures
 from lora_lab.curves import (
-    TOL_REL,
+    FULL,
+    GAP_WINDOW,
+    K_SE,
+    across_seeds,
+    at_chosen_lr,
     curve_table,
     departures,
     kind_of,
     label_runs,
     lr_ratios,
-    matches,
     optimal_lrs,
+    paired,
+    paired_gap_steps,
     pointwise_min,
     reference_curves,
+    scatter_se,
     seed_mean,
+    seed_ratios,
+    seed_values,
     smoothed,
     ucurves,
     value_at_step,
 )
+from lora_lab.flops import Arch
 from lora_lab.records import (BatchRecord, CapacityRecord, EarlyRecord, InvarianceRecord, LayersRecord, RankRecord,
                               RLRecord, Section)
-from lora_lab.results import Results
+from lora_lab.results import Results, seed_of
 
 SHORT_RUN_STEPS = 100  # the paper's ~15x LoRA/FullFT LR ratio is for runs of 100 steps or fewer
+# C2 in context: the optima refitted on the constant-LR runs cut at these fractions of their steps
+# (a run's loss at step t is that of a t-step run), and at SHORT_RUN_STEPS.
+STEP_CUTS = (0.25, 0.5, 1.0)
 EARLY = 0.1  # C7: the early part of a run, as a fraction of its steps (at least EARLY_MIN steps)
 EARLY_MIN = 5
 INVARIANCE_TOL = 1e-3  # C8: nats; fp32 trajectories that agree to this are "identical"
@@ -68,28 +80,33 @@ def _sft(runs: pd.DataFrame) -> pd.DataFrame:
 
 def rank_curves(res: Results, runs: pd.DataFrame, experiment: str) -> tuple[pd.DataFrame, pd.DataFrame | None, Figure]:
     """C1's figure, drawn here alone (`lora-lab analyze` and analysis/rank_curves.py): the minimum
-    over LR of each curve's train loss, the step where each rank leaves FullFT (None without a FullFT
-    curve), and the figure."""
+    over LR of each curve's train loss (mean over seeds), whether and from when each rank leaves
+    FullFT by more than the noise (curves.departures on the seed-matched raw losses at the chosen
+    LRs; None without a FullFT curve), and the figure."""
     runs = _sft(runs)
     table = curve_table(runs)
     curves = pointwise_min(res, runs)
     refs = reference_curves(runs)
-    dep = None
+    dep, gap_sem = None, None
     if refs:
-        dep = departures(curves, refs)
+        per_seed = at_chosen_lr(res, runs, curves)
+        dep = departures(per_seed, refs)
         dep.insert(1, "rank", dep["curve"].map(table.set_index("curve")["rank"]).astype("Int64"))
         dep = dep.sort_values("rank").reset_index(drop=True)
+        gap_sem = paired_gap_steps(per_seed, refs)
     marks = {} if dep is None else dict(zip(dep["curve"], dep["departs_at_step"]))
     # the gap panel needs one FullFT curve; an experiment that mixes contexts gets the curves alone
     single_ref = next(iter(set(refs.values()))) if len(set(refs.values())) == 1 else None
-    fig = figures.curves_figure(curves, figures.curve_styles(table), reference=single_ref, band=TOL_REL, marks=marks,
+    fig = figures.curves_figure(curves, figures.curve_styles(table), reference=single_ref, relative=False, marks=marks,
+                                diff_label=f"minus {single_ref} (nats)", diff_sem=gap_sem,
                                 title=f"{experiment}: min over LR of train loss")
     return curves, dep, fig
 
 
 def lr_ucurves(runs: pd.DataFrame, experiment: str) -> tuple[pd.DataFrame, pd.DataFrame, Figure]:
     """C2's figure, drawn here alone (`lora-lab analyze` and analysis/lr_ucurves.py): final loss vs LR
-    of each curve, the fitted optimal LRs, and the figure."""
+    of each curve (mean over seeds, +-1 SE band), the optimal LRs fitted on the seed means, and the
+    figure."""
     runs = _sft(runs)
     uc = ucurves(runs)
     opt = optimal_lrs(runs)
@@ -98,35 +115,107 @@ def lr_ucurves(runs: pd.DataFrame, experiment: str) -> tuple[pd.DataFrame, pd.Da
     return uc, opt, fig
 
 
+def _cut_step(res: Results, runs: pd.DataFrame, target: int) -> int | None:
+    """The last step at or before `target` that the runs logged a train loss at."""
+    m = res.metrics
+    if "train_loss" not in m:
+        return None
+    logged = m.loc[m["run_dir"].isin(runs["run_dir"]) & m["train_loss"].notna(), "step"]
+    logged = logged[logged <= target]
+    return int(logged.max()) if len(logged) else None
+
+
+def ratios_by_steps(res: Results, runs: pd.DataFrame, steps: int) -> pd.DataFrame:
+    """(cut, step, curve, rank, layers, ratio, ratio_low, ratio_high, open): the LoRA/FullFT
+    optimal-LR ratios refitted on the runs' losses at STEP_CUTS of their length and, for longer runs,
+    at SHORT_RUN_STEPS (the constant LR makes a run's loss at step t that of a t-step run)."""
+    targets = {f"{f:.0%} of steps": max(1, round(f * steps)) for f in STEP_CUTS}
+    if steps > SHORT_RUN_STEPS:
+        targets[f"{SHORT_RUN_STEPS} steps"] = SHORT_RUN_STEPS
+    cuts: dict[int, list[str]] = {}  # logged step -> the cuts that land on it (e.g. 25% of 400 and 100 steps)
+    for cut, target in targets.items():
+        step = _cut_step(res, runs, target)
+        if step is not None:
+            cuts.setdefault(step, []).append(cut)
+    frames = []
+    for step, names in sorted(cuts.items()):
+        v = value_at_step(res, runs, step).reindex(runs["run_dir"])
+        at = runs.assign(final_loss=v["value"].to_numpy(), final_loss_sem=v["sem"].to_numpy())
+        at = at[np.isfinite(at["final_loss"]) | (at["final_loss"] == math.inf)]
+        r = lr_ratios(optimal_lrs(at), at)
+        if len(r):
+            frames.append(r.sort_values("rank", kind="stable").assign(cut=", ".join(names), step=step))
+    cols = ["cut", "step", "curve", "rank", "layers", "lora_lr", "full_lr", "ratio", "ratio_low", "ratio_high", "open"]
+    return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
+
+
+def hidden_size(model: str) -> int | None:
+    """The model's hidden size (lora_lab.flops.Arch), None where the model cannot be looked up."""
+    try:
+        return int(Arch.of(model).hidden)
+    except Exception:  # noqa: BLE001 - an unknown or offline hub model leaves the prediction out, not the analysis
+        return None
+
+
 def rank_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
-    """Rank curves (C1), LR U-curves and optimal LRs (C2), step times (C6)."""
+    """Rank curves (C1), LR U-curves and optimal LRs (C2, with the ratio against training length and
+    the hidden / (2 alpha) prediction), FLOPs' adapters and step times (C6)."""
     runs = _sft(runs)
     table = curve_table(runs)
     curves, dep, fig = rank_curves(res, runs, sec.experiment)
     sec.table("min_loss_curves", curves)
     if dep is not None:
         sec.table("departures", dep)
+    seeds = int(seed_of(runs).nunique())
     sec.figure("rank_curves", fig,
-               "Train loss at each step, minimum over the LR grid (smoothed); lower panel: relative gap to FullFT, "
-               f"grey band +-{TOL_REL:.0%}, dot where the rank leaves FullFT for good.")
+               "Train loss at each step, minimum over the LR grid (smoothed" + (f", mean of {seeds} seeds, band +-1 SE"
+                                                                                 if seeds > 1 else ", one seed")
+               + "); lower panel: minus FullFT in nats (band: +-1 SE of the seed-matched difference), dot from where "
+               f"the mean gap over a window of {GAP_WINDOW:.0%} of the steps exceeds {K_SE:g} SE for good.")
     uc, opt, fig = lr_ucurves(runs, sec.experiment)
     sec.table("lr_sweep", uc)
     sec.table("optimal_lr", opt)
     sec.figure("lr_ucurves", fig,
-               "Final train loss (mean of the last 10% of steps) vs LR; crosses: diverged; diamonds: fitted optimum "
-               "with its 90% interval (arrow: open at a grid edge).")
+               "Final train loss (mean of the last 10% of steps" + (f"; mean of {seeds} seeds, band +-1 SE" if seeds > 1 else "")
+               + ") vs LR; crosses: diverged; diamonds: optimum fitted on the seed means with its 90% interval "
+               "(arrow: open at a grid edge).")
     ratios = sec.table("lr_ratios", lr_ratios(opt, runs))
+    by_seed = sec.table("lr_ratios_by_seed", seed_ratios(runs))
     steps = _steps(runs)
-    short = None
-    if steps > SHORT_RUN_STEPS:
-        v = value_at_step(res, runs, SHORT_RUN_STEPS).reindex(runs["run_dir"])
-        early = runs.assign(final_loss=v["value"].to_numpy(), final_loss_sem=v["sem"].to_numpy())
-        early = early[np.isfinite(early["final_loss"]) | (early["final_loss"] == math.inf)]
-        short = sec.table(f"lr_ratios_{SHORT_RUN_STEPS}_steps", lr_ratios(optimal_lrs(early), early))
-    sec.record = RankRecord(departures=dep, ratios=ratios, short_ratios=short, steps=steps,
+    cuts = sec.table("lr_ratio_vs_steps", ratios_by_steps(res, runs, steps))
+    short = cuts[cuts["cut"].str.contains(f"{SHORT_RUN_STEPS} steps", regex=False)]
+    if len(short):  # the file analysis scripts and readers of earlier results know
+        sec.table(f"lr_ratios_{SHORT_RUN_STEPS}_steps", short.drop(columns=["cut", "step"]).reset_index(drop=True))
+    lora = runs[runs["method"] == "lora"]
+    model = runs["model.name"].iloc[0]
+    hidden = hidden_size(model)
+    alpha = float(pd.to_numeric(lora.get("lora.alpha"), errors="coerce").median()) if len(lora) else math.nan
+    if len(cuts):
+        predicted = hidden / (2 * alpha) if hidden and np.isfinite(alpha) else math.nan
+        refs = {"paper: 10x": 10.0, f"paper: 15x (<= {SHORT_RUN_STEPS} steps)": 15.0,
+                f"hidden/(2 alpha) = {hidden}/(2*{alpha:g})": predicted}
+        styles = {c: st for c, st in figures.curve_styles(table).items() if c in set(cuts["curve"])}
+        fig = figures.ratio_steps_figure(cuts, styles, refs, title=f"{sec.experiment}: optimal-LR ratio vs length")
+        sec.figure("lr_ratio_vs_steps", fig,
+                   "LoRA/FullFT optimal-LR ratio refitted on the losses at several steps of the constant-LR runs "
+                   "(hollow: an optimum at a grid edge); lines: the paper's 10x and 15x, and hidden / (2 alpha).")
+    adapters = lora_adapters(lora)
+    sec.record = RankRecord(departures=dep, ratios=ratios, seed_ratios=by_seed, ratio_by_steps=cuts, steps=steps,
                             step_time=sec.table("step_time", step_times(runs)),
-                            ranks=sorted(int(r) for r in table["rank"].dropna().unique()), model=runs["model.name"].iloc[0],
-                            seq_len=runs.get("data.max_seq_len", pd.Series([None])).iloc[0])
+                            ranks=sorted(int(r) for r in table["rank"].dropna().unique()), model=model,
+                            seq_len=runs.get("data.max_seq_len", pd.Series([None])).iloc[0], hidden=hidden, alpha=alpha,
+                            adapters=adapters)
+
+
+def lora_adapters(lora: pd.DataFrame) -> pd.DataFrame:
+    """(curve, rank, layers, unembed) of each LoRA curve: the adapters its runs trained, as C6 counts them."""
+    cols = ["curve", "rank", "layers", "unembed"]
+    if not len(lora):
+        return pd.DataFrame(columns=cols)
+    t = curve_table(lora)
+    t["unembed"] = t["lora.unembed"].map(lambda v: bool(v) if pd.notna(v) else False) if "lora.unembed" in t else False
+    t["layers"] = t["layers"].fillna("all")
+    return t[cols].reset_index(drop=True)
 
 
 def step_times(runs: pd.DataFrame) -> pd.DataFrame:
@@ -170,17 +259,18 @@ def batch_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
     opt = optimal_lrs(runs)
     opt.insert(len(opt.columns), "experiment", sec.experiment)
     sec.table("optimal_lr", opt)
-    fin = opt.assign(family=opt["curve"].map(fam_of))[["family", "batch_size", "best_final_loss", "best_lr"]]
+    fin = opt.assign(family=opt["curve"].map(fam_of))[["family", "batch_size", "best_final_loss", "best_lr", "edge", "n_seeds",
+                                                       "curve"]]
     order = {f: i for i, f in enumerate(_family_order(runs))}
     fin = fin.sort_values(["family", "batch_size"], key=lambda c: c.map(order) if c.name == "family" else c)
     fin = sec.table("final_vs_batch", fin.reset_index(drop=True))
     ft = curve_table(runs.assign(curve=runs["family"]))
     styles = figures.curve_styles(ft)
-    data = fin.rename(columns={"family": "curve", "best_final_loss": "value"})
+    data = fin.drop(columns="curve").rename(columns={"family": "curve", "best_final_loss": "value"})
     sec.figure("batch_final", figures.lines_figure(data, styles, x="batch_size", xlabel="batch size",
                                                     xticks=sorted(float(b) for b in fin["batch_size"].unique()),
                                                     ylabel="final train loss at best LR (nats)", title=f"{sec.experiment}: final loss vs batch size"),
-               "Final train loss at the best LR of the grid vs batch size, per rank and FullFT.")
+               "Final train loss at the best LR of the grid (mean over seeds) vs batch size, per rank and FullFT.")
     method_of = runs.drop_duplicates("family").set_index("family")["method"]
     rows = []
     for f, g in fin.groupby("family", sort=False):
@@ -189,9 +279,13 @@ def batch_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
             small, large = g.iloc[0], g.iloc[-1]
             rows.append({"family": f, "method": method_of[f], "batch_small": small["batch_size"],
                          "batch_large": large["batch_size"], "loss_small": small["best_final_loss"],
-                         "loss_large": large["best_final_loss"], "penalty": large["best_final_loss"] - small["best_final_loss"]})
-    sec.record = BatchRecord(penalties=sec.table("batch_penalty", pd.DataFrame(
-        rows, columns=["family", "method", "batch_small", "batch_large", "loss_small", "loss_large", "penalty"])))
+                         "loss_large": large["best_final_loss"], "penalty": large["best_final_loss"] - small["best_final_loss"],
+                         "curve_small": small["curve"], "curve_large": large["curve"],
+                         "edge": bool(small["edge"] or large["edge"])})
+    pen = sec.table("batch_penalty", pd.DataFrame(rows, columns=[
+        "family", "method", "batch_small", "batch_large", "loss_small", "loss_large", "penalty", "curve_small",
+        "curve_large", "edge"]))
+    sec.record = BatchRecord(penalties=pen, seed_values=sec.table("final_by_seed", seed_values(runs, opt)))
 
 
 def _family_order(runs: pd.DataFrame) -> list[str]:
@@ -218,9 +312,10 @@ def layers_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
     sec.table("optimal_lr", opt)
     sec.figure("layers_lr", figures.ucurve_figure(uc, opt, styles, title=f"{sec.experiment}: final loss vs LR"),
                "Final train loss vs LR per layer set, with the fitted optima.")
-    best = opt[["curve", "method", "rank", "layers", "best_lr", "best_final_loss", "edge_side"]].copy()
+    best = opt[["curve", "method", "rank", "layers", "best_lr", "best_final_loss", "edge", "edge_side", "n_seeds"]].copy()
     best["trainable_params"] = best["curve"].map(params)
-    sec.record = LayersRecord(layers=sec.table("layers_best", best))
+    sec.record = LayersRecord(layers=sec.table("layers_best", best),
+                              seed_values=sec.table("final_by_seed", seed_values(runs, opt)))
 
 
 def _si(n: float | None) -> str:
@@ -235,8 +330,19 @@ def _si(n: float | None) -> str:
 # ----------------------------------------------------------------------------- C5
 
 
+VALIDATION = "validation"  # RLRecord.selected_on when the LRs were chosen on a validation split
+
+
+def _last_metric(res: Results, runs: pd.DataFrame, column: str) -> pd.Series:
+    """Each run's last logged value of `column` (NaN where it logged none), by row of `runs`."""
+    return pd.Series([res.curve(d, column)[column].iloc[-1] if len(res.curve(d, column)) else math.nan
+                      for d in runs["run_dir"]], index=runs.index, dtype=float)
+
+
 def rl_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
-    """Final reward vs LR per rank and FullFT, and reward curves at each best LR (C5)."""
+    """Final score vs LR per rank and FullFT, reward curves at each chosen LR, and the problem-by-problem
+    comparisons of the held-out (test) outcomes seed by seed (C5). Each arm's LR is chosen on a
+    validation split where the runs log one (`val_accuracy`, `val_solved`), else on the judged numbers."""
     runs = runs.copy()
     acc = pd.to_numeric(runs.get("final_eval_accuracy"), errors="coerce")
     use_acc = acc[runs["status"] == "completed"].notna().any()
@@ -250,32 +356,46 @@ def rl_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
         runs["score_sem"] = runs["final_reward_sem"]
         metric = "train reward (mean of the last 10% of steps)"
     runs.loc[runs["status"] == "diverged", "score"] = -math.inf
+    val = _last_metric(res, runs, "val_accuracy")
+    if "final_val_accuracy" in runs:
+        val = val.fillna(pd.to_numeric(runs["final_val_accuracy"], errors="coerce"))
+    done = runs["status"] == "completed"
+    has_val = bool(use_acc and done.any() and val[done].notna().all())
+    selected_on = VALIDATION if has_val else ("the test problems" if use_acc else "the train reward")
+    select = runs.assign(score=val.where(runs["status"] != "diverged", -math.inf), score_sem=0.0) if has_val else runs
     table = curve_table(runs)
     styles = figures.curve_styles(table)
     uc = sec.table("lr_sweep", ucurves(runs, "score", "score_sem"))
-    opt = optimal_lrs(runs, "score", "score_sem", maximize=True).rename(columns={"best_final_loss": "best_score"})
+    chosen = optimal_lrs(select, "score", "score_sem", maximize=True)
+    scores = seed_values(runs, chosen, "score", "score_sem")
+    at = scores.groupby("curve")["value"].mean()
+    opt = chosen.rename(columns={"best_final_loss": "best_score"})
+    opt["best_score"] = opt["curve"].map(at)  # the judged (test) score at the LR chosen on `selected_on`
     opt.insert(len(opt.columns), "experiment", sec.experiment)
     sec.table("optimal_lr_rl", opt)
+    if has_val:
+        sec.table("lr_sweep_validation", ucurves(select, "score", "score_sem"))
     base = pd.to_numeric(runs.get("base_eval_accuracy"), errors="coerce").median() if "base_eval_accuracy" in runs else math.nan
-    sec.figure("rl_lr", figures.ucurve_figure(uc, opt.rename(columns={"best_score": "best_final_loss"}), styles,
+    sec.figure("rl_lr", figures.ucurve_figure(uc, optimal_lrs(runs, "score", "score_sem", maximize=True), styles,
                                               ylabel=metric, title=f"{sec.experiment}: {metric} vs LR", maximize=True,
                                               reference=("base model", base) if use_acc else None),
-               f"Final {metric} vs LR per rank and FullFT; diamonds: fitted optimum"
-               + ("; dashed: the base model." if use_acc and np.isfinite(base) else "."))
-    at_best = []
-    for name, g in uc.groupby("curve", sort=False):
-        finite = g[np.isfinite(g["value"])]
-        if len(finite):
-            at_best.append(runs[(runs["curve"] == name) & (runs["lr"] == finite.loc[finite["value"].idxmax(), "lr"])])
-    best_runs = pd.concat(at_best) if at_best else runs.iloc[0:0]
+               f"Final {metric} vs LR per rank and FullFT (mean over seeds); diamonds: fitted optimum"
+               + ("; dashed: the base model." if use_acc and np.isfinite(base) else ".")
+               + f" Each arm's LR for C5 is chosen on {selected_on}.")
+    best_runs = pd.concat([runs[(runs["curve"] == o["curve"]) & np.isclose(runs["lr"], o["grid_lr"])]
+                           for _, o in chosen.iterrows() if np.isfinite(o["grid_lr"])] or [runs.iloc[0:0]])
     rc = seed_mean(smoothed(res, best_runs, "reward"))
     sec.table("reward_curves", rc)
     sec.figure("rl_curves", figures.curves_figure(rc, styles, ylabel="reward (train batches)", logx=False,
-                                                  title=f"{sec.experiment}: reward at each best LR"),
-               "Mean reward of the training batches (smoothed) at each curve's best grid LR.")
-    sec.record = RLRecord(optimal=opt, metric=metric, base=base, uses_accuracy=bool(use_acc),
-                          eval_size=pd.to_numeric(runs.get("data.eval_size"), errors="coerce").median(),
-                          paired=paired_outcomes(res, best_runs) if use_acc else None)
+                                                  title=f"{sec.experiment}: reward at each chosen LR"),
+               "Mean reward of the training batches (smoothed, mean over seeds) at each curve's chosen grid LR.")
+    if not use_acc:  # no held-out set: the FullFT policy's first rewards stand for the base model's
+        first = [res.curve(d, "reward")["reward"].iloc[0] for d in best_runs.loc[best_runs["method"] == "full", "run_dir"]
+                 if len(res.curve(d, "reward"))]
+        base = float(np.mean(first)) if first else math.nan
+    out = paired_outcomes(res, best_runs) if use_acc else None
+    sec.record = RLRecord(optimal=opt, metric=metric, base=base, paired=None if out is None else sec.table("paired_outcomes", out),
+                          selected_on=selected_on, seed_scores=sec.table("score_by_seed", scores))
 
 
 def _solved(res: Results, run_dir: str) -> tuple[str, str] | None:
@@ -289,20 +409,26 @@ def _discordant(a: str, b: str) -> tuple[int, int]:
     return sum(x == "1" and y == "0" for x, y in zip(a, b)), sum(x == "0" and y == "1" for x, y in zip(a, b))
 
 
-def paired_outcomes(res: Results, best_runs: pd.DataFrame) -> dict | None:
-    """Problem-by-problem comparisons of held-out outcomes at each curve's best LR (first seed):
-    `full_vs_base` = (problems FullFT's final policy solves and the base model does not, the
-    reverse), and `vs_full[curve]` = (problems that curve's final policy solves and FullFT's does
-    not, the reverse). None when the runs have no `eval_solved` (written since 2026-11-24) or
-    their held-out sets differ in size."""
-    firsts = {name: g.iloc[0] for name, g in best_runs.groupby("curve", sort=False)}
-    solved = {name: _solved(res, r["run_dir"]) for name, r in firsts.items()}
-    full = [n for n, r in firsts.items() if r["method"] == "full"]
-    if not full or any(v is None for v in solved.values()) or len({len(v[1]) for v in solved.values()}) != 1:
+def paired_outcomes(res: Results, best_runs: pd.DataFrame) -> pd.DataFrame | None:
+    """Problem-by-problem comparisons of held-out outcomes at each curve's chosen LR, seed by seed:
+    rows (curve, versus, seed, wins, losses, problems): FullFT's final policy against the base model
+    (versus "base": problems FullFT solves and the base model does not, and the reverse), and each
+    LoRA curve's final policy against FullFT's of the same seed (versus FullFT). None when the runs
+    have no `eval_solved` (written since 2026-11-24) or their held-out sets differ in size."""
+    best_runs = best_runs.assign(seed=seed_of(best_runs))
+    solved = {(r["curve"], int(r["seed"])): _solved(res, r["run_dir"]) for _, r in best_runs.iterrows()}
+    fulls = best_runs[best_runs["method"] == "full"]
+    if not len(fulls) or any(v is None for v in solved.values()) or len({len(v[1]) for v in solved.values()}) != 1:
         return None
-    base, full_final = solved[full[0]]
-    return {"full_vs_base": _discordant(full_final, base),
-            "vs_full": {n: _discordant(v[1], full_final) for n, v in solved.items() if n != full[0]}}
+    full_name = fulls["curve"].iloc[0]
+    full_by_seed = {seed: v[1] for (name, seed), v in solved.items() if name == full_name}
+    rows = []
+    for seed, final in full_by_seed.items():
+        rows.append((full_name, "base", seed, *_discordant(final, solved[(full_name, seed)][0]), len(final)))
+    for (name, seed), v in solved.items():
+        if name != full_name and seed in full_by_seed:
+            rows.append((name, FULL, seed, *_discordant(v[1], full_by_seed[seed]), len(v[1])))
+    return pd.DataFrame(rows, columns=["curve", "versus", "seed", "wins", "losses", "problems"])
 
 
 # ----------------------------------------------------------------------------- C7
@@ -321,30 +447,44 @@ def early_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
     at = lora[lora["lr"] == lr]
     table = curve_table(at)
     styles = figures.curve_styles(table)
-    curves = seed_mean(smoothed(res, res.plotted(at), smooth=0.0))
+    raw = smoothed(res, res.plotted(at), smooth=0.0)
+    curves = seed_mean(raw)
     sec.table("early_curves", curves)
+    per_seed = raw.groupby(["curve", "seed", "step"], as_index=False)["value"].mean()
     ranks = sorted(int(r) for r in table["rank"].dropna().unique())
     top = table.loc[table["rank"] == ranks[-1], "curve"].iloc[0]
     steps = _steps(lora)
     window = max(EARLY_MIN, math.ceil(EARLY * steps))
     ref = curves[curves["curve"] == top].set_index("step")["value"]
-    drop = float(ref.iloc[0] - ref.loc[:window].iloc[-1]) if len(ref) else math.nan
-    rows = []
+    top_seeds = per_seed[per_seed["curve"] == top].pivot_table(index="step", columns="seed", values="value")
+    rows, refs = [], {}
     for name in table.loc[(table["method"] == "lora") & (table["curve"] != top), "curve"]:
+        refs[name] = top
         c = curves[curves["curve"] == name].set_index("step")["value"]
-        common = c.index.intersection(ref.index)
-        d = (c.loc[common] - ref.loc[common])
-        early = d.loc[:window].abs()
+        d = (c - ref).dropna()
+        mine = per_seed[per_seed["curve"] == name].pivot_table(index="step", columns="seed", values="value")
+        seeds = mine.columns.intersection(top_seeds.columns)
+        gaps = (mine[seeds] - top_seeds[seeds]).dropna().loc[:window]
+        tops = top_seeds[seeds].loc[:window]
+        drops = (tops.iloc[0] - tops.iloc[-1]) if len(tops) else pd.Series(math.nan, index=seeds)
+        rel = (gaps.abs().max() / drops.where(drops > 0)).to_numpy() if len(gaps) else np.array([])
+        # one seed: the per-step scatter of the paired difference, as a fraction of the drop
+        fallback = scatter_se(gaps.iloc[:, 0]) * math.sqrt(len(gaps)) / float(drops.iloc[0]) \
+            if len(seeds) == 1 and len(gaps) >= 2 and drops.iloc[0] > 0 else math.nan
+        est = across_seeds(rel, fallback)
         rows.append({"curve": name, "rank": int(table.set_index("curve").loc[name, "rank"]), "reference": top,
-                     "early_steps": window, "early_max_abs_diff": float(early.max()) if len(early) else math.nan,
-                     "early_loss_drop": drop, "early_rel_diff": float(early.max() / drop) if len(early) and drop > 0 else math.nan,
-                     "final_diff": float(d.iloc[-1]) if len(d) else math.nan})
-    diffs = sec.table("early_differences", pd.DataFrame(rows))
+                     "early_steps": window, "early_max_abs_diff": float(gaps.abs().max().mean()) if len(gaps) else math.nan,
+                     "early_loss_drop": float(drops.mean()), "early_rel_diff": est.value, "early_rel_se": est.se,
+                     "n_seeds": est.n_seeds, "noise": est.source, "final_diff": float(d.iloc[-1]) if len(d) else math.nan})
+    diffs = sec.table("early_differences", pd.DataFrame(rows, columns=[
+        "curve", "rank", "reference", "early_steps", "early_max_abs_diff", "early_loss_drop", "early_rel_diff",
+        "early_rel_se", "n_seeds", "noise", "final_diff"]))
+    n_seeds = int(per_seed["seed"].nunique()) if len(per_seed) else 0
     sec.figure("early_curves", figures.curves_figure(
         curves, styles, reference=top, relative=False, diff_label=f"minus {top} (nats)",
-        title=f"{sec.experiment}: ranks at LR {lr:g}"),
-        f"Train loss of each rank at LR {lr:g} (no smoothing); lower panel: difference to the largest rank. "
-        f"The early part judged for C7 is the first {window} steps.")
+        diff_sem=paired_gap_steps(per_seed, refs), title=f"{sec.experiment}: ranks at LR {lr:g}"),
+        f"Train loss of each rank at LR {lr:g} (no smoothing" + (f"; mean of {n_seeds} seeds, band +-1 SE" if n_seeds > 1 else "")
+        + f"); lower panel: difference to the largest rank. The early part judged for C7 is the first {window} steps.")
     pair = ("LoRA r16", "LoRA r256") if {16, 256} <= set(ranks) else (table.loc[table["rank"] == ranks[0], "curve"].iloc[0], top)
     sec.record = EarlyRecord(lr=lr, window=window, diffs=diffs, pair=pair)
 
@@ -427,6 +567,8 @@ def capacity_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
     runs = _sft(runs).copy()
     loss = pd.to_numeric(runs.get("final_eval_loss"), errors="coerce")
     runs["score"] = loss.where(loss.notna(), runs["final_loss"])
+    # one seed: the eval loss is one number, so the train loss's scatter over its final window stands in
+    runs["score_sem"] = runs["final_loss_sem"]
     runs.loc[runs["status"] == "diverged", "score"] = math.inf
     runs["bits"] = runs.apply(information_bits, axis=1)
     best = optimal_lrs(runs.assign(final_loss=runs["score"]), sem=None)
@@ -435,17 +577,25 @@ def capacity_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
     best["bits"] = best["curve"].map(meta["bits"])
     best["trainable_params"] = best["curve"].map(runs.groupby("curve")["trainable_params"].median())
     sec.table("optimal_lr_capacity", best)  # by eval loss: kept out of optimal_lr.csv (train loss) on purpose
+    by_seed = seed_values(runs, best, "score", "score_sem")
     points = []
     for n, g in best.groupby("num_examples"):
         full = g[g["method"] == "full"]
         full_loss = float(full["best_final_loss"].iloc[0]) if len(full) else math.nan
         for _, r in g[g["method"] == "lora"].iterrows():
+            est = paired(by_seed[by_seed["curve"] == r["curve"]], by_seed[by_seed["curve"] == full["curve"].iloc[0]]) \
+                if len(full) else None
             points.append({"num_examples": n, "bits": r["bits"], "rank": r["rank"], "trainable_params": r["trainable_params"],
                            "loss": r["best_final_loss"], "full_loss": full_loss,
-                           "matches_full": matches(r["best_final_loss"], full_loss) if np.isfinite(full_loss) else None,
+                           "gap": est.value if est else math.nan, "gap_se": est.se if est else math.nan,
+                           "n_seeds": est.n_seeds if est else 0, "noise": est.source if est else "no FullFT run",
+                           # matches: the gap to FullFT does not exceed K_SE standard errors (curves.Estimate.exceeds)
+                           "matches_full": (not est.exceeds(K_SE)) if est is not None and np.isfinite(full_loss) else None,
+                           "edge": bool(r["edge"] or (len(full) and full["edge"].iloc[0])),
                            "predicted_fits": bool(r["bits"] <= 2 * r["trainable_params"]) if np.isfinite(r["bits"]) else None})
-    pts = sec.table("capacity", pd.DataFrame(points, columns=["num_examples", "bits", "rank", "trainable_params", "loss",
-                                                              "full_loss", "matches_full", "predicted_fits"]))
+    pts = sec.table("capacity", pd.DataFrame(points, columns=[
+        "num_examples", "bits", "rank", "trainable_params", "loss", "full_loss", "gap", "gap_se", "n_seeds", "noise",
+        "matches_full", "edge", "predicted_fits"]))
     sizes = sorted(pts["num_examples"].unique())
     colors = figures.sequential_colors(sizes, "plasma")
     styles = {f"N={n:g}": {"color": colors[n], "label": f"{n:g} facts ({pts.loc[pts.num_examples == n, 'bits'].iloc[0]:,.0f} bits)"} for n in sizes}
@@ -457,8 +607,8 @@ def capacity_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
     sec.figure("capacity", figures.lines_figure(data, styles, x="trainable_params", y="loss", xlabel="LoRA trainable parameters",
                                                 ylabel="final eval loss at best LR (nats)", title=f"{sec.experiment}: loss vs LoRA size",
                                                 hlines=hl, vlines=vl),
-               "Final eval loss (re-asked training facts) at the best LR vs LoRA parameters, one line per data size; "
-               "dashed: FullFT at that size; dotted: the parameter count that holds the set at 2 bits per parameter.")
+               "Final eval loss (re-asked training facts) at the best LR (mean over seeds) vs LoRA parameters, one line "
+               "per data size; dashed: FullFT at that size; dotted: the parameter count that holds the set at 2 bits per parameter.")
     sec.record = CapacityRecord(points=pts, bounds=capacity_bounds(pts))
 
 

@@ -5,18 +5,24 @@ fixed settings of a paper figure plus its grid in `hydra.sweeper` (shared `param
 `grids`, the arms; see SweepGridConfig in lora_lab/config.py). `lora-lab sweep` expands the grid,
 finds each run's directory (the run_id comes from the resolved config), skips runs that completed or
 diverged, relaunches failed or unfinished ones (they resume from their checkpoints) and sends the
-rest to Hydra's submitit launcher: `submitit_local` on this machine (at most `max_parallel` runs at
-a time), `submitit_slurm` on a cluster whose profile is slurm/<cluster>.yaml. Ctrl-C (or SIGTERM)
-stops a local sweep: nothing more starts, the runs in flight stop and stay unfinished (exit code
-130, or 143), and the same command resumes them.
+rest to be run: on this machine by `max_parallel` worker processes that each import torch once and
+run their share of the grid one run after another (lora_lab/pool.py, lora_lab/worker.py;
+`workers=false`: one submitit_local process per run, as before workers), on a cluster through Hydra's
+`submitit_slurm` launcher with the profile slurm/<cluster>.yaml (its `runs_per_job` packs several
+runs into one job). Ctrl-C (or SIGTERM) stops a local sweep: nothing more starts, the runs in flight
+stop and stay unfinished (exit code 130, or 143), and the same command resumes them.
 
     lora-lab sweep tiny/rank --dry-run                    # the runs and their states, nothing launched
     lora-lab sweep tiny/rank                              # local; a second call launches nothing
     lora-lab sweep tiny/rank 'lora.rank=1,4' optim.lr=3e-3 train.max_steps=8   # shrink the grid
+    lora-lab sweep tiny/rank workers=false                # one process per run (the fixed cost each time)
     lora-lab sweep tiny/rank launcher=slurm cluster=local # SLURM (slurm/local_cluster.sh up)
     lora-lab sweep paper/rank_tulu3_llama8b arms=full launcher=slurm cluster=big   # one arm of the grid
+    lora-lab sweep paper/rank_tulu3_llama8b launcher=slurm cluster=example-gpu --dry-run   # each run's GPUs
     lora-lab status tiny/rank      # or a directory: lora-lab status runs/tiny/rank
 
+On SLURM each run gets the GPUs its arm sets (`launcher.gpus_per_node`, `launcher.nodes` in the
+arm), else the fewest whose memory estimate fits the profile's GPUs (place_jobs; docs/sweeps.md).
 Overrides on the command line that name a grid axis replace that axis in the arms that have it
 (`lora.rank=1,4` shrinks the LoRA arm and leaves the FullFT arm alone); other overrides apply to
 every run, and one in sweep syntax (`train.seed=0,1`) adds an axis to every arm.
@@ -25,7 +31,9 @@ every run, and one in sweep syntax (`train.seed=0,1`) adds an axis to every arm.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
+import copy
 import datetime as dt
 import itertools
 import json
@@ -34,14 +42,14 @@ import re
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from lora_lab.checks import check_run_root
 from lora_lab.config import (CONF_DIR, EXPERIMENTS_DIR, Config, ConfigError, check_trainable, compose_dict, from_dictconfig,
                              one_line)
-from lora_lab.pool import SweepInterrupted, interrupt_once, run_pool
+from lora_lab.pool import SweepInterrupted, interrupt_once, run_pool, run_workers
 from lora_lab.runs import FINAL_STATUSES, STATES, find_run_dirs, run_dir, run_id, run_state
 
 SLURM_DIR = Path(os.environ.get("LORA_LAB_SLURM", CONF_DIR.parent / "slurm"))
@@ -57,6 +65,9 @@ class Job:
     arm: str = "grid"     # the name of the grid (hydra.sweeper.grids) it came from
     master: tuple[str, ...] = ()  # the experiment's overrides shared by its runs (+experiments=..., fixed)
     launcher_args: tuple[str, ...] = ()  # hydra.launcher.* given on the command line
+    request: dict = field(default_factory=dict)  # the arm's launcher.gpus_per_node / launcher.nodes
+    placement: Any = None  # SLURM: distributed.Placement, the GPUs chosen for it (place_jobs)
+    resources: dict = field(default_factory=dict)  # SLURM: submitit settings that differ from the profile's
 
     @property
     def path(self) -> Path:
@@ -104,7 +115,9 @@ def grid_points(grid: Any, overrides: Sequence[str], only_arms: Sequence[str] | 
     command line; see the module docstring for how command-line overrides combine with the arms.
     only_arms: keep these arms (grids) only."""
     shared = dict(grid.get("params") or {})
-    arms = {name: dict(axes or {}) for name, axes in (grid.get("grids") or {}).items()} or {"grid": {}}
+    # An arm's launcher.* keys are its resources (arm_requests), not run overrides.
+    arms = {name: {k: v for k, v in dict(axes or {}).items() if not str(k).startswith("launcher.")}
+            for name, axes in (grid.get("grids") or {}).items()} or {"grid": {}}
     if only_arms:
         unknown = sorted(set(only_arms) - set(arms))
         if unknown:
@@ -165,6 +178,7 @@ def expand_jobs(experiment: str, overrides: Sequence[str] = (), quick: bool = Fa
     launcher_args = tuple(o for o in overrides if o.lstrip("+").startswith("hydra.launcher."))
     overrides = [o for o in overrides if o not in launcher_args]
     fixed, points = grid_points(grid, overrides, arms)
+    requests = arm_requests(grid, experiment)
     master = base + fixed
     jobs, seen, cache = [], {}, {}
     from omegaconf.errors import OmegaConfBaseException
@@ -181,7 +195,7 @@ def expand_jobs(experiment: str, overrides: Sequence[str] = (), quick: bool = Fa
         if path in seen:  # e.g. a FullFT run repeated across a LoRA-only axis
             continue
         seen[path] = True
-        jobs.append(Job(point, cfg, arm, tuple(master), launcher_args))
+        jobs.append(Job(point, cfg, arm, tuple(master), launcher_args, dict(requests.get(arm, {}))))
     return master, jobs
 
 
@@ -240,8 +254,65 @@ def run_job(dcfg: Any) -> dict:
         return {"run_id": run_id(cfg), "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
 
 
+class PackedRuns:
+    """The Hydra task function of a sweep whose SLURM jobs hold several runs (`runs_per_job`): job n
+    runs its own grid point (the config Hydra composed for it) and then the other runs of its pack,
+    one after another in the job's process (lora_lab/worker.py run_pack, a local worker's code). A
+    requeued job runs its pack again: the finished runs are skipped by their run directories, the
+    interrupted one resumes from its checkpoint."""
+
+    def __init__(self, rest: dict[int, list[dict]]):
+        self.rest = rest  # job number -> the resolved configs of the pack's other runs
+
+    def __call__(self, dcfg: Any) -> dict:
+        from hydra.core.hydra_config import HydraConfig
+
+        from lora_lab.worker import run_pack
+
+        configs = [from_dictconfig(dcfg)] + [from_dictconfig(d) for d in self.rest.get(HydraConfig.get().job.num, [])]
+        runs = run_pack(configs)
+        worst = next((r for r in runs if r["status"] not in DONE), runs[0])
+        return {"run_id": runs[0]["run_id"], "status": worst["status"], "error": worst.get("error"), "runs": runs}
+
+
+def pack_jobs(jobs: list[Job], runs_per_job: int) -> list[list[Job]]:
+    """The grid's runs in packs of up to runs_per_job consecutive runs, one SLURM job each; runs
+    launched with different hydra.launcher.* settings never share a job."""
+    packs: list[list[Job]] = []
+    for job in jobs:
+        if (packs and len(packs[-1]) < runs_per_job and packs[-1][0].launcher_args == job.launcher_args
+                and packs[-1][0].resources == job.resources and int(job.resources.get("tasks_per_node", 1)) == 1):
+            packs[-1].append(job)
+        else:
+            packs.append([job])
+    return packs
+
+
+def runs_per_job(value: Any, where: str) -> int:
+    """A profile's runs_per_job (default 1: one run per SLURM job), checked (ConfigError, exit 2)."""
+    if value is None:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not (isinstance(value, str) and value.isdigit() and int(value) >= 1):
+            raise ConfigError(f"{where}: runs_per_job={value}: expected a positive integer (runs run one after "
+                              "another in each SLURM job; 1 = a job per run)")
+    return int(value)
+
+
 def cluster_overrides(cluster: str) -> list[str]:
     """slurm/<cluster>.yaml (keys of hydra-submitit-launcher's submitit_slurm) -> hydra.launcher.* overrides."""
+    profile = cluster_profile(cluster)
+    runs_per_job(profile.get("runs_per_job"), f"slurm/{cluster}.yaml")  # a bad value stops here
+    out = []
+    for key, value in profile.items():
+        if key in PROFILE_KEYS:  # lora-lab's own (place_jobs), not submitit's
+            continue
+        out.append(f"++hydra.launcher.{key}={json.dumps(value) if not isinstance(value, str) else value}")
+    return out
+
+
+def cluster_profile(cluster: str) -> dict:
+    """slurm/<cluster>.yaml as a dict, its lora-lab keys (PROFILE_KEYS) checked."""
     from omegaconf import OmegaConf
 
     path = SLURM_DIR / f"{cluster}.yaml"
@@ -252,11 +323,122 @@ def cluster_overrides(cluster: str) -> list[str]:
         names = sorted(p.stem for p in SLURM_DIR.glob("*.yaml"))
         raise ConfigError(f"cluster={cluster}: no profile slurm/{cluster}.yaml; choose one of {', '.join(names)} "
                           "or write one (README: cluster profiles)")
-    profile = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    out = []
-    for key, value in (profile or {}).items():
-        out.append(f"++hydra.launcher.{key}={json.dumps(value) if not isinstance(value, str) else value}")
+    profile = OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
+    for key in PROFILE_KEYS:
+        if key in profile:
+            _positive(profile[key], f"slurm/{cluster}.yaml: {key}", float if key == "gpu_mem_gib" else int)
+    return profile
+
+
+# -- SLURM resources: GPUs per run -----------------------------------------------------------------
+# A cluster profile names its GPUs' memory and how far a run may spread; lora-lab reads these keys
+# itself (submitit does not take them). An experiment's arm may set its GPUs (ARM_KEYS); otherwise
+# each run gets the fewest GPUs whose memory estimate fits (lora_lab/distributed.py place), one
+# process per GPU (FSDP2 over srun tasks).
+PROFILE_KEYS = ("gpu_mem_gib", "max_gpus_per_node", "max_nodes")
+ARM_KEYS = {"launcher.gpus_per_node": "gpus_per_node", "launcher.nodes": "nodes"}
+
+
+def _positive(value: Any, where: str, kind: type = int) -> Any:
+    try:
+        out = kind(value)
+        ok = out > 0 and not isinstance(value, bool) and (kind is not int or float(value) == out)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"{where}={value}: expected a positive {'integer' if kind is int else 'number'}")
     return out
+
+
+def arm_requests(grid: Any, experiment: str) -> dict[str, dict]:
+    """arm -> {gpus_per_node, nodes} from the arm's `launcher.gpus_per_node` / `launcher.nodes` keys
+    (its SLURM resources; ConfigError for any other launcher.* key or a value that is not a positive
+    integer)."""
+    out = {}
+    for name, axes in (grid.get("grids") or {}).items():
+        for key, value in dict(axes or {}).items():
+            if not str(key).startswith("launcher."):
+                continue
+            where = f"{experiment}: hydra.sweeper.grids.{name}.{key}"
+            if key not in ARM_KEYS:
+                raise ConfigError(f"{where}: not an arm resource; an arm takes {', '.join(ARM_KEYS)}")
+            out.setdefault(name, {})[ARM_KEYS[key]] = _positive(value, where)
+    return out
+
+
+def _launcher_value(job: Job, key: str) -> int | None:
+    """hydra.launcher.<key>=N given on the command line for this job, if any."""
+    for arg in job.launcher_args:
+        k, _, v = arg.lstrip("+").partition("=")
+        if k == f"hydra.launcher.{key}":
+            return _positive(v, arg.partition("=")[0])
+    return None
+
+
+def place_jobs(jobs: list[Job], cluster: str | None) -> None:
+    """Set each job's SLURM placement and resources from the profile: GPUs per node and nodes from
+    the command line's hydra.launcher.*, else the job's arm, else the fewest GPUs (from the profile's
+    gpus_per_node up to max_gpus_per_node on a node, then up to max_nodes nodes) whose estimate fits
+    gpu_mem_gib (default 80) less distributed.RESERVE_GIB. One task per GPU; mem_gb (per node)
+    scales with the GPUs. A profile without gpus_per_node (a CPU cluster) places nothing unless asked."""
+    from lora_lab import distributed
+
+    profile = cluster_profile(cluster or "local")
+    base_gpus = profile.get("gpus_per_node")
+    base_nodes = int(profile.get("nodes") or 1)
+    for job in jobs:
+        asked = {k: _launcher_value(job, k) or job.request.get(k) for k in ("gpus_per_node", "nodes")}
+        if not base_gpus and not any(asked.values()):
+            continue
+        min_gpus = int(base_gpus or 1)
+        where = distributed.place(
+            job.cfg, float(profile.get("gpu_mem_gib") or distributed.DEFAULT_GPU_GIB), min_gpus=min_gpus,
+            max_gpus_per_node=int(profile.get("max_gpus_per_node") or min_gpus),
+            max_nodes=int(profile.get("max_nodes") or base_nodes), **{k: v for k, v in asked.items() if v})
+        job.placement = where
+        res = {"gpus_per_node": where.gpus_per_node, "tasks_per_node": where.gpus_per_node, "nodes": where.nodes}
+        if profile.get("mem_gb") and where.gpus_per_node != min_gpus:
+            res["mem_gb"] = int(round(float(profile["mem_gb"]) * where.gpus_per_node / min_gpus))
+        same = {"gpus_per_node": base_gpus, "tasks_per_node": profile.get("tasks_per_node") or 1, "nodes": base_nodes}
+        job.resources = {} if all(res.get(k) == v for k, v in same.items()) and "mem_gb" not in res else res
+
+
+def placement_note(job: Job) -> str:
+    """`[4 GPUs: 4 x 1 node, ~68.6 GiB/GPU] ` for a dry run's line (empty when not placed)."""
+    where = job.placement
+    if where is None:
+        return ""
+    gib = where.estimate.total / 2**30
+    if not where.fits:
+        return f"[does not fit: {where.why}] "
+    return (f"[{where.gpus} GPU{'s' if where.gpus > 1 else ''}: {where.gpus_per_node} x {where.nodes} node"
+            f"{'s' if where.nodes > 1 else ''}, ~{gib:.1f} GiB/GPU{', from the arm' if where.chosen == 'arm' else ''}] ")
+
+
+def launch_by_resources(hlauncher: Any, packs: list[list[Job]], run_batch: Any) -> list[str]:
+    """Launch SLURM packs (consecutive when they share resources: launch_jobs sorts them) as one job
+    array per set of resources, each from a copy of the launcher with the profile's settings updated,
+    at the same time (each array blocks until its jobs end). Job numbers stay the packs' indices."""
+    groups: list[tuple[int, list[list[Job]]]] = []
+    for i, pack in enumerate(packs):
+        if groups and groups[-1][1][-1][0].resources == pack[0].resources:
+            groups[-1][1].append(pack)
+        else:
+            groups.append((i, [pack]))
+    if len(groups) == 1 and not packs[0][0].resources:
+        return run_batch(0, packs)
+
+    def one(start: int, batch: list[list[Job]]) -> list[str]:
+        launcher = copy.copy(hlauncher)
+        res = batch[0][0].resources
+        launcher.params = {**hlauncher.params, **res}
+        if int(res.get("tasks_per_node", 1)) * int(res.get("nodes", 1)) > 1:
+            launcher.task_function = run_job  # a run of several tasks is never packed (pack_jobs)
+        return run_batch(start, batch, launcher)
+
+    with concurrent.futures.ThreadPoolExecutor(len(groups)) as pool:
+        futures = [pool.submit(one, start, batch) for start, batch in groups]
+        return [line for f in futures for line in f.result()]
 
 
 def local_parallel(max_parallel: int | None) -> int:
@@ -264,10 +446,15 @@ def local_parallel(max_parallel: int | None) -> int:
     return max_parallel or (os.cpu_count() or 1)
 
 
+def local_threads(max_parallel: int | None) -> int:
+    """torch threads of each local run: the cores shared out among the runs at a time."""
+    return max(1, (os.cpu_count() or 1) // local_parallel(max_parallel))
+
+
 def launcher_overrides(launcher: str, cluster: str | None, max_parallel: int | None, sweep_dir: Path) -> list[str]:
     common = [f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=${hydra.job.num}"]
     if launcher == "local":
-        threads = max(1, (os.cpu_count() or 1) // local_parallel(max_parallel))
+        threads = local_threads(max_parallel)
         return ["hydra/launcher=submitit_local", f"hydra.launcher.cpus_per_task={threads}",
                 "hydra.launcher.timeout_min=10080", *common]
     # The profile's array_parallelism, unless max_parallel is given on the command line.
@@ -298,38 +485,80 @@ def launch(jobs: list[Job], launcher_args: list[str], parallel: int | None) -> l
     extra = list(dict.fromkeys(o for j in jobs for o in j.launcher_args))
     overrides = [*search_path_overrides(["+experiments=_"]), *launcher_args, *extra]
     cfg = hydra.compose_config("config", overrides=overrides, run_mode=RunMode.MULTIRUN, with_log_configuration=True)
+    # runs_per_job (a cluster profile's key, not submitit's): several runs one after another per SLURM job.
+    per_job = runs_per_job(cfg.hydra.launcher.get("runs_per_job"), "hydra.launcher")
+    tasks = int(cfg.hydra.launcher.get("tasks_per_node") or 1) * int(cfg.hydra.launcher.get("nodes") or 1)
+    if parallel is not None or tasks > 1:
+        if per_job > 1:
+            print(f"runs_per_job={per_job} ignored: {'local runs' if parallel is not None else f'jobs of {tasks} tasks'} "
+                  "take one run per job", file=sys.stderr)
+        per_job = 1
+    packs = pack_jobs(jobs, per_job)
+    task: Any = run_job
+    if per_job > 1:
+        task = PackedRuns({n: [j.cfg.to_dict() for j in pack[1:]] for n, pack in enumerate(packs)})
+        print(f"{len(jobs)} runs in {len(packs)} SLURM job{'s' if len(packs) > 1 else ''} of up to {per_job} runs each",
+              flush=True)
     HydraConfig.instance().set_config(cfg)
     from hydra._internal.callbacks import Callbacks
 
     context = HydraContext(config_loader=hydra.config_loader, callbacks=Callbacks(cfg))
-    hlauncher = Plugins.instance().instantiate_launcher(config=cfg, hydra_context=context, task_function=run_job)
+    hlauncher = Plugins.instance().instantiate_launcher(config=cfg, hydra_context=context, task_function=task)
+    hlauncher.params.pop("runs_per_job", None)  # not a submitit parameter
 
-    def run_batch(start: int, batch: list[Job]) -> list[str]:
+    def run_batch(start: int, batch: list[list[Job]], launcher: Any = None) -> list[str]:
         try:
-            # As Hydra's own sweepers do: each job's overrides are the task's followed by its grid point.
-            results = hlauncher.launch([[*j.master, *j.overrides] for j in batch], initial_job_idx=start)
+            # As Hydra's own sweepers do: each job's overrides are the task's followed by its grid point
+            # (a pack's first run; PackedRuns brings the others).
+            results = (launcher or hlauncher).launch([[*p[0].master, *p[0].overrides] for p in batch], initial_job_idx=start)
         except Exception as exc:  # e.g. a SLURM job cancelled: submitit cannot return its result
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            return [f"{len(batch)} job(s) from #{start}: {type(exc).__name__}: {first}"]
+            return [f"{sum(map(len, batch))} run(s) in {len(batch)} job(s) from #{start}: {type(exc).__name__}: {first}"]
         out = []
-        for job, res in zip(batch, results):
+        for pack, res in zip(batch, results):
             if res.status != JobStatus.COMPLETED:
-                out.append(f"{job.run_id}: {res._return_value!r}")
-            elif res.return_value.get("status") not in DONE:
-                out.append(f"{job.run_id}: {res.return_value.get('status')}: {res.return_value.get('error', '')}")
+                # The job died: name the pack's runs it left unfinished.
+                out += [f"{job.run_id}: {res._return_value!r}" for job in pack if run_state(job.path)["state"] not in DONE]
+                continue
+            ran = res.return_value.get("runs") or [res.return_value]
+            for job, r in zip(pack, ran):
+                if r.get("status") not in DONE:
+                    record = f" (traceback in {r['record']})" if r.get("record") else ""
+                    out.append(f"{job.run_id}: {r.get('status')}: {r.get('error') or ''}{record}")
         return out
 
     if parallel is None:
-        return run_batch(0, jobs)
-    return run_pool(jobs, parallel, run_batch)
+        return launch_by_resources(hlauncher, packs, run_batch)
+    return run_pool(jobs, parallel, lambda start, batch: run_batch(start, [[j] for j in batch]))
+
+
+def run_steps(cfg: Config) -> int:
+    """The optimizer steps a run takes (an estimate where the data set's size is not known yet)."""
+    if cfg.train.max_steps:
+        return cfg.train.max_steps
+    if cfg.task == "rl":
+        return 50
+    return max(1, cfg.train.epochs * max(1, (cfg.data.num_examples or 10_000) // cfg.optim.batch_size))
+
+
+def run_work(cfg: Config) -> float:
+    """A run's relative cost: sequences trained (RL: completions sampled, each ~50x a trained
+    sequence). Orders a long job's runs (longest first) and paces its time-left estimate."""
+    if cfg.task == "rl":
+        return 50.0 * run_steps(cfg) * cfg.rl.prompts_per_step * cfg.rl.group_size
+    return float(run_steps(cfg) * cfg.optim.batch_size)
 
 
 class _Watch(threading.Thread):
-    """Progress of the whole sweep while the launcher blocks: a line whenever the counts change."""
+    """Progress of the whole sweep while the launcher blocks: a line whenever the counts change, with
+    the time left. The pace is the work done since the launch (run_work, counting the steps logged by
+    the runs in flight), so it holds whatever the order of the runs and however many run at a time."""
 
-    def __init__(self, jobs: list[Job], every_s: float = 5.0):
+    def __init__(self, jobs: list[Job], every_s: float = 5.0, todo: list[Job] | None = None, workers: int | None = None):
         super().__init__(daemon=True)
         self.jobs, self.every_s, self.stop = jobs, every_s, threading.Event()
+        self.todo = jobs if todo is None else todo
+        self.workers = workers
 
     def __enter__(self) -> _Watch:
         self.start()
@@ -339,23 +568,45 @@ class _Watch(threading.Thread):
         self.stop.set()
         self.join()  # its last line comes before what the sweep prints next
 
+    def _work_done(self, states: dict[Path, dict], since: float) -> float:
+        done = 0.0
+        for j in self.todo:
+            info = states[j.path]
+            if info["state"] in DONE or (info["state"] == "failed" and _mtime(j.path / "summary.json") >= since):
+                done += run_work(j.cfg)
+            elif info["state"] in ("running", "unfinished"):  # its steps logged so far
+                done += run_work(j.cfg) * min(1.0, (info.get("step") or 0) / run_steps(j.cfg))
+        return done
+
     def run(self) -> None:
-        last, t0 = None, time.monotonic()
-        done0 = sum(run_state(j.path)["state"] in DONE for j in self.jobs)
+        last, t0, wall0 = None, time.monotonic(), time.time()
+        total = sum(run_work(j.cfg) for j in self.todo) or 1.0
+        states = {j.path: run_state(j.path) for j in self.jobs}
+        work0 = self._work_done(states, wall0)
         while not self.stop.wait(self.every_s):
-            counts = {}
-            for j in self.jobs:
-                s = run_state(j.path)["state"]
-                counts[s] = counts.get(s, 0) + 1
+            states = {j.path: run_state(j.path) for j in self.jobs}
+            counts: dict[str, int] = {}
+            for info in states.values():
+                counts[info["state"]] = counts.get(info["state"], 0) + 1
             line = ", ".join(f"{n} {s}" for s, n in sorted(counts.items(), key=lambda t: STATES.index(t[0])))
             if line != last:
                 elapsed = time.monotonic() - t0
                 done = sum(counts.get(s, 0) for s in DONE)
+                work = self._work_done(states, wall0)
                 eta = ""
-                if done > done0 and done < len(self.jobs):  # finished runs so far set the pace
-                    eta = f"; ~{elapsed / (done - done0) * (len(self.jobs) - done) / 60:.1f} min left"
+                if work > work0 and done < len(self.jobs):
+                    eta = f"; ~{elapsed / (work - work0) * max(0.0, total - work) / 60:.1f} min left"
+                    if self.workers:
+                        eta += f" ({self.workers} worker{'s' if self.workers > 1 else ''})"
                 print(f"[sweep {elapsed:6.0f}s] {done}/{len(self.jobs)} done: {line}{eta}", file=sys.stderr, flush=True)
                 last = line
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 # -- commands ------------------------------------------------------------------------------------
@@ -364,20 +615,23 @@ def _split_args(argv: list[str], prog: str, doc: str) -> tuple[argparse.Namespac
     p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("experiment", help="<scale>/<figure> (a file under experiments/), or for status a directory")
     p.add_argument("overrides", nargs="*",
-                   help="Hydra overrides; launcher=local|slurm, cluster=<profile>, max_parallel=N, arms=<arm,...>")
+                   help="Hydra overrides; launcher=local|slurm, cluster=<profile>, max_parallel=N, arms=<arm,...>, "
+                        "workers=false (local: a process per run)")
     if prog.endswith("sweep"):
         p.add_argument("--dry-run", action="store_true", help="list the runs and their states; launch nothing")
     p.add_argument("--quick", action="store_true", help="the experiment's smaller quick grid (hydra.sweeper.quick)")
     args = p.parse_intermixed_args(argv)
     arms = [o for o in args.overrides if o.startswith("arms=")]
     args.arms = [a for o in arms for a in o.partition("=")[2].split(",") if a] or None
-    args.launcher, args.cluster, args.max_parallel, rest = split_launcher_args([o for o in args.overrides if o not in arms])
+    args.launcher, args.cluster, args.max_parallel, rest, args.workers = split_launcher_args(
+        [o for o in args.overrides if o not in arms])
     return args, rest
 
 
-def split_launcher_args(argv: list[str]) -> tuple[str, str | None, int | None, list[str]]:
-    """(launcher, cluster, max_parallel, the Hydra overrides) from `key=value` arguments."""
-    rest, launcher, cluster, max_parallel = [], None, None, None
+def split_launcher_args(argv: list[str]) -> tuple[str, str | None, int | None, list[str], bool]:
+    """(launcher, cluster, max_parallel, the Hydra overrides, workers) from `key=value` arguments.
+    workers=false: a local sweep runs each run in a process of its own (submitit_local)."""
+    rest, launcher, cluster, max_parallel, workers = [], None, None, None, True
     for o in argv:
         key, _, value = o.partition("=")
         if key == "launcher":
@@ -390,44 +644,57 @@ def split_launcher_args(argv: list[str]) -> tuple[str, str | None, int | None, l
             if not value.isdigit() or int(value) < 1:
                 raise ConfigError(f"max_parallel={value}: expected a positive integer")
             max_parallel = int(value)
+        elif key == "workers":
+            if value.lower() not in ("true", "false"):
+                raise ConfigError(f"workers={value}: expected true (worker processes that run one run after another) "
+                                  "or false (a process per run)")
+            workers = value.lower() == "true"
         else:
             rest.append(o)
     if cluster and launcher == "local":
         raise ConfigError(f"cluster={cluster}: a cluster profile needs launcher=slurm")
-    return launcher or ("slurm" if cluster else "local"), cluster, max_parallel, rest
+    return launcher or ("slurm" if cluster else "local"), cluster, max_parallel, rest, workers
 
 
 def sweep(experiment: str, overrides: Sequence[str] = (), launcher: str = "local", cluster: str | None = None,
           max_parallel: int | None = None, dry_run: bool = False, progress: bool = True, quick: bool = False,
-          arms: Sequence[str] | None = None) -> int:
+          arms: Sequence[str] | None = None, workers: bool = True) -> int:
     """Expand, report, launch what is not done. Returns an exit code (0: every run completed or diverged)."""
     if launcher == "slurm":
         cluster_overrides(cluster or "local")  # a bad profile stops here, before anything runs
     _, jobs = expand_jobs(experiment, overrides, quick, arms)
     return launch_jobs(experiment, jobs, Path(jobs[0].cfg.run.root) / experiment, launcher, cluster, max_parallel,
-                       dry_run, progress, list(overrides))
+                       dry_run, progress, list(overrides), workers=workers)
 
 
 def launch_jobs(title: str, jobs: list[Job], where: Path, launcher: str = "local", cluster: str | None = None,
                 max_parallel: int | None = None, dry_run: bool = False, progress: bool = True,
-                overrides: Sequence[str] = ()) -> int:
-    """Report the jobs' states and launch those not done; launcher files go to <where>/.sweeps/<time>."""
+                overrides: Sequence[str] = (), workers: bool = True) -> int:
+    """Report the jobs' states and launch those not done; launcher files go to <where>/.sweeps/<time>
+    (local workers: worker-<slot>.log, each worker's output, and runs.jsonl, a line per run ended)."""
     infos = [run_state(j.path) for j in jobs]
     todo = [j for j, i in zip(jobs, infos) if i["state"] not in DONE]
     running = [j for j, i in zip(jobs, infos) if i["state"] == "running"]
     counts = {s: sum(i["state"] == s for i in infos) for s in STATES}
     print(f"{title}: {len(jobs)} runs; " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
           + f"; {len(todo) - len(running)} to launch", flush=True)
+    if launcher == "slurm":
+        place_jobs(todo, cluster)  # GPUs per run from the arm or the memory estimate
     if dry_run:
         print(status_table(infos, [j.run_id for j in jobs]))
         for j in todo:
-            print("  " + " ".join(j.overrides))
+            print("  " + placement_note(j) + " ".join(j.overrides))
         return 0
+    unfit = [j for j in todo if j.placement is not None and not j.placement.fits]
+    for j in unfit:
+        print(f"not launched: {j.run_id} ({j.arm}): does not fit: {j.placement.why}", file=sys.stderr)
+    # Runs of the same resources next to each other: one job array each (launch_by_resources).
+    todo = sorted((j for j in todo if not any(j is u for u in unfit)), key=lambda j: sorted(j.resources.items()))
     if running:
         print(f"{len(running)} runs are running in another process; not launching them again", file=sys.stderr)
         todo = [j for j in todo if j not in running]
     if not todo:
-        return 0 if counts["failed"] == 0 else 1
+        return 0 if counts["failed"] == 0 and not unfit else 1
     check_run_root(todo[0].cfg.run.root)  # a file or a read-only root: one line, before any launch
     cap = local_parallel(max_parallel) if launcher == "local" else None
     stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
@@ -435,11 +702,23 @@ def launch_jobs(title: str, jobs: list[Job], where: Path, launcher: str = "local
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / "jobs.json").write_text(json.dumps({"title": title, "overrides": list(overrides),
                                                      "jobs": [{"run_id": j.run_id, "overrides": j.overrides} for j in todo]}, indent=1))
-    how = f"at most {cap} at a time" if launcher == "local" else f"cluster profile {cluster or 'local'}"
+    local_workers = launcher == "local" and workers
+    if local_workers:
+        cap = min(cap or 1, len(todo))
+        threads = local_threads(max_parallel)
+        how = (f"{cap} worker process{'es' if cap > 1 else ''} of {threads} torch thread{'s' if threads > 1 else ''}, "
+               "each running one run after another")
+    elif launcher == "local":
+        how = f"at most {cap} at a time, a process per run"
+    else:
+        how = f"cluster profile {cluster or 'local'}"
     print(f"launching {len(todo)} runs ({launcher}, {how}); launcher files in {sweep_dir}", flush=True)
     try:
-        with _Watch(jobs) if progress else contextlib.nullcontext():
-            problems = launch(todo, launcher_overrides(launcher, cluster, max_parallel, sweep_dir), cap)
+        with _Watch(jobs, todo=todo, workers=cap if local_workers else None) if progress else contextlib.nullcontext():
+            if local_workers:
+                problems = run_workers(todo, cap, threads, sweep_dir, on_result=_log_result(sweep_dir / "runs.jsonl"))
+            else:
+                problems = launch(todo, launcher_overrides(launcher, cluster, max_parallel, sweep_dir), cap)
     except SweepInterrupted as exc:
         print(f"{title}: {exc}", file=sys.stderr, flush=True)
         raise
@@ -451,11 +730,24 @@ def launch_jobs(title: str, jobs: list[Job], where: Path, launcher: str = "local
     return 0 if all(i["state"] in DONE for i in final) else 1
 
 
+def _log_result(path: Path):
+    """on_result of run_workers: a JSON line per run that ended in a worker, with its worker and time."""
+    lock = threading.Lock()
+
+    def log(result: dict) -> None:
+        line = {k: result.get(k) for k in ("run_id", "status", "code", "error", "record", "steps", "wall_s", "pid",
+                                           "slot", "attempt")}
+        with lock, open(path, "a") as f:
+            f.write(json.dumps({**line, "ended_at": dt.datetime.now().isoformat(timespec="seconds")}) + "\n")
+
+    return log
+
+
 def sweep_main(argv: list[str]) -> int:
     args, overrides = _split_args(argv, "lora-lab sweep", __doc__)
     try:
         return sweep(args.experiment, overrides, args.launcher, args.cluster, args.max_parallel, args.dry_run,
-                     quick=args.quick, arms=args.arms)
+                     quick=args.quick, arms=args.arms, workers=args.workers)
     except SweepInterrupted as exc:  # launch_jobs has said what it stopped
         return exc.exit_code
 

@@ -41,6 +41,7 @@ def train_steps(run: Path) -> list[int]:
 
 import json  # noqa: E402
 import math  # noqa: E402
+import random  # noqa: E402
 
 from lora_lab.config import Config, DataConfig, LoraConfig, OptimConfig, RunConfig, TrainConfig, to_yaml  # noqa: E402
 from lora_lab.runs import run_dir  # noqa: E402
@@ -54,11 +55,17 @@ TRUE_OPT = {None: 4e-4, 1: 2e-3, 4: 4e-3, 16: 4e-3, 64: 4e-3}
 
 def make_config(root: Path, experiment: str, method: str = "lora", rank: int = 4, lr: float = 1e-3, steps: int = STEPS,
                 batch_size: int = 32, adam_eps: float = 1e-8, data: DataConfig | None = None, task: str = "sft",
-                **lora_kw) -> Config:
+                seed: int = 0, **lora_kw) -> Config:
     lora = LoraConfig(rank=rank, **lora_kw) if method == "lora" else LoraConfig()
     return Config(method=method, task=task, lora=lora, data=data or DataConfig(),
-                  optim=OptimConfig(lr=lr, batch_size=batch_size, adam_eps=adam_eps), train=TrainConfig(max_steps=steps),
-                  run=RunConfig(root=str(root), experiment=experiment))
+                  optim=OptimConfig(lr=lr, batch_size=batch_size, adam_eps=adam_eps),
+                  train=TrainConfig(max_steps=steps, seed=seed), run=RunConfig(root=str(root), experiment=experiment))
+
+
+def jitter(scale: float, *key: object) -> float:
+    """A fixed pseudo-random number in [-scale, scale] for a key (e.g. curve, seed, step): seed-to-seed
+    noise for hand-made runs that is the same on every test run."""
+    return random.Random(repr(key)).uniform(-scale, scale)
 
 
 def write_run(cfg: Config, losses: list[float], status: str | None = "completed", summary: dict | None = None,
@@ -81,27 +88,41 @@ def write_run(cfg: Config, losses: list[float], status: str | None = "completed"
     return d
 
 
-def u_curve_losses(lr: float, rank: int | None, steps: int = STEPS) -> list[float]:
+def antithetic(scale: float, seed: int, *key: object) -> float:
+    """jitter for seed pairs (0, 1), (2, 3), ...: the even seed gets +j, the odd one -j, so the mean of
+    a pair is exactly the noise-free value while the seeds still differ (a known seed-mean answer with
+    a nonzero seed-to-seed spread)."""
+    return (1 if seed % 2 == 0 else -1) * jitter(scale, seed // 2, *key)
+
+
+def u_curve_losses(lr: float, rank: int | None, steps: int = STEPS, seed: int = 0, noise: float = 0.0) -> list[float]:
     """A known trajectory: a shared decay, plus a penalty quadratic in log10(LR / optimum) that grows in
-    over training, plus (rank 1) a capacity term from step 31 on."""
+    over training, plus (rank 1) a capacity term from step 31 on; `noise`: per-step antithetic seed
+    noise of that amplitude."""
     x = math.log10(lr / TRUE_OPT[rank])
     out = []
     for t in range(1, steps + 1):
         loss = 1.0 + 7.0 * math.exp(-t / 8) + 0.5 * x * x * (1 - math.exp(-t / 8))
         if rank == 1:
             loss += 0.3 * max(0, t - 30) / 20
+        if noise:
+            loss += antithetic(noise, seed, rank, lr, t)
         out.append(loss)
     return out
 
 
-def make_rank_results(root: Path, experiment: str = "tiny/rank") -> Path:
-    """A results directory of a rank sweep with known optimal LRs, plus one diverged, one failed and
-    one unfinished run."""
-    for lr in FULL_GRID:
-        write_run(make_config(root, experiment, "full", lr=lr), u_curve_losses(lr, None), trainable=100_000)
-    for rank in (1, 4, 16, 64):
-        for lr in LORA_GRID:
-            write_run(make_config(root, experiment, rank=rank, lr=lr), u_curve_losses(lr, rank), trainable=1000 * rank)
+def make_rank_results(root: Path, experiment: str = "tiny/rank", seeds: tuple[int, ...] = (0,), noise: float = 0.0) -> Path:
+    """A results directory of a rank sweep with known optimal LRs (for every seed, with `noise`:
+    antithetic per-step seed noise, so the seed means are the noise-free curves), plus one diverged,
+    one failed and one unfinished run."""
+    for seed in seeds:
+        for lr in FULL_GRID:
+            write_run(make_config(root, experiment, "full", lr=lr, seed=seed), u_curve_losses(lr, None, seed=seed, noise=noise),
+                      trainable=100_000)
+        for rank in (1, 4, 16, 64):
+            for lr in LORA_GRID:
+                write_run(make_config(root, experiment, rank=rank, lr=lr, seed=seed),
+                          u_curve_losses(lr, rank, seed=seed, noise=noise), trainable=1000 * rank)
     write_run(make_config(root, experiment, rank=16, lr=1e-1), [8.0, 9.0, 30.0], "diverged", {"diverged_at_step": 3})
     write_run(make_config(root, experiment, rank=4, lr=1e-1), [8.0], "failed", {"error": "RuntimeError: out of memory"})
     write_run(make_config(root, experiment, rank=64, lr=1e-1), [8.0, 7.5])

@@ -36,17 +36,14 @@ def test_labels_cover_exactly_the_assistant_turns():
     assert tok.decode(ids).startswith("<|bos|><|system|>\nBe exact.")
 
 
-def test_prefix_fallback_matches_generation_masks():
-    """Templates without {% generation %} (most base models) mark assistant turns by prefix rendering."""
+def test_without_generation_markers_the_targets_are_those_of_the_markers():
+    """Templates without {% generation %} (most base models) find assistant tokens by character offsets
+    (lora_lab/chat.py): on the tiny template the same targets as its generation markers."""
     tok = load_tokenizer("tiny-llama")
     plain = load_tokenizer("tiny-llama")
     plain.chat_template = tok.chat_template.replace("{% generation %}", "").replace("{% endgeneration %}", "")
     for row in tiny_tulu_rows(20, 1):
-        a, b = encode_chat(tok, row["messages"], 512), encode_chat(plain, row["messages"], 512)
-        assert a[0] == b[0]
-        # The prefix method also counts the newline after <|end|>, which the template emits with the turn.
-        ta, tb = [i for i, t in enumerate(a[1]) if t != IGNORE_INDEX], [i for i, t in enumerate(b[1]) if t != IGNORE_INDEX]
-        assert set(ta) <= set(tb) and all(a[0][i] == tok.convert_tokens_to_ids("Ċ") for i in set(tb) - set(ta))
+        assert encode_chat(tok, row["messages"], 512) == encode_chat(plain, row["messages"], 512)
 
 
 def test_batched_encoding_equals_one_at_a_time():
@@ -56,7 +53,7 @@ def test_batched_encoding_equals_one_at_a_time():
     convs = [row["messages"] for row in tiny_tulu_rows(70, 5)]
     assert len({len(c) for c in convs}) > 1
     assert encode_chats(tok, convs, chunk=32) == [encode_chat(tok, c, None) for c in convs]
-    plain = load_tokenizer("tiny-llama")  # no generation blocks: the prefix path, one at a time
+    plain = load_tokenizer("tiny-llama")  # no generation blocks: the offsets path
     plain.chat_template = tok.chat_template.replace("{% generation %}", "").replace("{% endgeneration %}", "")
     assert encode_chats(plain, convs[:5]) == [encode_chat(plain, c, None) for c in convs[:5]]
 
@@ -86,6 +83,24 @@ def test_batch_order_depends_on_seed_and_data_only():
     assert BatchOrder(100, 16, order_seed(full)).batch(3) == o.batch(3)
 
 
+def test_new_data_keys_at_their_old_behaviour_keep_run_ids_and_the_batch_order():
+    """data.truncation=head (and chat_template=null) is what every earlier run did: such runs keep their
+    ids and their batch order (the order seed is the one computed before the keys existed)."""
+    import hashlib
+    import json
+
+    from lora_lab.runs import run_id
+
+    cfg = compose(["train.seed=3"])
+    before = {k: v for k, v in vars(cfg.data).items() if k not in ("chat_template", "truncation")}
+    key = json.dumps({"seed": 3, "data": before}, sort_keys=True, default=str)
+    assert order_seed(cfg) == int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") & (2**62 - 1)
+    assert order_seed(compose(["train.seed=3", "data.truncation=drop"])) != order_seed(cfg)
+    assert run_id(compose(["data.truncation=head"])) == run_id(compose([]))
+    assert run_id(compose(["data.truncation=drop"])) != run_id(compose([]))
+    assert run_id(compose(["run.token_cache=false"])) == run_id(compose([]))
+
+
 # ----------------------------------------------------------------------------- chat templates
 
 TWO_TURNS = [{"role": "user", "content": "First question?"}, {"role": "assistant", "content": "First answer."},
@@ -103,20 +118,6 @@ def test_a_preset_template_trains_on_every_answer_and_on_no_user_turn(preset, en
     targets = tok.decode([t for t in labels if t != IGNORE_INDEX])
     assert targets == f"First answer.{end}Second answer.{end}"  # the turn's terminator is learned too
     assert tok.decode(ids).count("question?") == 2
-
-
-def test_a_template_that_rewrites_earlier_turns_is_refused_without_generation_markers():
-    from lora_lab.data import DataError
-    from lora_lab.models import load_tokenizer
-
-    tok = load_tokenizer("tiny-llama")
-    # Like Qwen3's: the last assistant turn carries an empty think block, dropped once a user turn follows.
-    tok.chat_template = ("{% for m in messages %}{% if m['role'] == 'assistant' %}<|a|>{% if loop.last %}"
-                         "<think></think>{% endif %}{{ m['content'] }}<|e|>{% else %}<|u|>{{ m['content'] }}<|e|>"
-                         "{% endif %}{% endfor %}{% if add_generation_prompt %}<|a|>{% endif %}")
-    with pytest.raises(DataError, match=r"^data.chat_template: the chat template rewrites earlier turns"):
-        encode_chat(tok, TWO_TURNS, None)
-    assert encode_chat(tok, TWO_TURNS[:2], None)  # one exchange is still exact
 
 
 def test_a_base_tokenizer_without_a_template_stops_before_the_model_loads(tmp_path):

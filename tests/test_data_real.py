@@ -212,6 +212,30 @@ def test_truncation_keeps_the_head_and_drops_rows_without_a_target(tok, capsys):
                                                f"tokens (tail dropped); dropped {len(rows) - len(kept)} left with no assistant token")
 
 
+def test_truncation_drop_keeps_only_whole_rows(tok, capsys):
+    rows = file_rows(FIXTURES / "gsm8k.jsonl")
+    full = [encode_chat(tok, _messages(r), None) for r in rows]
+    split = tokenize(rows, tok, 64, "data.gsm8k train", truncation="drop")
+    whole = [f for f in full if len(f[0]) <= 64]
+    assert 0 < len(split) == len(whole) < len(rows)
+    assert [(x.tolist(), y.tolist()) for x, y in zip(split.ids, split.labels)] == [(i, l) for i, l in whole]
+    assert capsys.readouterr().err.strip() == (f"data.gsm8k train: dropped {len(rows) - len(whole)} of {len(rows)} rows longer "
+                                               f"than data.max_seq_len=64 tokens (data.truncation=drop)")
+
+
+def test_truncation_drop_that_leaves_no_row_stops_before_the_model_loads(real, tok):
+    from lora_lab.data import check_rows, load_data
+
+    cfg = real("gsm8k", "data.eval_size=4", "data.max_seq_len=40", "data.truncation=drop", "optim.batch_size=4")
+    rows = load_rows(cfg.data)
+    with pytest.raises(DataError, match=r"^data.truncation=drop: every training row of gsm8k is longer than "
+                                        r"data.max_seq_len=40 tokens; raise data.max_seq_len, or set data.truncation=head"):
+        check_rows(cfg, rows, tok)
+    with pytest.raises(DataError, match=r"^data.truncation=drop: every training row"):
+        load_data(cfg, tok, rows)
+    check_rows(real("gsm8k", "data.eval_size=4", "data.max_seq_len=40", "optim.batch_size=4"), rows, tok)  # head: the heads train
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_malformed_rows_are_counted_skipped_and_reported(real, name, capsys):
     path = FIXTURES / f"{name}_malformed.jsonl"

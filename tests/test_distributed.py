@@ -60,19 +60,27 @@ def test_dist_settings_leave_the_run_id_alone():
 
 def test_memory_estimate_of_llama_8b_fullft_matches_a_hand_calculation():
     # Llama-3.1-8B: hidden 4096, 32 layers, 32 heads of 128, 8 KV heads, MLP 14336, vocab 128256.
-    h, kv, inter, vocab, layers = 4096, 1024, 14336, 128256, 32
-    layer = 4096 * 4096 * 2 + 2 * 4096 * 1024 + 3 * 4096 * 14336 + 2 * 4096  # q, o; k, v; MLP; 2 norms
+    h, kv, inter, vocab, layers, heads = 4096, 1024, 14336, 128256, 32, 32
+    layer = h * h * 2 + 2 * h * kv + 3 * h * inter + 2 * h  # q, o; k, v; MLP; 2 norms
     n = layers * layer + 2 * vocab * h + h  # + embeddings, lm_head, final norm
     assert n == 8_030_261_248
     est = distributed.memory_estimate("llama-3.1-8b", "full", seq_len=2048, micro_batch=1, world_size=8)
     assert est.weights == 4 * n / 8 and est.grads == 4 * n / 8 and est.optimizer == 8 * n / 8
-    assert est.gathered == 2 * 2 * layer + 2 * (2 * vocab * h + h) + 4 * layer
-    per_layer = 2 * (4 * h + 3 * h + 2 * kv + 4 * inter) + 8 * h  # bf16 tensors + fp32 norm upcasts
-    assert est.activations == 2048 * (layers * per_layer + vocab * (2 + 12))
+    # A layer gathered and one prefetched (bf16), the root kept gathered, lm_head's gradient in bf16
+    # and its fp32 copy for the reduce-scatter.
+    assert est.gathered == 2 * 2 * layer + 2 * (2 * vocab * h + h) + (2 + 4) * vocab * h
+    # Per layer (bf16, FSDP's compute): 2 norms (fp32 input, rsqrt, bf16 output), the q/k/v input, q, k and v
+    # widened to 32 heads by a padding mask, the attention output, the log-sum-exp, the o_proj input, the
+    # gate/up input, gate, silu(gate), up, their product (down's input).
+    q = 4096
+    per_layer = 2 * (4 * h + 4 + 2 * h) + 2 * h + 2 * (2 * q + 2 * q) + 4 * heads + 2 * q + 2 * h + 3 * 2 * inter + 2 * inter
+    head = 4 * h + 4 + 2 * h + 2 * h + 4 * vocab + 8 * vocab  # final norm, lm_head's input, log-probs; loss backward
+    assert est.activations == 2048 * (layers * per_layer + head) + 2048 ** 2 * 2  # + the padding mask
     ckpt = distributed.memory_estimate("llama-3.1-8b", "full", seq_len=2048, world_size=8, checkpointing=True)
-    assert ckpt.activations == 2048 * (2 * h * layers + per_layer + vocab * 14)
+    assert ckpt.activations == 2048 * (2 * h * layers + per_layer + head) + 2048 ** 2 * 2
+    # One GPU: fp32 master weights, gradients and both moments; autocast's bf16 copy of every matmul weight.
     one = distributed.memory_estimate("llama-3.1-8b", "full", seq_len=2048, world_size=1)
-    assert one.weights + one.grads + one.optimizer == 8 * n  # bf16 weights, gradients and both moments
+    assert one.weights + one.grads + one.optimizer == 16 * n and one.casts == 2 * (n - vocab * h)
     # 16 bytes per parameter sharded, + ~16 GiB of activations: 4 GPUs of 80 GiB, not 2.
     gpus, at = distributed.gpus_needed("llama-3.1-8b", "full", gpu_gib=80, seq_len=2048)
     assert gpus == 4 and 40 * 2**30 < at.total < 76 * 2**30

@@ -19,6 +19,7 @@ from lora_lab.data import load_data
 from lora_lab.flops import linear_flops, shipped_config
 from lora_lab.models import build_model
 from lora_lab.runs import load_run, read_metrics, run_dir
+from lora_lab.sampler import CachedSampler, HFSampler
 from lora_lab.tiny.facts import facts_information_bits
 from lora_lab.launch import train
 from lora_lab.train import batch_nll, evaluate
@@ -154,6 +155,60 @@ def test_weight_gradient_flops_are_two_per_trained_parameter():
     assert full.weight_grad == 2 * matmul_params
     # PaLM's MFU count (Chowdhery et al. 2022, appendix B): 6N + 12 L H Q T per token.
     assert full.total == 6 * matmul_params + 12 * 32 * 32 * 128 * 2048
+
+
+@pytest.mark.parametrize("method, unembed", [("full", False), ("lora", True)])
+@pytest.mark.parametrize("sampler, shared", [(CachedSampler, True), (HFSampler, False)])
+def test_sampling_flops_equal_torch_flop_counter(method, unembed, sampler, shared):
+    """RL sampling as the samplers run it: 3 completions of 7 tokens (none stops) of a 20-token
+    prompt, prefilled once for the group (the cached loop) or once per sample (generate)."""
+    m, tok = build_model(ModelConfig(name="tiny-llama"))
+    m.set_attn_implementation("eager")
+    if method == "lora":
+        lora_mod.apply_lora(m, LoraConfig(rank=4, layers="all", unembed=unembed))
+    prompt = torch.randint(3, 2000, (20,)).tolist()
+    with FlopCounterMode(display=False) as counted:
+        out = sampler(m, tok, stop_ids=[len(tok) + 1]).sample([prompt], n=3, max_new_tokens=7, temperature=1.0)
+    assert [len(c.tokens) for c in out] == [7, 7, 7]
+    assert counted.get_total_flops() == plan.sampling_flops("tiny-llama", method, 4, "all", unembed, prompt_len=20,
+                                                            new_tokens=7, samples=3, shared_prefill=shared)
+
+
+def test_sampling_flops_of_llama_8b_by_hand():
+    """PaLM's count per token, 2 N + 4 L H Q s (s: keys attended), for a 100-token prompt prefilled
+    once (unembedded at its last position) and 8 completions of 50 tokens (49 cached decoding steps
+    each, attending to 100 + 25 keys on average); LoRA adds 2 x its parameters per token run."""
+    n_matmul = 8_030_261_248 - 128256 * 4096 - (2 * 32 + 1) * 4096
+    head = 2 * 4096 * 128256
+
+    def per_token(keys):
+        return 2 * n_matmul + 4 * 32 * 32 * 128 * keys
+
+    prefill = 100 * (per_token(100) - head) + head
+    full = plan.sampling_flops("llama-3.1-8b", "full", prompt_len=100, new_tokens=50, samples=8)
+    assert full == prefill + 8 * 49 * per_token(125)
+    assert plan.sampling_flops("llama-3.1-8b", "full", prompt_len=100, new_tokens=50, samples=8,
+                               shared_prefill=False) == 8 * prefill + 8 * 49 * per_token(125)
+    lora = plan.sampling_flops("llama-3.1-8b", "lora", 64, "all", prompt_len=100, new_tokens=50, samples=8)
+    assert lora - full == 2 * plan.lora_param_count("llama-3.1-8b", 64, "all") * (100 + 8 * 49)
+    with pytest.raises(ConfigError, match="new_tokens=0"):
+        plan.sampling_flops("llama-3.1-8b", prompt_len=100, new_tokens=0)
+
+
+def test_rl_sampling_cost_counts_the_steps_groups_and_evaluations():
+    cfg = compose(["task=rl", "data=tiny-math", "rl.prompts_per_step=16", "rl.group_size=8", "rl.max_new_tokens=48",
+                   "rl.eval_max_new_tokens=32", "data.eval_size=256", "train.max_steps=200", "train.eval_every=50"])
+    cost = plan.rl_sampling_cost(cfg, 200, 30.0)
+    group = plan.sampling_flops("tiny-llama", "lora", 8, "all", False, prompt_len=30, new_tokens=48, samples=8)
+    one = plan.sampling_flops("tiny-llama", "lora", 8, "all", False, prompt_len=30, new_tokens=32)
+    assert cost.evals == 5  # step 0, steps 50, 100, 150, the end
+    assert cost.train == 200 * 16 * group and cost.eval == 5 * 256 * one and cost.total == cost.train + cost.eval
+    assert (cost.train_tokens, cost.eval_tokens) == (200 * 16 * 8 * 48, 5 * 256 * 32)
+    assert plan.rl_evals(compose(["train.eval_every=0"]), 200) == 2
+    # generate prefills each sample's prompt: more than the cached loop, by (group - 1) prefills.
+    gen = plan.rl_sampling_cost(compose(["task=rl", "data=tiny-math", "rl.sampler=generate"]), 10, 30.0)
+    cached = plan.rl_sampling_cost(compose(["task=rl", "data=tiny-math"]), 10, 30.0)
+    assert gen.train > cached.train and gen.eval == cached.eval
 
 
 @pytest.mark.parametrize("n, r", [(4096, 1), (4096, 128), (160, 8)])
@@ -368,6 +423,34 @@ def test_plan_prints_the_table_offline(capsys):
     steps, tokens = 100_000 // 32, 100_000 // 32 * 32 * 2048
     flops = plan.flops_per_token("llama-3.1-8b", "lora", 128, "all", 2048).total * tokens
     assert f"{steps:,} steps" in text and f"{plan.gpu_hours(flops, 'a100', 0.5):.3g} GPU-hours (a100, MFU 0.5)" in text
+
+
+def test_plan_of_an_rl_run_counts_sampling_on_its_own_line_and_in_the_total(capsys):
+    args = ["task=rl", "data=tiny-math", "data.levels=[1,2]", "train.max_steps=20", "train.eval_every=10"]
+    rc, text, err = _cli(capsys, "plan", *args, "sample=8")
+    assert rc == 0, err
+    cfg = compose(args)
+    stats = plan.measure_data(cfg, 8, bits=False)
+    steps, tokens, learner = plan.run_cost(cfg, stats.rows, stats.mean_len, stats.attn_len)
+    sampled = plan.rl_sampling_cost(cfg, steps, stats.prompt_len)
+    assert 10 < stats.prompt_len < stats.mean_len  # the prompt alone, as RL encodes it
+    assert f"learner (lora) 1,280 episodes x {stats.mean_len:.0f} tokens" in text
+    assert (f"sampling (cache) 20 steps x 8 prompts x 8 samples of up to 48 tokens after {stats.prompt_len:.0f}-token "
+            f"prompts") in text and f"{sampled.train:.3g} FLOPs forward" in text
+    assert f"held-out: 3 evals x {cfg.data.eval_size} greedy x 48 tokens: {sampled.eval:.3g} FLOPs" in text
+    total = learner + sampled.total
+    assert (f"this run (lora) learner {learner:.3g} + sampling {sampled.total:.3g} = {total:.3g} FLOPs = "
+            f"{plan.gpu_hours(total):.3g} GPU-hours") in text
+    # An experiment's grid: every run's learner and sampling.
+    from lora_lab.sweep import expand
+
+    rc, text, err = _cli(capsys, "plan", "experiment=tiny/rl", "sample=4")
+    assert rc == 0, err
+    grid = expand("tiny/rl")
+    stats = plan.measure_data(grid[0], 4, bits=False)
+    learner = sum(plan.run_cost(c, stats.rows, stats.mean_len, stats.attn_len)[2] for c in grid)
+    sampled = sum(plan.rl_sampling_cost(c, plan.run_steps(c, stats.rows), stats.prompt_len).total for c in grid)
+    assert f"{learner + sampled:.3g} FLOPs (sampling {sampled:.3g} of them)" in text
 
 
 def test_plan_tiny_with_experiment_and_bad_args(capsys):

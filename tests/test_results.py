@@ -11,7 +11,7 @@ import pytest
 from conftest import make_config, write_run
 
 from lora_lab.launch import train
-from lora_lab.results import ResultsError, final_value, load_results
+from lora_lab.results import ResultsError, final_value, load_results, seed_of
 from lora_lab.runs import find_run_dirs
 from lora_lab.runs import run_dir
 
@@ -82,3 +82,13 @@ def test_find_run_dirs(tmp_path):
     (tmp_path / "r" / ".hidden").mkdir()
     (tmp_path / "r" / ".hidden" / "config.yaml").write_text("method: lora\n")
     assert find_run_dirs([tmp_path / "r", a]) == sorted([a.resolve(), b.resolve()])
+
+
+def test_seeds_are_read_from_the_config(tmp_path):
+    """train.seed tells replicates apart (run directories differ by it); a table without it is seed 0."""
+    root = tmp_path / "runs"
+    for seed in (0, 3):
+        write_run(make_config(root, "x/rank", lr=1e-3, seed=seed), [2.0, 1.0])
+    res = load_results([root])
+    assert sorted(seed_of(res.runs)) == [0, 3] and res.runs["run_id"].nunique() == 2
+    assert seed_of(res.runs.drop(columns="train.seed")).tolist() == [0, 0]

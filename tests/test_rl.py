@@ -20,7 +20,7 @@ from lora_lab.lora import apply_lora
 from lora_lab.models import build_model
 from lora_lab.rl import collate_rl, completion_logprobs, group_advantages, policy_loss
 from lora_lab.runs import RunDir, read_metrics
-from lora_lab.sampler import CachedSampler, HFSampler, Sampler
+from lora_lab.sampler import CachedSampler, HFSampler, Sampler, completion, generation_eos, stop_token_ids
 from lora_lab.launch import train
 
 # A few seconds per run on a 2-core CPU.
@@ -198,6 +198,142 @@ def test_objective_gradient_equals_reinforce_when_sampler_and_learner_coincide(m
     model.zero_grad()
 
 
+# ----------------------------------------------------------------------------- terminators
+
+
+def _turn_tokenizer(template: str):
+    """The tiny tokenizer with <|im_end|> and <|eot_id|> added as special tokens (ids 2048, 2049;
+    its eos <|end|> stays 2) and a shipped chat template (chatml or llama3) installed."""
+    from lora_lab.data import CHAT_TEMPLATE_DIR
+    from lora_lab.models import load_tokenizer
+
+    tok = load_tokenizer("tiny-llama")
+    tok.add_tokens(["<|im_end|>", "<|eot_id|>"], special_tokens=True)
+    tok.chat_template = (CHAT_TEMPLATE_DIR / f"{template}.jinja").read_text()
+    return tok
+
+
+def test_the_terminators_are_eos_the_generation_configs_and_the_templates_end_of_turn(tmp_path):
+    tok = _turn_tokenizer("chatml")
+    im_end, eot = tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|eot_id|>")
+    assert stop_token_ids(tok) == sorted([tok.eos_token_id, im_end])  # the template writes <|im_end|> only
+    assert stop_token_ids(_turn_tokenizer("llama3")) == sorted([tok.eos_token_id, eot])
+    assert stop_token_ids(tok, [7, im_end]) == sorted([7, tok.eos_token_id, im_end])
+    # A template's end-of-turn token that the tokenizer splits into pieces cannot be stopped on by id.
+    from lora_lab.models import load_tokenizer
+
+    plain = load_tokenizer("tiny-llama")
+    plain.chat_template = tok.chat_template
+    assert stop_token_ids(plain) == [plain.eos_token_id]
+    # generation_config.json's eos_token_id, an id or a list, from a local model directory.
+    model = compose([]).model
+    assert generation_eos(model) == [tok.eos_token_id]  # the shipped tiny-llama's
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [128001, 128008, 128009]}))
+    assert generation_eos(type(model)(name=str(tmp_path))) == [128001, 128008, 128009]
+    (tmp_path / "generation_config.json").unlink()
+    assert generation_eos(type(model)(name=str(tmp_path))) == []
+
+
+def test_a_completion_is_cut_after_its_first_terminator_and_the_text_stops_before_it():
+    words = {1: "7", 2: " 7", 9: "<stop>", 3: " 8"}
+    c = completion(4, [1, 2, 9, 3, 9], [-0.1, -0.2, -0.3, -0.4, -0.5], [9], lambda ids: "".join(words[i] for i in ids))
+    assert (c.prompt_index, c.tokens, c.logprobs, c.text, c.finished) == (4, [1, 2, 9], [-0.1, -0.2, -0.3], "7 7", True)
+    c = completion(0, [1, 3], [-0.1, -0.4], [9], lambda ids: "".join(words[i] for i in ids))
+    assert (c.tokens, c.text, c.finished) == ([1, 3], "7 8", False)
+
+
+def _scripted(model, choose, boost: float = 20.0):
+    """Make the model's next-token logits 0 everywhere but `boost` at choose(prompt_length, t) for the
+    row generating its t-th token, whatever sampler drives it (both extend the attention mask by one
+    column per step, and keep each row's prompt in it)."""
+    forward, state = model.forward, {}
+
+    def scripted(*args, input_ids=None, attention_mask=None, **kwargs):
+        out = forward(*args, input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        if input_ids.shape[1] > 1:  # the prefill
+            state["width"] = attention_mask.shape[1]
+        t = attention_mask.shape[1] - state["width"]
+        logits = torch.zeros_like(out.logits[:, -1])
+        for row, plen in enumerate((attention_mask.sum(-1) - t).tolist()):
+            logits[row, choose(plen, t)] = boost
+        out.logits = torch.cat([out.logits[:, :-1], logits[:, None]], dim=1)
+        return out
+
+    model.forward = scripted
+    return lambda: setattr(model, "forward", forward)
+
+
+@pytest.mark.parametrize("sampler", [CachedSampler, HFSampler])
+@pytest.mark.parametrize("template, terminator", [("chatml", "<|im_end|>"), ("llama3", "<|eot_id|>")])
+def test_sampling_stops_at_the_chat_turns_terminator(sampler, template, terminator):
+    """A policy that writes "7 7 7", then the turn's terminator (not the tokenizer's eos), then " 8"s
+    for one prompt, and " 8"s to the length limit for the other: the first stops at the terminator
+    while the other goes on, tokens, log-probs and the learner's mask end there, and the reward
+    reads 7 (the text after the terminator would have made it 8)."""
+    from lora_lab.rewards import score
+
+    tok = _turn_tokenizer(template)
+    torch.manual_seed(0)
+    model, _ = build_model(compose([]).model)
+    model.resize_token_embeddings(len(tok), mean_resizing=False)
+    stop = tok.convert_tokens_to_ids(terminator)
+    seven, space7, space8 = tok.encode("7")[0], tok.encode(" 7")[-1], tok.encode(" 8")[-1]
+    prompts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=True,
+                                       return_dict=True)["input_ids"] for q in ("What is 3 + 4?", "What is 12 - 4 + 3 - 3?")]
+    short = len(prompts[0])
+    assert short < len(prompts[1]) and stop != tok.eos_token_id
+
+    def choose(plen, t):
+        if plen != short:
+            return space8
+        return [seven, space7, space7, stop][t] if t < 4 else space8
+
+    restore = _scripted(model, choose)
+    try:
+        out = sampler(model, tok).sample(prompts, n=2, max_new_tokens=8, temperature=1.0)
+    finally:
+        restore()
+    assert [c.prompt_index for c in out] == [0, 0, 1, 1]
+    lp = -math.log1p((len(tok) - 1) * math.exp(-20.0))  # the boosted token's log-prob under softmax
+    for c in out[:2]:
+        assert c.tokens == [seven, space7, space7, stop] and c.finished and c.text == "7 7 7"
+        assert score("tiny-math", c.text, "7") == 1.0
+    for c in out[2:]:
+        assert c.tokens == [space8] * 8 and not c.finished and score("tiny-math", c.text, "7") == 0.0
+    for c in out:
+        assert c.logprobs == pytest.approx([lp] * len(c.tokens), abs=1e-5)
+    # The learner's batch: the completion-target positions are exactly the kept tokens, the last of
+    # the stopped rows being the terminator, and one sampler log-prob for each.
+    batch = collate_rl([rl_mod.Prompt(p, "7") for p in prompts], out, [1.0, 1.0, -1.0, -1.0], tok.pad_token_id)
+    assert batch["target_mask"].sum(1).tolist() == [4, 4, 8, 8]
+    targets = batch["input_ids"][:, 1:][batch["target_mask"]]
+    assert targets.tolist() == [t for c in out for t in c.tokens] and len(batch["sampler_logp"]) == len(targets)
+    logp, _ = completion_logprobs(model, batch, 1.0)
+    assert logp.shape == batch["sampler_logp"].shape
+
+
+def test_an_rl_run_samples_with_the_terminators_of_its_model_and_template(rl_small, monkeypatch):
+    """build_sampler hands the sampler the tokenizer's, the generation config's and the template's
+    terminators, and rl.sample_batch as its chunk size."""
+    seen = {}
+
+    class Spy(CachedSampler):
+        def __init__(self, model, tok, max_batch=256, stop_ids=None):
+            super().__init__(model, tok, max_batch=max_batch, stop_ids=stop_ids)
+            seen.update(max_batch=max_batch, stop_ids=stop_ids, chunks=[])
+
+        def _generate(self, prompts, offset, n, max_new_tokens, temperature):
+            seen["chunks"].append(len(prompts) * n)
+            return super()._generate(prompts, offset, n, max_new_tokens, temperature)
+
+    monkeypatch.setitem(rl_mod.SAMPLERS, "cache", Spy)
+    monkeypatch.setattr(rl_mod, "generation_eos", lambda model_cfg: [5])
+    s = train(rl_small("train.max_steps=1", "rl.sample_batch=8"))
+    assert s["status"] == "completed" and seen["max_batch"] == 8 and seen["stop_ids"] == [2, 5]
+    assert max(seen["chunks"]) == 8  # a step's 4 x 4 completions and the 16 held-out problems, 8 at a time
+
+
 # ----------------------------------------------------------------------------- config
 
 
@@ -210,8 +346,14 @@ def test_rl_keys_are_part_of_an_rl_runs_identity_only():
     a = compose(["task=rl", "data=tiny-math"])
     assert "_rl8x8_" in run_id(a) and "_bs" not in run_id(a)
     for other in (["rl.group_size=4"], ["rl.updates_per_batch=2"], ["rl.normalize_std=true"], ["rl.clip_eps=0.2"],
-                  ["rl.sampler=generate"]):
+                  ["rl.sampler=generate"], ["rl.sample_batch=64"], ["rl.sampler=vllm"]):
         assert run_id(compose(["task=rl", "data=tiny-math", *other])) != run_id(a), other
+    from lora_lab.config import RLConfig
+    from lora_lab.sampler import DEFAULT_SAMPLE_BATCH
+
+    assert RLConfig().sample_batch == DEFAULT_SAMPLE_BATCH
+    # Keys added later, at the value that computes what runs made before them computed: same id.
+    assert run_id(compose(["task=rl", "data=tiny-math", "rl.sample_batch=256", "rl.vllm_gpu_memory=0.4"])) == run_id(a)
 
 
 @pytest.mark.parametrize("overrides, key", [
@@ -223,7 +365,12 @@ def test_rl_keys_are_part_of_an_rl_runs_identity_only():
     (["rl.temperature=0"], "rl.temperature"),
     (["rl.max_new_tokens=0"], "rl.max_new_tokens"),
     (["task=ppo"], "task"),
-    (["rl.sampler=vllm"], "rl.sampler"),
+    (["rl.sampler=sglang"], "rl.sampler"),
+    (["rl.sample_batch=0"], "rl.sample_batch"),
+    (["rl.group_size=16", "rl.sample_batch=8"], "rl.sample_batch"),
+    (["rl.vllm_gpu_memory=1.5"], "rl.vllm_gpu_memory"),
+    (["task=rl", "data=tiny-math", "method=full", "rl.sampler=vllm"], "rl.sampler"),
+    (["rl.sampler=vllm", "rl.temperature=2.5"], "rl.temperature"),
 ])
 def test_bad_rl_values_name_the_key(overrides, key):
     with pytest.raises(ConfigError, match=rf"^{key}="):

@@ -169,3 +169,76 @@ def test_two_task_slurm_job_matches_one_process(cluster, tmp_path):
               if "train_loss" in line]
     assert len(two) == len(losses) == 4
     assert max(abs(a - b) / abs(b) for a, b in zip(two, losses)) < 1e-5
+
+
+def test_runs_per_job_packs_runs_into_slurm_jobs(cluster, tmp_path):
+    """runs_per_job=2: the three runs of a shrunk grid go out as two SLURM jobs, one of them running
+    two runs one after another in one process; each run has its own complete run directory, and a
+    second launch submits nothing."""
+    root = tmp_path / "runs"
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 1))
+    grid = ["lora.rank=1,4", "optim.lr=3e-3", "train.max_steps=3", "train.checkpoint_every=0",
+            "hydra.launcher.runs_per_job=2"]
+    res = _sweep(root, *grid)
+    assert res.returncode == 0, res.stdout + res.stderr[-3000:]
+    assert "3 runs in 2 SLURM jobs of up to 2 runs each" in res.stdout
+    runs = sorted(p for p in (root / "tiny" / "rank").iterdir() if not p.name.startswith("."))
+    assert len(runs) == 3
+    job_ids = []
+    for r in runs:
+        assert json.loads((r / "summary.json").read_text())["status"] == "completed"
+        assert train_steps(r) == [1, 2, 3]
+        job_ids.append(json.loads((r / "meta.json").read_text())["slurm_job_id"])
+    assert all(job_ids) and sorted(job_ids.count(j) for j in set(job_ids)) == [1, 2]
+    n_jobs = len(_sacct_jobs(since))
+    assert n_jobs == 2
+    res = _sweep(root, *grid)
+    assert res.returncode == 0 and "0 to launch" in res.stdout, res.stdout
+    assert len(_sacct_jobs(since)) == n_jobs
+
+
+def test_a_preempted_pack_resumes_its_run_and_skips_the_finished_one(cluster, tmp_path):
+    """runs_per_job=2, a short run then a long one in one job: SIGUSR2 (preemption) while the long
+    one trains requeues the job, which skips the finished run (launched once) and resumes the long
+    one from its checkpoint (every step once)."""
+    root = tmp_path / "runs"
+    args = ["arms=lora", "lora.rank=1", "optim.lr=3e-3", f"train.max_steps=4,{LONG_STEPS}", "train.checkpoint_every=5",
+            "hydra.launcher.runs_per_job=2"]
+    proc = _sweep(root, *args, background=True)
+    short = long = None
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        found = [p for p in (root / "tiny" / "rank").glob("tiny-*")] if (root / "tiny" / "rank").exists() else []
+        for p in found:
+            if (p / "metrics.jsonl").exists():
+                if (p / "summary.json").exists():
+                    short = p
+                elif len(train_steps(p)) >= 7:
+                    long = p
+        if short and long:
+            break
+        assert proc.poll() is None, "sweep ended early: " + "".join(proc.communicate())[-3000:]
+        time.sleep(0.2)
+    if not (short and long):
+        proc.kill()
+        pytest.fail("the pack did not get to its long run: " + "".join(proc.communicate())[-3000:])
+    job = json.loads((long / "meta.json").read_text())
+    assert job["slurm_job_id"] == json.loads((short / "meta.json").read_text())["slurm_job_id"]  # one job, two runs
+    # One pack: submitit sends a plain job, not an array.
+    job_id = (f"{job['slurm_array_job_id']}_{job['slurm_array_task_id']}" if job.get("slurm_array_job_id")
+              else job["slurm_job_id"])
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+    for _ in range(60):
+        state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T %r"], capture_output=True, text=True).stdout
+        if "PENDING" in state:
+            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=False)
+            break
+        time.sleep(1)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out + err[-3000:]
+    assert "2 runs in 1 SLURM job of up to 2 runs each" in out
+    for run, steps, launches in ((short, 4, 1), (long, LONG_STEPS, 2)):
+        assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+        assert train_steps(run) == list(range(1, steps + 1))
+        assert json.loads((run / "meta.json").read_text())["launches"] == launches
+    assert json.loads((long / "meta.json").read_text())["resumed_from_step"] > 0

@@ -112,6 +112,7 @@ def test_fullft_is_not_repeated_across_lora_axes(tmp_path):
     (["sweep", "tiny/rank", "launcher=pbs"], "launcher=pbs: choose one of local, slurm"),
     (["sweep", "tiny/rank", "cluster=nowhere"], "cluster=nowhere: no profile slurm/nowhere.yaml"),
     (["sweep", "tiny/rank", "max_parallel=0"], "max_parallel=0: expected a positive integer"),
+    (["sweep", "tiny/rank", "workers=2"], "workers=2: expected true"),
     (["status", "tiny/rank", "optim.lr=-1"], "optim.lr"),
 ])
 def test_bad_input_one_line_exit_2(argv, message):
@@ -236,16 +237,18 @@ def _wait_for(predicate, timeout_s, what):
 # How the signal comes: Ctrl-C in a terminal reaches every process of the sweep (its process group),
 # `kill` the sweep process alone.
 @pytest.mark.slow
-@pytest.mark.parametrize("sig, to_group", [(signal.SIGINT, True), (signal.SIGINT, False), (signal.SIGTERM, False)],
-                         ids=["ctrl-c", "sigint", "sigterm"])
-def test_interrupted_local_sweep_stops_its_runs_and_relaunch_resumes(tmp_path, sig, to_group):
+@pytest.mark.parametrize("sig, to_group, workers", [(signal.SIGINT, True, True), (signal.SIGINT, False, True),
+                                                    (signal.SIGTERM, False, True), (signal.SIGINT, True, False)],
+                         ids=["ctrl-c", "sigint", "sigterm", "ctrl-c-process-per-run"])
+def test_interrupted_local_sweep_stops_its_runs_and_relaunch_resumes(tmp_path, sig, to_group, workers):
     psutil = pytest.importorskip("psutil")
     root = tmp_path / "runs"
     steps = 100  # long enough that the first run is still training when the signal lands
     grid = ["arms=lora", "lora.rank=1,4", "optim.lr=1e-3,3e-3"]  # 4 runs
     args = [LORA_LAB, "sweep", "tiny/rank", f"run.root={root}", *grid, f"train.max_steps={steps}",
             "train.checkpoint_every=2", "data.max_seq_len=64", "optim.batch_size=8", "data.num_examples=64",
-            "data.eval_size=8", "train.eval_every=0", "logger.progress=none", "max_parallel=1"]
+            "data.eval_size=8", "train.eval_every=0", "logger.progress=none", "max_parallel=1",
+            f"workers={str(workers).lower()}"]
     sweep_dir = root / "tiny" / "rank"
 
     def runs_with_metrics():
@@ -257,11 +260,15 @@ def test_interrupted_local_sweep_stops_its_runs_and_relaunch_resumes(tmp_path, s
         proc = subprocess.Popen(args, stdout=out, stderr=err, start_new_session=True)
         try:
             # Started: the first run has logged step 3 (so it has a checkpoint, at step 2, to resume from).
-            started = _wait_for(lambda: [r for r in runs_with_metrics() if len(train_steps(r)) >= 3], 600,
-                                "no run logged 3 steps")
+            def three_steps():
+                assert proc.poll() is None, "the sweep ended early: " + (tmp_path / "err").read_text()[-3000:]
+                return [r for r in runs_with_metrics() if len(train_steps(r)) >= 3]
+
+            started = _wait_for(three_steps, 600, "no run logged 3 steps")
             assert len(started) == 1
             family = _alive(psutil.Process(proc.pid).children(recursive=True))
-            assert len(family) >= 2, family  # submitit's controller and the run's process
+            # A worker process; or (a process per run) submitit's controller and the run's process.
+            assert len(family) >= (1 if workers else 2), family
             if to_group:
                 os.killpg(proc.pid, sig)
             else:
