@@ -62,7 +62,7 @@ def worker_runs_s(root: Path, steps_list: list[int], run: list[str]) -> list[flo
     the imports a first run does lazily."""
     from lora_lab.config import compose
     from lora_lab.pool import run_workers
-    from lora_lab.sweep import Job
+    from lora_lab.slurm import Job
 
     cfgs = [compose(["+experiments=tiny/rank", *run, f"train.max_steps={s}", *COMMON, f"run.root={root / str(k)}"])
             for k, s in enumerate([1, *steps_list])]

@@ -5,7 +5,7 @@
   width (hidden 4096, 32 heads, 8 KV heads, MLP 14336, vocabulary 128256) with fewer layers
   (`--layers`, default 8: FullFT's 18 bytes a parameter must fit one GPU), random weights, built on
   the meta device and materialized on the GPU: the median step time after warm-up, the peak memory
-  (torch.cuda.max_memory_allocated) against lora_lab.distributed.memory_estimate for the same
+  (torch.cuda.max_memory_allocated) against lora_lab.memory.memory_estimate for the same
   shape, and the MFU (lora_lab.flops FLOPs / step time / the device's dense bf16 peak);
 - the fp32-master check: bf16 FullFT at lr 3e-5 drops tiny-llama's loss about as far as fp32
   (experiments/bf16_master.py's `drop`);
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from lora_lab import distributed, flops
+from lora_lab import flops, memory
 from lora_lab.config import LoraConfig, ModelConfig
 from lora_lab.data import IGNORE_INDEX
 from lora_lab.lora import apply_lora, lora_parameters
@@ -129,7 +129,7 @@ def step_check(conf, method: str, rank: int, micro: int, seq: int, device: torch
     with torch.no_grad():
         losses.append(float(batch_nll(model, b)[0]) / n_target)
     peak = torch.cuda.max_memory_allocated(device) if on_gpu else None
-    est = distributed.memory_estimate(conf, method, rank, "all", seq_len=seq, micro_batch=micro, world_size=1,
+    est = memory.memory_estimate(conf, method, rank, "all", seq_len=seq, micro_batch=micro, world_size=1,
                                       on_gpu=on_gpu, padded=True)
     step = statistics.median(times)
     tokens = micro * seq

@@ -14,7 +14,7 @@ lora_lab/report.py.
 
 How a number is judged against the noise: every comparison is seed-matched (runs of one train.seed
 see the same batches) and its noise floor is the standard error of the paired difference across
-seeds (lora_lab/curves.py, Estimate); with one seed, the scatter within the run stands in, labelled
+seeds (lora_lab/noise.py, Estimate); with one seed, the scatter within the run stands in, labelled
 so, and the verdict of a comparison claim is at most "inconclusive (single seed)". Three kinds of
 test, each with its constant:
 - "A is worse than B" (C1's departure, C3, C4's attention-only): shown when the mean difference
@@ -35,9 +35,10 @@ from typing import NamedTuple, TypeVar
 import numpy as np
 import pandas as pd
 
-from lora_lab.curves import (FULL, GAP_WINDOW, K_SE, MIN_GAP, MIN_WINDOW, SINGLE_SEED, SMOOTH, TOL_ABS, TOL_REL,
-                             Estimate, across_seeds, estimate, margin, paired, seed_difference)
+from lora_lab.curves import FULL, SMOOTH, TOL_ABS, TOL_REL, margin
 from lora_lab.flops import flops_ratio, paper_flops_ratio
+from lora_lab.noise import (GAP_WINDOW, K_SE, MIN_GAP, MIN_WINDOW, SINGLE_SEED, Estimate, across_seeds, estimate, paired,
+                            seed_difference)
 from lora_lab.records import (BatchRecord, CapacityRecord, EarlyRecord, InvarianceRecord, LayersRecord, RankRecord,
                               RLRecord, Section)
 from lora_lab.results import FINAL_WINDOW
@@ -48,8 +49,8 @@ SINGLE = "inconclusive (single seed)"
 VERDICTS = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, SINGLE, NOT_RUN)
 
 # The thresholds, fixed before the data (docs/analysis.md says why each has its value). The noise
-# yardstick K_SE, C1's window GAP_WINDOW / MIN_WINDOW, MIN_GAP and C4's margin TOL_REL / TOL_ABS are
-# defined in lora_lab/curves.py, where the departures that the figures mark use them too.
+# yardstick K_SE, C1's window GAP_WINDOW / MIN_WINDOW and MIN_GAP are defined in lora_lab/noise.py, and
+# C4's margin TOL_REL / TOL_ABS in lora_lab/curves.py, where the departures that the figures mark use them too.
 MIN_SEEDS = 2  # a comparison claim needs this many seed-matched replicates for a verdict
 RATIO_TOL = 2.0  # C2: "about 10x" = within a factor 2 of the paper's ratio; ranks >= 4 within 2x of their median
 C5_MARGIN = 0.25  # C5: LoRA may lose at most this fraction of FullFT's gain over the base model

@@ -46,7 +46,7 @@ EXTERNAL = {
     "reproduce": ("lora_lab.reproduce", "reproduce_main", "run every experiment of a scale, then analyze"),
     "plan": ("lora_lab.plan", "plan_main", "parameter counts, FLOPs, recommended LRs and capacity for a config"),
     "fit-lr": ("lora_lab.plan", "fit_lr_main", "refit the LR law from your own sweeps' optimal LRs"),
-    "gpus": ("lora_lab.distributed", "gpus_main", "GPU memory estimate of a config and how many GPUs it needs"),
+    "gpus": ("lora_lab.memory", "gpus_main", "GPU memory estimate of a config and how many GPUs it needs"),
     "show-data": ("lora_lab.show", "show_data_main", "the first training rows as tokenized, targets marked (no model)"),
     "fetch": ("lora_lab.fetch", "fetch_main", "download the models and data sets of an experiment for offline runs"),
 }

@@ -338,7 +338,7 @@ class DistConfig:
     # memory, about a third more compute); one process or several.
     activation_checkpointing: bool = False
     # On CUDA, refuse (exit 2, before the weights load) a run whose memory estimate
-    # (lora_lab/distributed.py memory_estimate) exceeds the GPU's memory; false: try it anyway.
+    # (lora_lab/memory.py memory_estimate) exceeds the GPU's memory; false: try it anyway.
     memory_check: bool = True
 
 

@@ -21,6 +21,7 @@ import torch
 
 from lora_lab import distributed
 from lora_lab import lora as lora_mod
+from lora_lab import memory
 from lora_lab.checks import check_run_root
 from lora_lab.config import Config, ConfigError
 from lora_lab.data import use_chat_template
@@ -47,7 +48,7 @@ def preflight(cfg: Config) -> None:
         vllm_sampler.check(cfg)
     if device.type == "cuda" and cfg.dist.memory_check:
         # The memory estimate against this GPU: one line saying what to set, before the weights load.
-        distributed.check_memory(cfg, distributed.world_size_from_env(), distributed.device_memory(env.local_rank))
+        memory.check_memory(cfg, distributed.world_size_from_env(), memory.device_memory(env.local_rank))
     if cfg.method != "lora":
         return
     arch = model_config(cfg.model)

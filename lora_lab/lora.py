@@ -112,7 +112,7 @@ class ExpertLoRA(nn.Module):
     The merged weight (W's size, in W's dtype) is what the experts' matmuls use: it is kept for the
     backward, for every MoE layer (under `cached()` for the whole forward, activation checkpointing
     or not), and is not sharded by FSDP since it is built from the gathered W. On
-    Qwen3-30B-A3B that is ~58 GB per GPU (lora_lab.distributed.memory_estimate counts it)."""
+    Qwen3-30B-A3B that is ~58 GB per GPU (lora_lab.memory.memory_estimate counts it)."""
 
     in_base_dtype: bool | None = None
 

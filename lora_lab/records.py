@@ -5,7 +5,7 @@ typed record of the numbers its claims are judged by (lora_lab/claims.py).
     sec.record.ratios                                      # a RankRecord: C1, C2 and C6 read it
 
 Every comparison a claim rests on carries its noise: the seeds behind it and a standard error
-(columns such as gap_se, n_seeds, noise; or per-seed tables the rules pair up, curves.paired).
+(columns such as gap_se, n_seeds, noise; or per-seed tables the rules pair up, noise.paired).
 
 One record class per kind of experiment, holding exactly what the rules of that kind's claims read.
 The classes are frozen and slotted: a section that writes, or a rule that reads, a name the record
@@ -48,7 +48,7 @@ class BatchRecord:
     """Batch size (C3)."""
 
     penalties: pd.DataFrame  # per rank and FullFT: best final loss at the largest minus at the smallest batch
-    seed_values: pd.DataFrame  # curves.seed_values: each seed's final loss at each curve's best grid LR
+    seed_values: pd.DataFrame  # noise.seed_values: each seed's final loss at each curve's best grid LR
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +56,7 @@ class LayersRecord:
     """Layer sets (C4)."""
 
     layers: pd.DataFrame  # per curve: layers, rank, best final loss, its grid edge, trainable parameters
-    seed_values: pd.DataFrame  # curves.seed_values: each seed's final loss at each curve's best grid LR
+    seed_values: pd.DataFrame  # noise.seed_values: each seed's final loss at each curve's best grid LR
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +68,7 @@ class RLRecord:
     base: float  # the base model's held-out accuracy, or FullFT's first rewards (NaN: not logged)
     paired: pd.DataFrame | None  # sections.paired_outcomes; None when the runs logged no per-problem outcomes
     selected_on: str  # what each arm's LR was chosen on: sections.VALIDATION, or the judged numbers themselves
-    seed_scores: pd.DataFrame  # curves.seed_values of the score: each seed's score at each curve's chosen LR
+    seed_scores: pd.DataFrame  # noise.seed_values of the score: each seed's score at each curve's chosen LR
 
 
 @dataclass(frozen=True, slots=True)

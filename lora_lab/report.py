@@ -8,7 +8,7 @@ Python: `analyze(paths, out) -> dict` (what was written and the verdicts). Each 
 analysed by its kind, read off the basename of its name `<scale>/<figure>`: rank curves and LR
 U-curves (C1, C2, and the step times of C6), batch size (C3), layer placement (C4), RL (C5), early
 curves (C7), invariance (C8) and capacity (C9). The analysis is one chain, each module importing
-only those before it: lora_lab/results.py (run directories -> tables), curves.py (the maths),
+only those before it: lora_lab/results.py (run directories -> tables), noise.py (the noise yardstick), curves.py (the maths),
 figures.py, records.py and sections.py (one experiment's figures, tables and record), claims.py
 (the rules C1..C9) and this module, which writes report.md (figures linked), a self-contained
 report.html (figures embedded), verdicts.csv, optimal_lr.csv and runs.csv. `script_main` is the
@@ -41,7 +41,8 @@ import pandas as pd
 from markdown_it import MarkdownIt
 
 from lora_lab.claims import CLAIMS, MIN_SEEDS, SINGLE, Verdict, fmt, judge, tolerance_text
-from lora_lab.curves import GAP_WINDOW, K_SE, MIN_GAP, SINGLE_SEED, SMOOTH, experiments_of
+from lora_lab.curves import SMOOTH, experiments_of
+from lora_lab.noise import GAP_WINDOW, K_SE, MIN_GAP, SINGLE_SEED
 from lora_lab.results import FINAL_WINDOW, STATUSES, Results, ResultsError, load_results, seed_of
 from lora_lab.sections import Section, analyze_experiment, run_sections
 

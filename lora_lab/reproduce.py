@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 from lora_lab.config import ConfigError
-from lora_lab.sweep import Job, expand_jobs, experiment_names, launch_jobs, run_work, split_launcher_args
+from lora_lab.slurm import Job
+from lora_lab.sweep import expand_jobs, experiment_names, launch_jobs, run_work, split_launcher_args
 
 SCALES = ("tiny", "paper")
 

@@ -69,8 +69,9 @@ ADDED_KEYS: tuple[tuple[str, str, object], ...] = (
     ("data", "chat_template", None),
     ("data", "truncation", "head"),
     ("rl", "sample_batch", 256),
-    ("rl", "vllm_gpu_memory", 0.4),
 )
+# Keys of a group that counts which decide where and how a run is placed, not what it computes.
+PLACEMENT_KEYS: tuple[tuple[str, str], ...] = (("rl", "vllm_gpu_memory"),)
 
 
 def identity(cfg: Config, legacy: bool = False) -> dict:
@@ -81,6 +82,8 @@ def identity(cfg: Config, legacy: bool = False) -> dict:
     for group, key, old in ADDED_KEYS:
         if group in d and d[group].get(key, old) == old:
             d[group].pop(key, None)
+    for group, key in PLACEMENT_KEYS:
+        d.get(group, {}).pop(key, None)
     if not legacy:
         for key in SCHEDULE_KEYS:
             d["train"][key] = TrainConfig.__dataclass_fields__[key].default

@@ -26,9 +26,6 @@ from matplotlib.figure import Figure
 from lora_lab import figures
 from lora_lab.curves import (
     FULL,
-    GAP_WINDOW,
-    K_SE,
-    across_seeds,
     at_chosen_lr,
     curve_table,
     departures,
@@ -36,19 +33,16 @@ from lora_lab.curves import (
     label_runs,
     lr_ratios,
     optimal_lrs,
-    paired,
-    paired_gap_steps,
     pointwise_min,
     reference_curves,
-    scatter_se,
     seed_mean,
     seed_ratios,
-    seed_values,
     smoothed,
     ucurves,
     value_at_step,
 )
 from lora_lab.flops import Arch
+from lora_lab.noise import GAP_WINDOW, K_SE, across_seeds, paired, paired_gap_steps, scatter_se, seed_values
 from lora_lab.records import (BatchRecord, CapacityRecord, EarlyRecord, InvarianceRecord, LayersRecord, RankRecord,
                               RLRecord, Section)
 from lora_lab.results import Results, seed_of
@@ -589,7 +583,7 @@ def capacity_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
                            "loss": r["best_final_loss"], "full_loss": full_loss,
                            "gap": est.value if est else math.nan, "gap_se": est.se if est else math.nan,
                            "n_seeds": est.n_seeds if est else 0, "noise": est.source if est else "no FullFT run",
-                           # matches: the gap to FullFT does not exceed K_SE standard errors (curves.Estimate.exceeds)
+                           # matches: the gap to FullFT does not exceed K_SE standard errors (noise.Estimate.exceeds)
                            "matches_full": (not est.exceeds(K_SE)) if est is not None and np.isfinite(full_loss) else None,
                            "edge": bool(r["edge"] or (len(full) and full["edge"].iloc[0])),
                            "predicted_fits": bool(r["bits"] <= 2 * r["trainable_params"]) if np.isfinite(r["bits"]) else None})

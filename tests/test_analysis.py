@@ -12,9 +12,10 @@ import pytest
 from conftest import FULL_GRID, LORA_GRID, TRUE_OPT, antithetic, make_config, make_rank_results, u_curve_losses, write_run
 
 from lora_lab.claims import SINGLE, counted_flops_ratio
-from lora_lab.curves import (FULL, SINGLE_SEED, across_seeds, departures, fit_optimum, kind_of, label_runs, lr_ratios,
-                             optimal_lrs, pointwise_min, scatter_se, ucurves)
+from lora_lab.curves import (FULL, departures, fit_optimum, kind_of, label_runs, lr_ratios, optimal_lrs, pointwise_min,
+                             ucurves)
 from lora_lab.config import DataConfig
+from lora_lab.noise import SINGLE_SEED, across_seeds, scatter_se
 from lora_lab.report import analyze
 from lora_lab.results import load_results
 

@@ -379,11 +379,11 @@ def test_run_experiment_stays_below_run_root(capfd, tmp_path, bad):
 
 @pytest.mark.parametrize("bad", ["../x", "../../etc/passwd", "/etc/x", "sub/local"])
 def test_a_cluster_profile_is_a_name_not_a_path(capfd, tmp_path, monkeypatch, bad):
-    from lora_lab import sweep
+    from lora_lab import slurm
 
     (tmp_path / "slurm").mkdir()
     (tmp_path / "slurm" / "local.yaml").write_text("partition: debug\n")
     (tmp_path / "x.yaml").write_text("partition: planted\n")  # what cluster=../x would read
-    monkeypatch.setattr(sweep, "SLURM_DIR", tmp_path / "slurm")
+    monkeypatch.setattr(slurm, "SLURM_DIR", tmp_path / "slurm")
     code, lines = run_main(capfd, "sweep", "tiny/rank", f"cluster={bad}", "launcher=slurm", "--dry-run")
     assert code == 2 and len(lines) == 1 and f"cluster={bad}: a profile name of slurm/" in lines[0]

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import SMALL
-from lora_lab import distributed
+from lora_lab import distributed, memory
 from lora_lab.config import ConfigError, compose
 from lora_lab.learner import preflight
 from lora_lab.runs import RunDir, load_run, read_metrics, run_dir
@@ -64,7 +64,7 @@ def test_memory_estimate_of_llama_8b_fullft_matches_a_hand_calculation():
     layer = h * h * 2 + 2 * h * kv + 3 * h * inter + 2 * h  # q, o; k, v; MLP; 2 norms
     n = layers * layer + 2 * vocab * h + h  # + embeddings, lm_head, final norm
     assert n == 8_030_261_248
-    est = distributed.memory_estimate("llama-3.1-8b", "full", seq_len=2048, micro_batch=1, world_size=8)
+    est = memory.memory_estimate("llama-3.1-8b", "full", seq_len=2048, micro_batch=1, world_size=8)
     assert est.weights == 4 * n / 8 and est.grads == 4 * n / 8 and est.optimizer == 8 * n / 8
     # A layer gathered and one prefetched (bf16), the root kept gathered, lm_head's gradient in bf16
     # and its fp32 copy for the reduce-scatter.
@@ -76,17 +76,17 @@ def test_memory_estimate_of_llama_8b_fullft_matches_a_hand_calculation():
     per_layer = 2 * (4 * h + 4 + 2 * h) + 2 * h + 2 * (2 * q + 2 * q) + 4 * heads + 2 * q + 2 * h + 3 * 2 * inter + 2 * inter
     head = 4 * h + 4 + 2 * h + 2 * h + 4 * vocab + 8 * vocab  # final norm, lm_head's input, log-probs; loss backward
     assert est.activations == 2048 * (layers * per_layer + head) + 2048 ** 2 * 2  # + the padding mask
-    ckpt = distributed.memory_estimate("llama-3.1-8b", "full", seq_len=2048, world_size=8, checkpointing=True)
+    ckpt = memory.memory_estimate("llama-3.1-8b", "full", seq_len=2048, world_size=8, checkpointing=True)
     assert ckpt.activations == 2048 * (2 * h * layers + per_layer + head) + 2048 ** 2 * 2
     # One GPU: fp32 master weights, gradients and both moments; autocast's bf16 copy of every matmul weight.
-    one = distributed.memory_estimate("llama-3.1-8b", "full", seq_len=2048, world_size=1)
+    one = memory.memory_estimate("llama-3.1-8b", "full", seq_len=2048, world_size=1)
     assert one.weights + one.grads + one.optimizer == 16 * n and one.casts == 2 * (n - vocab * h)
     # 16 bytes per parameter sharded, + ~16 GiB of activations: 4 GPUs of 80 GiB, not 2.
-    gpus, at = distributed.gpus_needed("llama-3.1-8b", "full", gpu_gib=80, seq_len=2048)
+    gpus, at = memory.gpus_needed("llama-3.1-8b", "full", gpu_gib=80, seq_len=2048)
     assert gpus == 4 and 40 * 2**30 < at.total < 76 * 2**30
-    lora = distributed.memory_estimate("llama-3.1-8b", "lora", rank=16, seq_len=2048, world_size=1)
+    lora = memory.memory_estimate("llama-3.1-8b", "lora", rank=16, seq_len=2048, world_size=1)
     assert lora.weights > 2 * n and lora.optimizer < 1e9
-    assert distributed.gpus_needed("llama-3.1-8b", "lora", rank=16, gpu_gib=80, seq_len=2048)[0] == 1
+    assert memory.gpus_needed("llama-3.1-8b", "lora", rank=16, gpu_gib=80, seq_len=2048)[0] == 1
 
 
 def _run(nproc: int, root: Path, *overrides: str, port: int = 29611, background: bool = False):

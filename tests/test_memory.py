@@ -1,5 +1,5 @@
 """The memory estimate against what the code allocates, on the CPU: the activations every decoder
-layer keeps for the backward (distributed.layer_activation_bytes) against the tensors autograd
+layer keeps for the backward (memory.layer_activation_bytes) against the tensors autograd
 actually saves (torch.autograd.graph.saved_tensors_hooks) in each precision path of the package;
 LoRA's adapters computing in a bf16 base's dtype (no fp32 copy of their inputs); the pre-flight's
 refusal of a run that does not fit its GPU; `lora-lab gpus`."""
@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from lora_lab import distributed
+from lora_lab import memory
 from lora_lab.config import ConfigError, LoraConfig, compose
 from lora_lab.flops import Arch
 from lora_lab.lora import ExpertLoRA, LoRALinear, apply_lora
@@ -23,14 +23,14 @@ SHAPES = {
     "moe": dict(model_type="qwen3_moe", intermediate_size=512, moe_intermediate_size=96, num_experts=8,
                 num_experts_per_tok=2, norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[]),
 }
-# How each of the package's paths keeps a model (distributed.precision), and how to build it here.
+# How each of the package's paths keeps a model (memory.precision), and how to build it here.
 PATHS = {
-    "lora fp32 (CPU)": ("lora", torch.float32, None, distributed.Precision(4, 4, 4, 4, False)),
-    "lora bf16 base, adapters in bf16 (GPU)": ("lora", torch.bfloat16, True, distributed.Precision(2, 2, 2, 2, False)),
-    "lora bf16 base, adapters in fp32 (before)": ("lora", torch.bfloat16, False, distributed.Precision(2, 2, 2, 4, False)),
-    "full fp32 (CPU)": ("full", torch.float32, None, distributed.Precision(4, 4, 4, 4, False)),
-    "full bf16 (FSDP's compute)": ("full", torch.bfloat16, None, distributed.Precision(2, 2, 2, 2, False)),
-    "full fp32 master, autocast bf16 (one GPU)": ("full", "master", None, distributed.Precision(4, 2, 4, 2, True)),
+    "lora fp32 (CPU)": ("lora", torch.float32, None, memory.Precision(4, 4, 4, 4, False)),
+    "lora bf16 base, adapters in bf16 (GPU)": ("lora", torch.bfloat16, True, memory.Precision(2, 2, 2, 2, False)),
+    "lora bf16 base, adapters in fp32 (before)": ("lora", torch.bfloat16, False, memory.Precision(2, 2, 2, 4, False)),
+    "full fp32 (CPU)": ("full", torch.float32, None, memory.Precision(4, 4, 4, 4, False)),
+    "full bf16 (FSDP's compute)": ("full", torch.bfloat16, None, memory.Precision(2, 2, 2, 2, False)),
+    "full fp32 master, autocast bf16 (one GPU)": ("full", "master", None, memory.Precision(4, 2, 4, 2, True)),
 }
 
 
@@ -101,7 +101,7 @@ def test_activation_estimate_counts_what_autograd_saves(kind, path, layers):
     measured, fixed = _per_sequence(model, length)
     arch = Arch.of(conf)
     # What one sequence keeps, without the loss's backward working set (not a saved tensor).
-    est = distributed.activation_bytes(arch, prec, method, 8, layers, seq_len=length, padded=True,
+    est = memory.activation_bytes(arch, prec, method, 8, layers, seq_len=length, padded=True,
                                        qk_norm=kind != "llama") - 8 * arch.vocab * length
     # An upper bound, within 10%: the first layer's input needs no gradient under LoRA, and the logits
     # of the last position are not computed.
@@ -131,8 +131,8 @@ def test_adapters_on_a_bf16_base_keep_no_fp32_copy_of_their_inputs():
     new, _ = _per_sequence(_model("llama", "lora bf16 base, adapters in bf16 (GPU)")[0])
     assert new < 0.8 * old
     arch = Arch.of("llama-3.1-8b")
-    ratio = (distributed.layer_activation_bytes(arch, distributed.Precision(2, 2, 2, 4, False), "lora", 256, "all")
-             / distributed.layer_activation_bytes(arch, distributed.precision("lora"), "lora", 256, "all"))
+    ratio = (memory.layer_activation_bytes(arch, memory.Precision(2, 2, 2, 4, False), "lora", 256, "all")
+             / memory.layer_activation_bytes(arch, memory.precision("lora"), "lora", 256, "all"))
     assert 1.45 < ratio < 1.55
 
 
@@ -178,23 +178,23 @@ def test_expert_adapters_merge_in_the_base_dtype_when_asked():
 def test_the_estimate_follows_the_config_as_it_runs():
     cfg = compose(["model=llama-3.1-8b", "data=tulu3", "method=full", "optim.batch_size=128"])
     # micro_batch_size unset: 8 sequences per micro-batch on one process, the local share's on several.
-    assert distributed.estimate_for(cfg, 1).micro_batch == 8
-    assert distributed.estimate_for(cfg, 32).micro_batch == 4
+    assert memory.estimate_for(cfg, 1).micro_batch == 8
+    assert memory.estimate_for(cfg, 32).micro_batch == 4
     two = compose(["model=llama-3.1-8b", "data=tulu3", "method=full", "optim.batch_size=128", "optim.micro_batch_size=2"])
-    e1, e2 = distributed.estimate_for(cfg, 4), distributed.estimate_for(two, 4)
+    e1, e2 = memory.estimate_for(cfg, 4), memory.estimate_for(two, 4)
     assert e2.micro_batch == 2 and e2.seq_len == 2048
     assert e1.activations > 3.5 * e2.activations and e1.weights == e2.weights
     ckpt = compose(["model=llama-3.1-8b", "data=tulu3", "method=full", "optim.batch_size=128", "optim.micro_batch_size=2",
                     "dist.activation_checkpointing=true"])
-    assert distributed.estimate_for(ckpt, 4).activations < 0.5 * e2.activations
+    assert memory.estimate_for(ckpt, 4).activations < 0.5 * e2.activations
     # One GPU: fp32 master weights, gradients and AdamW (16 bytes a parameter) and autocast's bf16 copies.
-    one = distributed.estimate_for(two, 1)
+    one = memory.estimate_for(two, 1)
     n = 8_030_261_248
     assert one.weights + one.grads + one.optimizer == 16 * n and one.casts == 2 * (n - 128256 * 4096)
     # RL: prompt + completion per sequence, the sampler's KV cache for rl.sample_batch sequences.
     rl = compose(["model=llama-3.1-8b", "data=gsm8k", "task=rl", "rl.max_new_tokens=512", "data.max_seq_len=512",
                   "rl.sample_batch=64", "rl.group_size=32"])
-    est = distributed.estimate_for(rl, 1)
+    est = memory.estimate_for(rl, 1)
     assert est.seq_len == 1024 and est.sampling == 64 * (1024 * 32 * 2 * 1024 * 2 + 4 * 128256)
 
 
@@ -203,12 +203,12 @@ def test_moe_lora_counts_the_merged_expert_weights_on_every_gpu():
                    "optim.batch_size=128", "optim.micro_batch_size=1"])
     experts = 48 * 128 * 3 * 2048 * 768  # layers x experts x (gate, up, down) x hidden x expert width
     for world in (1, 8):
-        est = distributed.estimate_for(cfg, world)
+        est = memory.estimate_for(cfg, world)
         assert est.merged >= 2 * experts  # bf16, not divided by the GPUs: ~58 GB
         assert est.merged < 2 * experts * 1.05
     attn = compose(["model=qwen3-30b-a3b-base", "data=tulu3", "lora.rank=256", "lora.layers=attn",
                     "optim.batch_size=128", "optim.micro_batch_size=1"])
-    assert distributed.estimate_for(attn, 8).merged == 0
+    assert memory.estimate_for(attn, 8).merged == 0
 
 
 def _on_cuda(monkeypatch, tmp_path, gib: float):
@@ -217,7 +217,7 @@ def _on_cuda(monkeypatch, tmp_path, gib: float):
     monkeypatch.setattr(learner, "resolve_device", lambda device: torch.device("cuda"))
     monkeypatch.setattr(learner, "check_available", lambda model: None)
     monkeypatch.setattr(learner, "model_config", lambda model: AutoConfig.for_model("llama"))
-    monkeypatch.setattr(distributed, "device_memory", lambda index=0: int(gib * GIB))
+    monkeypatch.setattr(memory, "device_memory", lambda index=0: int(gib * GIB))
     return learner.preflight
 
 
@@ -260,7 +260,7 @@ def test_the_cpu_is_not_checked(tmp_path):
 
 
 def test_gpus_command_prints_the_count(capsys):
-    assert distributed.gpus_main(["+experiments=paper/rank_tulu3_llama8b", "method=full"]) == 0
+    assert memory.gpus_main(["+experiments=paper/rank_tulu3_llama8b", "method=full"]) == 0
     out = capsys.readouterr().out
     assert "needs 4 GPU(s) of 80 GiB" in out
     rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]

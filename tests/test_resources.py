@@ -1,4 +1,4 @@
-"""GPUs per run on SLURM (lora_lab/sweep.py place_jobs, lora_lab/distributed.py place): an
+"""GPUs per run on SLURM (lora_lab/slurm.py place_jobs, lora_lab/memory.py place): an
 experiment's arm may set its GPUs, otherwise each run gets the fewest whose memory estimate fits the
 cluster profile's GPUs; a dry run prints them, runs that fit nowhere are not launched, and runs of
 different resources go out as separate job arrays. No network: the paper models' architectures
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lora_lab import sweep
+from lora_lab import slurm, sweep
 from lora_lab.config import ConfigError
 
 PAPER = Path(__file__).resolve().parent.parent / "experiments" / "paper"
@@ -50,19 +50,19 @@ def test_runs_that_fit_no_gpu_are_named_with_the_reason(capsys, tmp_path):
 
 
 def test_every_paper_run_fits_the_example_profile():
-    from lora_lab import distributed
+    from lora_lab import memory
 
-    profile = sweep.cluster_profile("example-gpu")
+    profile = slurm.cluster_profile("example-gpu")
     for path in sorted(PAPER.glob("*.yaml")):
         _, jobs = sweep.expand_jobs(f"paper/{path.stem}", [])
-        sweep.place_jobs(jobs, "example-gpu")
+        slurm.place_jobs(jobs, "example-gpu")
         for job in jobs:
             where = job.placement
             if job.cfg.task == "rl" and job.cfg.method == "full":  # RL runs on one process: see the yaml
                 assert not where.fits
                 continue
             assert where.fits, (path.stem, job.overrides, where.why)
-            assert where.estimate.total <= (profile["gpu_mem_gib"] - distributed.RESERVE_GIB) * 2**30
+            assert where.estimate.total <= (profile["gpu_mem_gib"] - memory.RESERVE_GIB) * 2**30
             assert where.gpus_per_node <= profile["max_gpus_per_node"] and where.nodes == 1
 
 
@@ -93,7 +93,7 @@ def test_an_arm_sets_its_gpus(tmp_path, monkeypatch, capsys):
                                                                 f"run.root={tmp_path / 'runs'}"])
     assert [j.run_id for j in jobs] == [j.run_id for j in plain]
     assert [j.request for j in jobs] == [{}, {"gpus_per_node": 8}]
-    sweep.place_jobs(jobs, "example-gpu")
+    slurm.place_jobs(jobs, "example-gpu")
     # One task per GPU; the profile's host memory (64 GB for one GPU) scales with the GPUs.
     assert jobs[1].resources == {"gpus_per_node": 8, "tasks_per_node": 8, "nodes": 1, "mem_gb": 512}
     assert jobs[0].resources == {}  # the profile's own settings
@@ -112,18 +112,18 @@ def test_bad_arm_resources_are_one_line_config_errors(tmp_path, monkeypatch, key
 
 
 def test_profile_keys_of_lora_lab_are_not_passed_to_submitit(tmp_path, monkeypatch):
-    overrides = sweep.cluster_overrides("example-gpu")
+    overrides = slurm.cluster_overrides("example-gpu")
     assert "++hydra.launcher.gpus_per_node=1" in overrides
-    assert not any(k in o for o in overrides for k in sweep.PROFILE_KEYS)
+    assert not any(k in o for o in overrides for k in slurm.PROFILE_KEYS)
     (tmp_path / "bad.yaml").write_text("partition: gpu\ngpus_per_node: 1\ngpu_mem_gib: -80\n")
-    monkeypatch.setattr(sweep, "SLURM_DIR", tmp_path)
+    monkeypatch.setattr(slurm, "SLURM_DIR", tmp_path)
     with pytest.raises(ConfigError, match=r"^slurm/bad.yaml: gpu_mem_gib=-80: expected a positive number$"):
-        sweep.cluster_overrides("bad")
+        slurm.cluster_overrides("bad")
 
 
 def test_a_cpu_profile_places_nothing(tmp_path):
     _, jobs = sweep.expand_jobs("tiny/rank", ["lora.rank=1", "optim.lr=1e-3", f"run.root={tmp_path}"])
-    sweep.place_jobs(jobs, "local")
+    slurm.place_jobs(jobs, "local")
     assert all(j.placement is None and j.resources == {} for j in jobs)
 
 
@@ -146,7 +146,7 @@ def test_each_set_of_resources_is_its_own_job_array(tmp_path):
     assert problems == ["d: failed"] and launcher.params == {"gpus_per_node": 1, "partition": "gpu"}
     # Runs of other resources, or of several GPUs, never share a packed job.
     jobs = [types.SimpleNamespace(launcher_args=(), resources=r) for r in ({}, {}, four, four)]
-    assert [len(p) for p in sweep.pack_jobs(jobs, 4)] == [2, 1, 1]
+    assert [len(p) for p in slurm.pack_jobs(jobs, 4)] == [2, 1, 1]
 
 
 def test_a_slurm_launch_leaves_out_what_does_not_fit(tmp_path, monkeypatch, capsys):

@@ -354,6 +354,8 @@ def test_rl_keys_are_part_of_an_rl_runs_identity_only():
     assert RLConfig().sample_batch == DEFAULT_SAMPLE_BATCH
     # Keys added later, at the value that computes what runs made before them computed: same id.
     assert run_id(compose(["task=rl", "data=tiny-math", "rl.sample_batch=256", "rl.vllm_gpu_memory=0.4"])) == run_id(a)
+    # Where the sampler sits on the GPU is not what the run computes: never part of the id.
+    assert run_id(compose(["task=rl", "data=tiny-math", "rl.vllm_gpu_memory=0.3"])) == run_id(a)
 
 
 @pytest.mark.parametrize("overrides, key", [

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from conftest import LORA_LAB, SMALL, train_steps
-from lora_lab import pool, sweep, worker
+from lora_lab import pool, slurm, sweep, worker
 from lora_lab.config import ConfigError, compose
-from lora_lab.sweep import Job
+from lora_lab.slurm import Job
 
 
 def jobs_of(root: Path, *variants: list[str], common: tuple[str, ...] = ()) -> list[Job]:
@@ -252,17 +252,17 @@ def test_baseline_puts_back_what_a_run_changed(tmp_path):
 def test_packs_of_runs_for_slurm_jobs(tmp_path):
     _, jobs = sweep.expand_jobs("tiny/rank", [f"run.root={tmp_path}"])
     assert len(jobs) == 15
-    packs = sweep.pack_jobs(jobs, 4)
+    packs = slurm.pack_jobs(jobs, 4)
     assert [len(p) for p in packs] == [4, 4, 4, 3]
     assert [j for p in packs for j in p] == jobs  # every run once, in the grid's order
-    assert sweep.pack_jobs(jobs, 1) == [[j] for j in jobs]
+    assert slurm.pack_jobs(jobs, 1) == [[j] for j in jobs]
     # Runs sent with different launcher settings never share a job.
     mixed = jobs[:3] + [Job(j.overrides, j.cfg, j.arm, j.master, ("hydra.launcher.tasks_per_node=2",)) for j in jobs[3:5]]
-    assert [[jobs.index(j) if j in jobs else "x" for j in p] for p in sweep.pack_jobs(mixed, 4)] == [[0, 1, 2], ["x", "x"]]
-    assert sweep.runs_per_job(None, "p") == 1 and sweep.runs_per_job(3, "p") == 3 and sweep.runs_per_job("2", "p") == 2
+    assert [[jobs.index(j) if j in jobs else "x" for j in p] for p in slurm.pack_jobs(mixed, 4)] == [[0, 1, 2], ["x", "x"]]
+    assert slurm.runs_per_job(None, "p") == 1 and slurm.runs_per_job(3, "p") == 3 and slurm.runs_per_job("2", "p") == 2
     for bad in (0, -1, "two", 1.5, True):
         with pytest.raises(ConfigError, match="runs_per_job=.*expected a positive integer"):
-            sweep.runs_per_job(bad, "slurm/x.yaml")
+            slurm.runs_per_job(bad, "slurm/x.yaml")
 
 
 def test_a_pack_runs_its_runs_one_after_another_in_this_process(tmp_path):
@@ -290,8 +290,8 @@ def test_workers_that_cannot_start_stop_the_sweep_with_one_error(tmp_path, monke
 
 def test_a_bad_runs_per_job_in_a_profile_stops_before_anything_runs(tmp_path, monkeypatch):
     (tmp_path / "p.yaml").write_text("partition: debug\nruns_per_job: 0\n")
-    monkeypatch.setattr(sweep, "SLURM_DIR", tmp_path)
+    monkeypatch.setattr(slurm, "SLURM_DIR", tmp_path)
     with pytest.raises(ConfigError, match=r"^slurm/p.yaml: runs_per_job=0: expected a positive integer"):
-        sweep.cluster_overrides("p")
+        slurm.cluster_overrides("p")
     (tmp_path / "p.yaml").write_text("partition: debug\nruns_per_job: 3\n")
-    assert "++hydra.launcher.runs_per_job=3" in sweep.cluster_overrides("p")
+    assert "++hydra.launcher.runs_per_job=3" in slurm.cluster_overrides("p")
