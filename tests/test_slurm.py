@@ -39,9 +39,11 @@ def cluster():
 
 
 def _sacct_jobs(since: str) -> list[str]:
-    out = subprocess.run(["sacct", "-n", "-X", "-P", "-S", since, "-o", "JobID,JobName,State"], capture_output=True,
+    """The jobs submitted at or after `since` (sacct -S also lists older jobs still running then, such
+    as the last job of the previous test)."""
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-S", since, "-o", "JobID,JobName,State,Submit"], capture_output=True,
                          text=True, check=True).stdout
-    return [line for line in out.splitlines() if line.strip()]
+    return [line for line in out.splitlines() if line.strip() and line.rsplit("|", 1)[-1] >= since]
 
 
 def _sweep(root: Path, *extra: str, background: bool = False):
