@@ -368,6 +368,7 @@ def run_state(path: Path) -> dict:
     if summary and summary.get("status") in ("completed", "diverged", "failed"):
         info["state"] = summary["status"]
         info["step"] = summary.get("steps", info.get("step"))
+        info["wall_s"] = summary.get("launch_wall_s") or summary.get("wall_s")  # this launch's time, start-up included
         if summary.get("error"):
             info["error"] = str(summary["error"]).strip().splitlines()[-1]
     elif not path.exists():

@@ -387,10 +387,47 @@ def run_work(cfg: Config) -> float:
     return float(run_steps(cfg) * cfg.optim.batch_size)
 
 
+def time_left(jobs: Sequence[Job], states: dict[Path, dict], elapsed: float, since: float, work0: float = 0.0,
+              parallel: int | None = None) -> float | None:
+    """Seconds until the runs of `jobs` have ended, or None before there is anything to go by. Each
+    run left costs its run_work (less the share of steps it has logged) times the seconds per unit
+    of work that the runs of its task (SFT, RL) ended since the launch took, start-up included; a
+    task none of whose runs has ended yet takes the sweep's overall pace. The sum is shared by
+    `parallel` slots (the local workers; else the runs in flight now). `since`: the launch's wall
+    time (a failed run counts as ended only if it failed since then); `work0`: the work done before."""
+    ended, secs, units, done, left_work = [], {}, {}, 0.0, []
+    for j in jobs:
+        info = states[j.path]
+        work = run_work(j.cfg)
+        if info["state"] in DONE or (info["state"] == "failed" and _mtime(j.path / "summary.json") >= since):
+            done += work
+            if info.get("wall_s"):
+                secs[j.cfg.task] = secs.get(j.cfg.task, 0.0) + float(info["wall_s"])
+                units[j.cfg.task] = units.get(j.cfg.task, 0.0) + work
+            ended.append(j)
+            continue
+        share = min(1.0, (info.get("step") or 0) / run_steps(j.cfg)) if info["state"] in ("running", "unfinished") else 0.0
+        done += work * share
+        left_work.append((j.cfg.task, work * (1 - share)))
+    if not left_work:
+        return 0.0
+    running = sum(states[j.path]["state"] == "running" for j in jobs)
+    slots = max(1, parallel or running)
+    pace = {task: secs[task] / units[task] for task in secs if units[task] > 0}
+    overall = elapsed * slots / (done - work0) if done > work0 else None  # serial seconds per unit of work
+    serial = 0.0
+    for task, work in left_work:
+        rate = pace.get(task, overall)
+        if rate is None:
+            return None
+        serial += work * rate
+    return serial / slots
+
+
 class _Watch(threading.Thread):
     """Progress of the whole sweep while the launcher blocks: a line whenever the counts change, with
-    the time left. The pace is the work done since the launch (run_work, counting the steps logged by
-    the runs in flight), so it holds whatever the order of the runs and however many run at a time."""
+    the time left (time_left: the runs left, costed at the measured time of the runs of their task
+    that ended), so it holds whatever the order of the runs and however many run at a time."""
 
     def __init__(self, jobs: list[Job], every_s: float = 5.0, todo: list[Job] | None = None, workers: int | None = None):
         super().__init__(daemon=True)
@@ -406,21 +443,11 @@ class _Watch(threading.Thread):
         self.stop.set()
         self.join()  # its last line comes before what the sweep prints next
 
-    def _work_done(self, states: dict[Path, dict], since: float) -> float:
-        done = 0.0
-        for j in self.todo:
-            info = states[j.path]
-            if info["state"] in DONE or (info["state"] == "failed" and _mtime(j.path / "summary.json") >= since):
-                done += run_work(j.cfg)
-            elif info["state"] in ("running", "unfinished"):  # its steps logged so far
-                done += run_work(j.cfg) * min(1.0, (info.get("step") or 0) / run_steps(j.cfg))
-        return done
-
     def run(self) -> None:
         last, t0, wall0 = None, time.monotonic(), time.time()
-        total = sum(run_work(j.cfg) for j in self.todo) or 1.0
         states = {j.path: run_state(j.path) for j in self.jobs}
-        work0 = self._work_done(states, wall0)
+        work0 = sum(run_work(j.cfg) * min(1.0, (states[j.path].get("step") or 0) / run_steps(j.cfg))
+                    for j in self.todo if states[j.path]["state"] in ("running", "unfinished"))
         while not self.stop.wait(self.every_s):
             states = {j.path: run_state(j.path) for j in self.jobs}
             counts: dict[str, int] = {}
@@ -430,10 +457,10 @@ class _Watch(threading.Thread):
             if line != last:
                 elapsed = time.monotonic() - t0
                 done = sum(counts.get(s, 0) for s in DONE)
-                work = self._work_done(states, wall0)
                 eta = ""
-                if work > work0 and done < len(self.jobs):
-                    eta = f"; ~{elapsed / (work - work0) * max(0.0, total - work) / 60:.1f} min left"
+                left = time_left(self.todo, states, elapsed, wall0, work0, self.workers) if done < len(self.jobs) else None
+                if left is not None:
+                    eta = f"; ~{left / 60:.1f} min left"
                     if self.workers:
                         eta += f" ({self.workers} worker{'s' if self.workers > 1 else ''})"
                 print(f"[sweep {elapsed:6.0f}s] {done}/{len(self.jobs)} done: {line}{eta}", file=sys.stderr, flush=True)

@@ -310,3 +310,30 @@ def test_interrupted_local_sweep_stops_its_runs_and_relaunch_resumes(tmp_path, s
         assert train_steps(r) == list(range(1, steps + 1)), r.name  # every step once, none twice
     meta = json.loads((interrupted / "meta.json").read_text())
     assert meta["launches"] == 2 and meta["resumed_from_step"] >= 2, meta  # from its checkpoint, not from scratch
+
+
+def test_time_left_costs_each_run_at_its_own_tasks_measured_pace(tmp_path):
+    """The time left of a sweep that mixes RL and SFT runs: once a run of a task has ended, the runs
+    of that task left are costed at its measured seconds per unit of work, whatever run_work's
+    weights between tasks say; before anything ended or moved, there is nothing to go by."""
+    from lora_lab.config import compose
+    from lora_lab.slurm import Job
+    from lora_lab.sweep import run_work, time_left
+
+    root = f"run.root={tmp_path}"
+    rl = [Job([], compose(["task=rl", "data=tiny-math", f"optim.lr={lr}", root, "train.max_steps=40"])) for lr in (1e-4, 3e-4)]
+    sft = [Job([], compose([f"optim.lr={lr}", root, "train.max_steps=16"])) for lr in (1e-4, 3e-4, 1e-3, 3e-3)]
+    jobs = rl + sft
+    pending = {j.path: {"state": "pending"} for j in jobs}
+    assert time_left(jobs, pending, elapsed=5.0, since=0.0, parallel=2) is None
+    # Both RL runs ended (17 s each), one SFT run ended (4 s), one is half done, two have not started.
+    states = dict(pending)
+    for j in rl:
+        states[j.path] = {"state": "completed", "wall_s": 17.0}
+    states[sft[0].path] = {"state": "completed", "wall_s": 4.0}
+    states[sft[1].path] = {"state": "running", "step": 8}
+    left = time_left(jobs, states, elapsed=40.0, since=0.0, parallel=2)
+    assert left == pytest.approx((0.5 + 1 + 1) * 4.0 / 2)  # SFT's pace, whatever RL's weight in run_work
+    assert run_work(rl[0].cfg) > 100 * run_work(sft[0].cfg)  # the weights alone would have said ~0 s
+    done = {j.path: {"state": "completed", "wall_s": 1.0} for j in jobs}
+    assert time_left(jobs, done, elapsed=60.0, since=0.0, parallel=2) == 0.0
