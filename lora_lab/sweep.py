@@ -391,11 +391,14 @@ def time_left(jobs: Sequence[Job], states: dict[Path, dict], elapsed: float, sin
               parallel: int | None = None) -> float | None:
     """Seconds until the runs of `jobs` have ended, or None before there is anything to go by. Each
     run left costs its run_work (less the share of steps it has logged) times the seconds per unit
-    of work that the runs of its task (SFT, RL) ended since the launch took, start-up included; a
-    task none of whose runs has ended yet takes the sweep's overall pace. The sum is shared by
+    of work that the runs of its task (SFT, RL) ended since the launch took, start-up included; a run
+    of a task none of whose runs has ended yet costs what an ended run took on average (another
+    task's weights say nothing of it), and before any run has ended the sweep's overall pace of work
+    done is all there is. The sum is shared by
     `parallel` slots (the local workers; else the runs in flight now). `since`: the launch's wall
     time (a failed run counts as ended only if it failed since then); `work0`: the work done before."""
     ended, secs, units, done, left_work = [], {}, {}, 0.0, []
+    walls: list[float] = []
     for j in jobs:
         info = states[j.path]
         work = run_work(j.cfg)
@@ -404,23 +407,29 @@ def time_left(jobs: Sequence[Job], states: dict[Path, dict], elapsed: float, sin
             if info.get("wall_s"):
                 secs[j.cfg.task] = secs.get(j.cfg.task, 0.0) + float(info["wall_s"])
                 units[j.cfg.task] = units.get(j.cfg.task, 0.0) + work
+                walls.append(float(info["wall_s"]))
             ended.append(j)
             continue
         share = min(1.0, (info.get("step") or 0) / run_steps(j.cfg)) if info["state"] in ("running", "unfinished") else 0.0
         done += work * share
-        left_work.append((j.cfg.task, work * (1 - share)))
+        left_work.append((j.cfg.task, work * (1 - share), 1 - share))
     if not left_work:
         return 0.0
     running = sum(states[j.path]["state"] == "running" for j in jobs)
     slots = max(1, parallel or running)
     pace = {task: secs[task] / units[task] for task in secs if units[task] > 0}
     overall = elapsed * slots / (done - work0) if done > work0 else None  # serial seconds per unit of work
+    per_run = sum(walls) / len(walls) if walls else None
     serial = 0.0
-    for task, work in left_work:
-        rate = pace.get(task, overall)
-        if rate is None:
+    for task, work, fraction in left_work:
+        if task in pace:
+            serial += work * pace[task]
+        elif per_run is not None:
+            serial += fraction * per_run
+        elif overall is not None:
+            serial += work * overall
+        else:
             return None
-        serial += work * rate
     return serial / slots
 
 

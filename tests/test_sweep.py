@@ -335,5 +335,10 @@ def test_time_left_costs_each_run_at_its_own_tasks_measured_pace(tmp_path):
     left = time_left(jobs, states, elapsed=40.0, since=0.0, parallel=2)
     assert left == pytest.approx((0.5 + 1 + 1) * 4.0 / 2)  # SFT's pace, whatever RL's weight in run_work
     assert run_work(rl[0].cfg) > 100 * run_work(sft[0].cfg)  # the weights alone would have said ~0 s
+    # Only RL runs ended: an SFT run left costs what an ended run took (17 s), not RL's weight per unit.
+    only_rl = dict(pending)
+    for j in rl:
+        only_rl[j.path] = {"state": "completed", "wall_s": 17.0}
+    assert time_left(jobs, only_rl, elapsed=20.0, since=0.0, parallel=2) == pytest.approx(4 * 17.0 / 2)
     done = {j.path: {"state": "completed", "wall_s": 1.0} for j in jobs}
     assert time_left(jobs, done, elapsed=60.0, since=0.0, parallel=2) == 0.0
