@@ -264,14 +264,31 @@ def start_logging(cfg: Config, rid: str, rd: RunDir, device: torch.device, step:
     return _wandb(cfg, rid, rd)
 
 
-def record_failure(rd: RunDir, summary: dict, exc: BaseException) -> None:
-    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-        # Interrupted, not failed: Ctrl-C, or a SLURM preemption / time limit that submitit answers by
-        # requeueing the job and exiting. No summary: the run stays unfinished and the next launch
-        # (the requeued job, or a relaunched sweep) resumes it from its last checkpoint.
-        return
+def record_failure(rd: RunDir, summary: dict, exc: BaseException) -> BaseException:
+    """Record a run that failed in summary.json; returns the exception to raise. Interrupted is not
+    failed: Ctrl-C, or a SLURM preemption / time limit that submitit answers by requeueing the job and
+    exiting. Then no summary is written: the run stays unfinished and the next launch (the requeued
+    job, or a relaunched sweep) resumes it from its last checkpoint. That holds as well for a signal
+    that landed inside a library's clean-up which then raised an error of its own (torch.save's zip
+    writer does: a RuntimeError whose context is the KeyboardInterrupt): that interruption is raised."""
+    stop = interruption(exc)
+    if stop is not None:
+        return stop
     summary.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-4000:])
     rd.write_summary(summary)
+    return exc
+
+
+def interruption(exc: BaseException) -> BaseException | None:
+    """The KeyboardInterrupt or SystemExit that `exc` is, or that it was raised while handling."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _adam_eps(eps: float) -> float:

@@ -373,7 +373,9 @@ def train_rl(cfg: Config, rid: str, rd: RunDir, rows: tuple) -> dict:
             progress.update(step, rewards_seen[-1], force=True)
         return summary
     except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised
-        record_failure(rd, summary, exc)
+        stop = record_failure(rd, summary, exc)
+        if stop is not exc:
+            raise stop from None
         raise
     finally:
         if run:

@@ -161,7 +161,9 @@ def train_sft(cfg: Config, rid: str, rd: RunDir, rows: tuple) -> dict:
         progress.update(step, loss_value, force=True)
         return summary
     except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised
-        record_failure(rd, summary, exc)
+        stop = record_failure(rd, summary, exc)
+        if stop is not exc:
+            raise stop from None
         raise
     finally:
         if run:

@@ -195,6 +195,31 @@ def test_resume_after_a_damaged_metrics_line_logs_every_step_once(small, tmp_pat
     assert s["final_train_loss"] == pytest.approx(clean["final_train_loss"], abs=1e-6)
 
 
+def test_a_signal_inside_a_checkpoint_write_leaves_the_run_unfinished_not_failed(small, monkeypatch):
+    # A SIGTERM or Ctrl-C that lands while torch.save writes: its zip writer's clean-up then raises a
+    # RuntimeError of its own ("unexpected pos ..."), whose context is the KeyboardInterrupt.
+    cfg = small("train.max_steps=6", "train.checkpoint_every=2")
+    rd = RunDir(run_dir(cfg))
+    real_save = RunDir.save_checkpoint
+
+    def interrupted_while_writing_step_4(self, state):
+        if state["step"] == 4:
+            try:
+                raise KeyboardInterrupt
+            finally:
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 42048 vs 41936")
+        real_save(self, state)
+
+    monkeypatch.setattr(RunDir, "save_checkpoint", interrupted_while_writing_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    assert not rd.summary_path.exists() and run_state(rd.path)["state"] == "unfinished"
+    monkeypatch.undo()
+    s = train(cfg)  # resumes from the step-2 checkpoint
+    assert s["status"] == "completed" and train_steps(rd.path) == list(range(1, 7))
+    assert json.loads(rd.meta_path.read_text())["resumed_from_step"] == 2
+
+
 def test_one_damaged_run_is_reported_by_path_and_the_rest_are_read(tmp_path, capsys):
     root = tmp_path / "runs"
     ok = [write_run(make_config(root, "x/rank", lr=lr), [3.0, 2.0, 1.0]) for lr in (1e-3, 2e-3, 3e-3, 4e-3, 5e-3)]
