@@ -58,6 +58,11 @@ C5_Z = 1.96  # C5: one-sided 97.5% lower bound, the usual level of a non-inferio
 C6_RANGE = (0.6, 0.75)  # C6: "about 2/3" of FullFT's FLOPs per token
 EARLY_REL = 0.1  # C7: early differences up to this fraction of the early loss drop count as coinciding
 BITS_RANGE = (1.0, 4.0)  # C9: "about 2 bits per parameter" = within a factor 2 of 2
+# C9's gate: a LoRA miss is read as capacity only where FullFT stored the facts, i.e. its re-ask loss is
+# below its no-knowledge (held-out) loss by more than K_SE SE and by at least this fraction of it. The
+# bounds credit a matching LoRA with all I bits; if FullFT recovered less than half of what the answers
+# cost without knowledge, that credit would be off by more than BITS_RANGE's factor 2.
+STORE_FRAC = 0.5
 Z90 = 1.645  # a 90% two-sided interval is +-Z90 SE (C2's single-seed fallback reads the fit's 90% interval)
 
 
@@ -477,18 +482,22 @@ def judge_c5(s: Section) -> Finding:
 
 
 def judge_c7(s: Section) -> Finding:
-    rec = record_of(s, EarlyRecord)
+    # a rank experiment carries C7's early curves from its own LR grid (sections.early_curves)
+    rec = s.record.early if isinstance(s.record, RankRecord) else record_of(s, EarlyRecord)
     d, window = rec.diffs, rec.window
-    how = (f"train loss of each rank at one LR (lr {rec.lr:g}, unsmoothed), per seed; over the first {EARLY:.0%} of steps "
-           f"(here {window}), the largest |difference| to the largest rank of the same seed, relative to how much the loss "
-           f"fell over those steps; curves 'coincide' when mean + {K_SE:g} SE across seeds is at most {EARLY_REL:.0%}, and "
-           f"do not when mean - {K_SE:g} SE exceeds it.")
+    has_lr = np.isfinite(rec.lr)
+    how = ("train loss of each rank at one LR (" + (f"lr {rec.lr:g}: {rec.chosen}" if has_lr else "none here") + "), "
+           f"unsmoothed, per seed; over the first {EARLY:.0%} of steps (here {window}), the largest |difference| to the "
+           f"largest rank of the same seed, relative to how much the loss fell over those steps; curves 'coincide' when "
+           f"mean + {K_SE:g} SE across seeds is at most {EARLY_REL:.0%}, and do not when mean - {K_SE:g} SE exceeds it.")
+    if not has_lr:
+        return Finding(INCONCLUSIVE, "n/a", f"no LR to compare the ranks at: {rec.chosen}", how)
     if not len(d):
-        return Finding(INCONCLUSIVE, "n/a", "needs two or more ranks at one LR", how)
+        return Finding(INCONCLUSIVE, "n/a", f"needs two or more ranks at one LR (lr {rec.lr:g})", how)
     ests = [Estimate(v, se, int(k), src) for v, se, k, src in zip(d["early_rel_diff"], d["early_rel_se"], d["n_seeds"], d["noise"])]
     noise = noise_text(ests, unit=" of the drop", names=list(d["curve"]))
     parts = [f"{c}: {fmt(v, 2)} ({a:.3f} nats)" for c, v, a in zip(d["curve"], d["early_rel_diff"], d["early_max_abs_diff"])]
-    measured = f"early |diff| to {d['reference'].iloc[0]} / loss drop: " + ", ".join(parts)
+    measured = f"at lr {rec.lr:g}, early |diff| to {d['reference'].iloc[0]} / loss drop: " + ", ".join(parts)
     pair = rec.pair
     if pair and pair[0] in set(d["curve"]):
         fd = float(d.set_index("curve").loc[pair[0], "final_diff"])
@@ -524,14 +533,37 @@ def judge_c8(s: Section) -> Finding:
     return Finding(REPRODUCED if worst <= INVARIANCE_TOL else NOT_REPRODUCED, noise, measured, how)
 
 
+def _stored(g: pd.Series) -> bool:
+    """C9's gate at one data size (a row of sections.storage_gate): FullFT's held-out minus re-ask
+    loss exceeds K_SE SE (and MIN_GAP) and is at least STORE_FRAC of the held-out loss."""
+    est = Estimate(float(g["stored"]), float(g["stored_se"]), int(g["n_seeds"]), str(g["noise"]))
+    return bool(est.exceeds(K_SE) and g["stored"] >= STORE_FRAC * g["baseline_loss"])
+
+
+def _gate_text(g: pd.Series) -> str:
+    if not np.isfinite(g["full_lr"]):
+        return f"N={g['num_examples']:g}: no baseline run (FullFT on tiny-facts-heldout) at any of FullFT's LRs"
+    if not np.isfinite(g["stored"]):
+        return f"N={g['num_examples']:g}: no finite loss at LR {g['full_lr']:g} (re-ask {fmt(g['full_loss'])}, held-out " \
+               f"{fmt(g['baseline_loss'])})"
+    return (f"N={g['num_examples']:g}, LR {g['full_lr']:g}: re-ask {fmt(g['full_loss'])} vs held-out {fmt(g['baseline_loss'])} nats "
+            f"(stored {fmt(g['stored'])} +- {fmt(g['stored_se'], 2)}, {g['stored_frac']:.0%} of the held-out loss)")
+
+
 def judge_c9(s: Section) -> Finding:
     rec = record_of(s, CapacityRecord)
-    pts, b = rec.points, rec.bounds
+    pts, b, gate = rec.points, rec.bounds, rec.gate
     how = ("tiny-facts sets of known information content I (bits); at each size, the best LR's final eval loss of each "
            "LoRA size (P parameters) against FullFT's, seed by seed; a LoRA 'matches' when its gap does not exceed "
-           f"{K_SE:g} SE (and {MIN_GAP:g} nats). A matching LoRA bounds the capacity from below (c >= I/P), a failing "
-           f"smaller one from above (c < I/P); 'about 2 bits per parameter' = the bounds allow {BITS_RANGE[0]:g}.."
-           f"{BITS_RANGE[1]:g}. The ~1 bit per token (SL) and per episode (RL) statements are not measured.")
+           f"{K_SE:g} SE (and {MIN_GAP:g} nats). Gate: at every size FullFT must have stored the facts, i.e. its eval "
+           "loss on re-asked training facts is below the no-knowledge loss (the eval loss on unseen facts of FullFT "
+           "trained on the same facts at the same LR and seed, data.name=tiny-facts-heldout), at FullFT's best LR "
+           f"among those both arms ran, by more than {K_SE:g} SE and by at least {STORE_FRAC:.0%} of it; else no miss "
+           "can be read as capacity. The eval loss averages over every answer token (name and template too), so "
+           "the gate shows storage without measuring it in bits (experiments/facts_recall.py does). A matching LoRA "
+           f"bounds the capacity from below (c >= I/P), a failing smaller one from above (c < I/P); 'about 2 bits per "
+           f"parameter' = the bounds allow {BITS_RANGE[0]:g}..{BITS_RANGE[1]:g}. The ~1 bit per token (SL) and per "
+           "episode (RL) statements are not measured.")
     if not len(pts) or pts["matches_full"].isna().all():
         return Finding(INCONCLUSIVE, "n/a", "needs LoRA and FullFT runs on tiny-facts", how)
     ok = pts[pts["matches_full"].notna()]
@@ -544,6 +576,18 @@ def judge_c9(s: Section) -> Finding:
     measured = (f"bits per parameter in [{fmt(lo)}, {fmt(hi)}) (NaN: unbounded); {n_match} of {len(pts)} LoRA sizes match "
                 f"FullFT; predicted (I <= 2P) and observed agree for "
                 f"{int((pts['predicted_fits'] == pts['matches_full']).sum())} of {len(pts)}")
+    # the gate, at every size a LoRA was compared at (each such size has a FullFT curve, hence a gate row)
+    at = gate[gate["num_examples"].isin(set(ok["num_examples"]))]
+    stored_se = [x for x in at["stored_se"] if np.isfinite(x)]
+    if stored_se:
+        span = {fmt(min(stored_se), 2), fmt(max(stored_se), 2)}
+        noise += f"; SE of FullFT's stored gap {'..'.join(sorted(span, key=float))} nats"
+    failed = [g for _, g in at.iterrows() if not _stored(g)]
+    if failed:
+        return Finding(INCONCLUSIVE, noise, "FullFT did not store the facts: " + "; ".join(_gate_text(g) for g in failed)
+                       + f" (the gate needs its held-out minus re-ask loss > {K_SE:g} SE and >= {STORE_FRAC:.0%} of the "
+                       f"held-out loss), so no LoRA miss is read as capacity; not judged: {measured}", how)
+    measured += "; FullFT stored the facts: " + "; ".join(_gate_text(g) for _, g in at.iterrows())
     if pts["edge"].any():
         # the bounds without the points whose best LR is only bounded: still shown, not judged
         rest = capacity_bounds(pts[~pts["edge"].astype(bool)])
@@ -565,6 +609,8 @@ def judge_c9(s: Section) -> Finding:
 
 _SEEDS = f"at least {MIN_SEEDS} seeds, else at most '{SINGLE}'"
 _EDGE = "an optimum at an open edge of the LR grid: inconclusive"
+_EARLY_LR = ("among the grid LRs run at every LoRA rank with every seed, the one nearest in log10 to the median (in "
+             "log10) of the ranks' optimal LRs fitted on the seed means (ties: the lower LR)")
 
 CLAIMS: tuple[Claim, ...] = (
     Claim("C1", "High-rank LoRA and FullFT have the same learning curve; low ranks leave the min-loss curve when the "
@@ -613,11 +659,13 @@ CLAIMS: tuple[Claim, ...] = (
           "otherwise. The measured step-time ratio is printed beside it, not judged (it depends on the machine).",
           f"counted FLOPs ratio in [{C6_RANGE[0]:g}, {C6_RANGE[1]:g}] at the smallest rank; step time shown", judge_c6),
     Claim("C7", "With the alpha/r scaling, curves for different ranks coincide early in training.",
-          "early curves of ranks 1..512 at one LR nearly identical", ("early_rank",),
-          f"reproduced: over the early steps every rank's largest difference to the largest rank, + {K_SE:g} SE across "
-          f"seeds, is within {EARLY_REL:.0%} of the early loss drop; not reproduced: for some rank, minus {K_SE:g} SE, it "
-          f"is beyond; inconclusive otherwise, or with fewer than two ranks. {_SEEDS}.",
-          f"early |diff| / drop + {K_SE:g} SE <= {EARLY_REL:.0%}; {_SEEDS}", judge_c7),
+          "early curves of ranks 1..512 at one LR nearly identical", ("rank", "early_rank"),
+          f"the ranks are compared at one LR, chosen before their curves are: {_EARLY_LR}. Reproduced: over the early "
+          f"steps every rank's largest difference to the largest rank, + {K_SE:g} SE across seeds, is within "
+          f"{EARLY_REL:.0%} of the early loss drop; not reproduced: for some rank, minus {K_SE:g} SE, it is beyond; "
+          f"inconclusive otherwise, with fewer than two ranks, or with no LR run at every rank with every seed. {_SEEDS}.",
+          f"one LR: the shared grid LR nearest the ranks' median optimum; early |diff| / drop + {K_SE:g} SE <= "
+          f"{EARLY_REL:.0%}; {_SEEDS}", judge_c7),
     Claim("C8", "(alpha, init_A, LR_A, LR_B) has only two effective degrees of freedom under Adam (eps = 0).",
           "identical trajectories under (alpha/(pq), p*init_A, p*LR_A, q*LR_B)", ("invariance",),
           f"reproduced: every equivalent variant's trajectory is within {INVARIANCE_TOL:g} nats of its class reference; "
@@ -625,10 +673,17 @@ CLAIMS: tuple[Claim, ...] = (
           f"within-class difference <= {INVARIANCE_TOL:g} nats", judge_c8),
     Claim("C9", "LoRA matches FullFT while it is not capacity-bound; about 2 bits per parameter.",
           "~2 bits per parameter; SL ~1 bit per token, RL ~1 bit per episode", ("capacity",),
-          f"a LoRA size matches FullFT when its gap does not exceed {K_SE:g} SE (and {MIN_GAP:g} nats). Reproduced: the "
-          f"capacity bounds from matching and failing LoRA sizes allow {BITS_RANGE[0]:g}..{BITS_RANGE[1]:g} bits per "
-          f"parameter; not reproduced: they exclude it; inconclusive: they do not bracket it, or {_EDGE.split(':')[0]}.",
-          f"match = gap <= {K_SE:g} SE; bounds allow {BITS_RANGE[0]:g}..{BITS_RANGE[1]:g} bits/param; {_EDGE}", judge_c9),
+          f"gate first: at every data size FullFT must have stored the facts, its eval loss on the re-asked training "
+          f"facts (at its best LR among those the baseline ran) below the no-knowledge loss (FullFT trained on the "
+          f"same facts at the same LR and seed, evaluated on unseen facts: data.name=tiny-facts-heldout) by more "
+          f"than {K_SE:g} SE (and {MIN_GAP:g} "
+          f"nats) and by at least {STORE_FRAC:.0%} of that loss; otherwise inconclusive (FullFT did not store the "
+          f"facts, so no LoRA miss is read as capacity). A LoRA size matches FullFT when its gap does not exceed "
+          f"{K_SE:g} SE (and {MIN_GAP:g} nats). Reproduced: the capacity bounds from matching and failing LoRA sizes "
+          f"allow {BITS_RANGE[0]:g}..{BITS_RANGE[1]:g} bits per parameter; not reproduced: they exclude it; "
+          f"inconclusive: they do not bracket it, or {_EDGE.split(':')[0]}.",
+          f"gate: FullFT's held-out minus re-ask loss > {K_SE:g} SE and >= {STORE_FRAC:.0%} of held-out; match = gap "
+          f"<= {K_SE:g} SE; bounds allow {BITS_RANGE[0]:g}..{BITS_RANGE[1]:g} bits/param; {_EDGE}", judge_c9),
 )
 
 

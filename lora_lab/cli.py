@@ -40,7 +40,8 @@ _started: list[Path] = []
 # returns an exit code; it is imported only when its command runs (keeps `lora-lab --help` fast).
 EXTERNAL = {
     "build-tiny": ("lora_lab.tiny.pretrain", "main", "rebuild the tiny tokenizer and base models"),
-    "sweep": ("lora_lab.sweep", "sweep_main", "run an experiment's grid (local or SLURM), skipping finished runs"),
+    "sweep": ("lora_lab.sweep", "sweep_main", "run an experiment's grid (local or SLURM), skipping finished runs; "
+              "--refine adds LRs around each arm's optimum"),
     "status": ("lora_lab.sweep", "status_main", "table of an experiment's runs by state"),
     "analyze": ("lora_lab.report", "analyze_main", "figures, tables and the claims scorecard from run directories"),
     "reproduce": ("lora_lab.reproduce", "reproduce_main", "run every experiment of a scale, then analyze"),

@@ -180,8 +180,8 @@ class LoraConfig:
     # Paper setting: alpha = 32 for every rank, scale alpha / rank ("LoRA Without Regret", hyperparameters).
     alpha: float = 32.0
     layers: str = "all"
-    # LoRA on the unembedding (lm_head) as well.
-    unembed: bool = False
+    # LoRA on the unembedding (lm_head) as well: the paper's runs did (Tinker's train_unembed=True).
+    unembed: bool = True
     # A ~ U(-s/sqrt(d_in), s/sqrt(d_in)) with s = init_a_scale; 1.0 is peft's default init.
     init_a_scale: float = 1.0
     # Per-matrix LR multipliers (claim C8 varies them); 1.0 is the paper's single LR.
@@ -206,9 +206,10 @@ class OptimConfig:
     batch_size: int = 32
     # Sequences per forward/backward (gradient accumulation); null: automatic (see `micro`).
     micro_batch_size: Optional[int] = None
+    # Tinker's Adam defaults, under which the paper's runs trained (docs/settings.md).
     beta1: float = 0.9
-    beta2: float = 0.999
-    adam_eps: float = 1e-8
+    beta2: float = 0.95
+    adam_eps: float = 1e-12
     weight_decay: float = 0.0
     # Clip the global gradient norm to this value; 0: no clipping (the paper does not clip).
     grad_clip: float = 0.0
@@ -293,6 +294,10 @@ class RLConfig:
     clip_eps: Optional[float] = None
     # Greedy decoding length for eval_accuracy on data.eval_size held-out problems; null: max_new_tokens.
     eval_max_new_tokens: Optional[int] = None
+    # Validation problems held out besides the data.eval_size test problems, scored like them at every
+    # eval (val_accuracy): an arm's LR is chosen on these, the claim judged on the test problems (C5).
+    # 0: none (the LR is then chosen on the test problems themselves).
+    val_size: int = 0
     # Appended to the problem's user turn, e.g. to ask a base model for a \boxed{} answer; null: none.
     instruction: Optional[str] = None
     # How completions are drawn (lora_lab/sampler.py): cache (a decoding loop on the KV cache that
@@ -320,6 +325,8 @@ class RLConfig:
                "must be in (0, 1), or null for no clipping")
         _check(self.eval_max_new_tokens is None or self.eval_max_new_tokens > 0, "rl.eval_max_new_tokens",
                self.eval_max_new_tokens, "must be > 0 (or null for rl.max_new_tokens)")
+        _check(isinstance(self.val_size, int) and self.val_size >= 0, "rl.val_size", self.val_size,
+               "must be an integer >= 0 (validation problems held out besides the test ones; 0: none)")
         _check(self.sampler in RL_SAMPLERS, "rl.sampler", self.sampler, f"choose one of {', '.join(RL_SAMPLERS)}")
         _check(self.sample_batch >= self.group_size, "rl.sample_batch", self.sample_batch,
                f"must be >= rl.group_size={self.group_size} (a prompt's samples share one forward pass)")
@@ -404,6 +411,9 @@ class Config:
             default_bs = OptimConfig.__dataclass_fields__["batch_size"].default
             _check(self.optim.batch_size == default_bs, "optim.batch_size", self.optim.batch_size,
                    f"is unused with task=rl (a step is rl.prompts_per_step x rl.group_size completions); drop it (default {default_bs})")
+            if self.data.name in TINY_DATA_SETS:  # generated in memory, like data.eval_size's rows
+                _check(self.rl.val_size <= MAX_GENERATED_EXAMPLES, "rl.val_size", self.rl.val_size,
+                       f"a generated set has at most {MAX_GENERATED_EXAMPLES:,} examples; lower it")
             # vLLM gets the policy as a LoRA adapter each step; FullFT would have to push every weight.
             _check(self.rl.sampler != "vllm" or self.method == "lora", "rl.sampler", self.rl.sampler,
                    "syncs a LoRA adapter each step and does not take FullFT's full weights; "

@@ -45,6 +45,7 @@ import torch
 
 from lora_lab import answers, hub, token_cache
 from lora_lab.chat import CHAT_TEMPLATE_DIR, IGNORE_INDEX, encode_chat, encode_chats, use_chat_template  # noqa: F401 - re-exported
+from lora_lab.tiny.maths import load_tiny_math
 from lora_lab.tiny.world import TINY_DATASETS
 
 if TYPE_CHECKING:
@@ -389,14 +390,16 @@ def _walk(ds: Any, order: np.ndarray, start: int, want: int | None, cfg: "DataCo
     return keep, pos
 
 
-def load_real(cfg: "DataConfig") -> tuple[Rows, Rows]:
-    """A real data set: a seeded training subset and held-out rows, both in the set's own schema.
+def load_real(cfg: "DataConfig", val_size: int = 0) -> tuple[Rows, ...]:
+    """A real data set: a seeded training subset and held-out rows, both in the set's own schema;
+    with val_size (RL's rl.val_size) a third split, validation rows.
 
     One seeded permutation of the training split; the first data.eval_size usable rows are held
-    out (or drawn from data.eval_split), the next data.num_examples usable rows train (all if null,
-    or if fewer are left: then a note on stderr). The held-out rows are fixed before the training
-    rows are drawn, so num_examples never changes them, and a smaller num_examples trains on a
-    prefix of a larger one."""
+    out (or drawn from data.eval_split), the next val_size usable rows of the same walk are the
+    validation rows, the next data.num_examples usable rows train (all if null, or if fewer are
+    left: then a note on stderr). The held-out rows are fixed before the others are drawn, so
+    neither val_size nor num_examples changes them, and a smaller num_examples trains on a prefix of
+    a larger one."""
     train_ds = _open(cfg, cfg.split, "data.split")
     order = np.random.default_rng(cfg.seed).permutation(len(train_ds))
     tally = _Tally(cfg.name)
@@ -404,11 +407,13 @@ def load_real(cfg: "DataConfig") -> tuple[Rows, Rows]:
         if cfg.eval_split:
             eval_ds = _open(cfg, cfg.eval_split, "data.eval_split")
             eval_order = np.random.default_rng(cfg.seed).permutation(len(eval_ds))
-            held, _ = _walk(eval_ds, eval_order, 0, cfg.eval_size, cfg, tally, cfg.eval_split)
+            held, pos = _walk(eval_ds, eval_order, 0, cfg.eval_size, cfg, tally, cfg.eval_split)
+            val, _ = _walk(eval_ds, eval_order, pos, val_size, cfg, tally, cfg.eval_split) if val_size else ([], pos)
             start = 0
         else:
             eval_ds = train_ds
             held, start = _walk(train_ds, order, 0, cfg.eval_size, cfg, tally, cfg.split)
+            val, start = _walk(train_ds, order, start, val_size, cfg, tally, cfg.split) if val_size else ([], start)
         train, _ = _walk(train_ds, order, start, cfg.num_examples, cfg, tally, cfg.split)
     except UnicodeDecodeError:  # Arrow's JSON reader takes bytes that are not UTF-8; reading the row fails
         problem = _file_problem(Path(cfg.path).expanduser()) if cfg.path else None
@@ -417,18 +422,29 @@ def load_real(cfg: "DataConfig") -> tuple[Rows, Rows]:
     tally.check(cfg.max_bad_fraction)
     if len(held) < cfg.eval_size:
         raise DataError(f"data.eval_size={cfg.eval_size}: {_where(cfg)} has only {len(held)} usable rows to hold out; lower it")
+    if len(val) < val_size:
+        raise DataError(f"rl.val_size={val_size}: {_where(cfg)} has only {len(val)} usable rows to hold out for validation "
+                        f"after the data.eval_size={cfg.eval_size} test rows; lower it")
     if not train:
-        raise DataError(f"data.eval_size={cfg.eval_size}: {_where(cfg)} has no usable rows left to train on; lower it")
+        held_out = f"data.eval_size={cfg.eval_size}" + (f" and rl.val_size={val_size}" if val_size else "")
+        raise DataError(f"{held_out}: {_where(cfg)} has no usable rows left to train on; lower {'them' if val_size else 'it'}")
     if cfg.num_examples and len(train) < cfg.num_examples:
         # A cap, not a demand: a preset's paper-scale size still runs on a small local file.
         print(f"data.{cfg.name}: data.num_examples={cfg.num_examples} but {_where(cfg)} has {len(train)} usable training rows "
               f"after the held-out ones; training on {len(train)}", file=sys.stderr)
+    if val_size:
+        return Rows(train_ds, train), Rows(eval_ds, held), Rows(eval_ds, val)
     return Rows(train_ds, train), Rows(eval_ds, held)
 
 
 # name -> loader(DataConfig) -> (train_rows, eval_rows), rows in the schema of the real set.
 DATASETS: dict[str, Callable[["DataConfig"], tuple[Sequence[dict], Sequence[dict]]]] = {
     **TINY_DATASETS, **{name: load_real for name in REAL_SETS},
+}
+# name -> loader(DataConfig, val_size) -> (train_rows, eval_rows, val_rows): the sets RL trains on
+# (a verifiable reward), which can hold out validation problems besides the test ones (rl.val_size).
+VALIDATION_DATASETS: dict[str, Callable[["DataConfig", int], tuple[Sequence[dict], ...]]] = {
+    "tiny-math": load_tiny_math, **{name: load_real for name in REAL_SETS},
 }
 
 
@@ -631,10 +647,23 @@ class BatchOrder:
         return perm[k * self.batch_size : (k + 1) * self.batch_size]
 
 
-def load_rows(data: "DataConfig") -> tuple[Sequence[dict], Sequence[dict]]:
-    """Training and held-out rows of the configured set; raises DataError (one line) when it cannot
-    be used. Cheap enough to run before any model is loaded."""
-    return DATASETS[data.name](data)
+def load_rows(data: "DataConfig", val_size: int = 0) -> tuple[Sequence[dict], ...]:
+    """Training and held-out rows of the configured set, and with val_size (RL's rl.val_size) a third
+    split: val_size validation rows, disjoint from both and drawn after the held-out rows (which stay
+    what they are without it); raises DataError (one line) when it cannot be used. Cheap enough to
+    run before any model is loaded."""
+    if not val_size:
+        return DATASETS[data.name](data)
+    if data.name not in VALIDATION_DATASETS:
+        raise DataError(f"rl.val_size={val_size}: data={data.name} has no validation split; set rl.val_size=0, or "
+                        f"use one of {', '.join(VALIDATION_DATASETS)}")
+    return VALIDATION_DATASETS[data.name](data, val_size)
+
+
+def run_rows(cfg: "Config") -> tuple[Sequence[dict], ...]:
+    """The rows a run of cfg reads: load_rows of its data set, with the validation split of an RL run
+    (rl.val_size; none for SFT, whose rl.* keys are ignored)."""
+    return load_rows(cfg.data, cfg.rl.val_size if cfg.task == "rl" else 0)
 
 
 def _seq_len_error(cfg: "Config", what: str) -> DataError:
@@ -668,7 +697,7 @@ def rl_prompt_ids(row: dict, tokenizer, instruction: str | None) -> list[int]:
     return list(tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
 
 
-def check_rows(cfg: "Config", rows: tuple[Sequence[dict], Sequence[dict]], tokenizer: Any = None) -> None:
+def check_rows(cfg: "Config", rows: tuple[Sequence[dict], ...], tokenizer: Any = None) -> None:
     """Checks of a run's rows once they are read and before the model loads (lora_lab/launch.py),
     each a DataError naming the key:
 
@@ -676,12 +705,12 @@ def check_rows(cfg: "Config", rows: tuple[Sequence[dict], Sequence[dict]], token
       rl.prompts_per_step problems). A real set may hold fewer rows than data.num_examples, or all
       of a file (num_examples null), so only the rows read can tell;
     - data.max_seq_len (under data.truncation) leaves some training row and some held-out row to
-      train on (task=rl: some held-out prompt fits). The loop would find out only after building
-      the model.
+      train on (task=rl: some held-out prompt fits, and some validation prompt where `rows` has
+      them, load_rows' third split). The loop would find out only after building the model.
 
     The second needs the model's tokenizer (loaded here if not given), not its weights. It stops at
     the first row that passes: one row of each split in a usable config."""
-    train_rows, eval_rows = rows
+    train_rows, eval_rows, *val_rows = rows
     key, need = ("rl.prompts_per_step", cfg.rl.prompts_per_step) if cfg.task == "rl" else ("optim.batch_size", cfg.optim.batch_size)
     if len(train_rows) < need:
         where = _where(cfg.data) if cfg.data.name in REAL_SETS else f"data={cfg.data.name}"
@@ -694,8 +723,9 @@ def check_rows(cfg: "Config", rows: tuple[Sequence[dict], Sequence[dict]], token
     use_chat_template(tokenizer, cfg.data)
     n = cfg.data.max_seq_len
     if cfg.task == "rl":
-        if not any(_prompt_fits(row, tokenizer, cfg) for row in eval_rows):
-            raise DataError(f"data.max_seq_len={n}: every held-out prompt of {cfg.data.name} is longer than {n} tokens; raise it")
+        for split, what in ((eval_rows, "held-out"), *((v, "validation") for v in val_rows)):
+            if not any(_prompt_fits(row, tokenizer, cfg) for row in split):
+                raise DataError(f"data.max_seq_len={n}: every {what} prompt of {cfg.data.name} is longer than {n} tokens; raise it")
         return
     for split, what in ((train_rows, "training"), (eval_rows, "held-out")):
         if not any(_trains(row, tokenizer, cfg.data) for row in split):

@@ -378,18 +378,19 @@ def rl_evals(cfg: Config, steps: int) -> int:
 def rl_sampling_cost(cfg: Config, steps: int, prompt_len: float) -> SamplingCost:
     """Sampling of an RL run of `steps` steps whose prompts have `prompt_len` tokens on average:
     rl.prompts_per_step groups of rl.group_size completions of up to rl.max_new_tokens a step, and
-    data.eval_size greedy completions of up to rl.eval_max_new_tokens (else rl.max_new_tokens) per
-    evaluation."""
+    data.eval_size (+ rl.val_size validation) greedy completions of up to rl.eval_max_new_tokens
+    (else rl.max_new_tokens) per evaluation."""
     rl, lc = cfg.rl, cfg.lora
     kw = dict(method=cfg.method, rank=lc.rank, layers=lc.layers, unembed=lc.unembed, prompt_len=prompt_len)
     group = sampling_flops(cfg.model, **kw, new_tokens=rl.max_new_tokens, samples=rl.group_size,
                            shared_prefill=rl.sampler != "generate")
     eval_new = rl.eval_max_new_tokens or rl.max_new_tokens
     evals = rl_evals(cfg, steps)
-    one_eval = cfg.data.eval_size * sampling_flops(cfg.model, **kw, new_tokens=eval_new)
+    problems = cfg.data.eval_size + rl.val_size
+    one_eval = problems * sampling_flops(cfg.model, **kw, new_tokens=eval_new)
     return SamplingCost(steps * rl.prompts_per_step * group, evals * one_eval,
                         float(steps * rl.prompts_per_step * rl.group_size * rl.max_new_tokens),
-                        float(evals * cfg.data.eval_size * eval_new), evals)
+                        float(evals * problems * eval_new), evals)
 
 
 def run_steps(cfg: Config, rows: int | None) -> int | None:

@@ -15,7 +15,7 @@ from typing import Iterable
 
 from lora_lab import distributed
 from lora_lab.config import Config, ConfigError
-from lora_lab.data import DataError, check_rows, load_rows
+from lora_lab.data import DataError, check_rows, run_rows
 from lora_lab.learner import preflight, summary_from_final
 from lora_lab.runs import FINAL_STATUSES, CorruptFile, ReadOnlyRunDir, RunBusy, RunDir, run_dir, run_id
 from lora_lab.train import train_sft
@@ -41,7 +41,7 @@ def train(cfg: Config) -> dict:
         preflight(cfg)
         # A data set that cannot be used (not available offline, wrong schema, too many malformed rows)
         # raises DataError here: before the run directory is written or the model loaded (CLI exit 2).
-        rows = load_rows(cfg.data)
+        rows = run_rows(cfg)
         check_rows(cfg, rows)  # a batch the rows can fill, a max_seq_len that leaves targets
         rd.lock()
         distributed.barrier()  # rank 0 holds the lock (or has raised RunBusy) before anyone goes on
@@ -118,7 +118,7 @@ def outcome(cfg: Config) -> dict:
         summary = train(cfg)
     except ConfigError as exc:
         return {**out, "status": "config error", "code": EXIT_CONFIG, "error": str(exc)}
-    except DataError as exc:  # before the run starts (load_rows), or recorded as failed
+    except DataError as exc:  # before the run starts (run_rows), or recorded as failed
         record = failure_record([run_dir(cfg)], exc)
         return {**out, "status": "failed" if record else "data error", "code": EXIT_CONFIG, "error": str(exc),
                 "record": str(record) if record else None}

@@ -251,6 +251,8 @@ def summary_from_final(cfg: Config, rid: str, rd: RunDir) -> dict | None:
         summary.update(task="rl", final_reward=sum(tail) / len(tail) if tail else None,
                        final_eval_accuracy=last("eval_accuracy"), base_eval_accuracy=state.get("base_eval_accuracy"),
                        skipped_prompts=state.get("skipped_prompts"))
+        if cfg.rl.val_size:
+            summary.update(final_val_accuracy=last("val_accuracy"), base_val_accuracy=state.get("base_val_accuracy"))
     else:
         summary.update(final_train_loss=last("train_loss"), final_eval_loss=last("eval_loss"))
     return summary

@@ -533,8 +533,9 @@ def _sampling_text(cfg: Config, steps: int, prompt_len: float, s: SamplingCost) 
     rl = cfg.rl
     prefill = "once per sample" if rl.sampler == "generate" else "once per group"
     eval_new = rl.eval_max_new_tokens or rl.max_new_tokens
+    held = f"({cfg.data.eval_size} test + {rl.val_size} validation)" if rl.val_size else f"{cfg.data.eval_size}"
     return (f"{steps:,} steps x {rl.prompts_per_step} prompts x {rl.group_size} samples of up to {rl.max_new_tokens} tokens "
             f"after {prompt_len:.0f}-token prompts (KV cache, prompt prefilled {prefill}) = {_si(s.train_tokens)} tokens: "
-            f"{s.train:.3g} FLOPs forward; held-out: {s.evals} evals x {cfg.data.eval_size} greedy x {eval_new} tokens: "
+            f"{s.train:.3g} FLOPs forward; held-out: {s.evals} evals x {held} greedy x {eval_new} tokens: "
             f"{s.eval:.3g} FLOPs. Lengths at their limits (upper bounds); decoding is memory-bound, so its "
             f"GPU-hours at the training MFU are a lower bound")

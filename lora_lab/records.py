@@ -3,6 +3,7 @@ typed record of the numbers its claims are judged by (lora_lab/claims.py).
 
     sec = analyze_experiment(res, "tiny/rank", out)      # lora_lab/sections.py
     sec.record.ratios                                      # a RankRecord: C1, C2 and C6 read it
+    sec.record.early.diffs                                 # and C7 its EarlyRecord (sections.early_curves)
 
 Every comparison a claim rests on carries its noise: the seeds behind it and a standard error
 (columns such as gap_se, n_seeds, noise; or per-seed tables the rules pair up, noise.paired).
@@ -27,7 +28,7 @@ from lora_lab import figures
 
 @dataclass(frozen=True, slots=True)
 class RankRecord:
-    """Rank curves and LR sweeps (C1, C2, C6)."""
+    """Rank curves and LR sweeps (C1, C2, C6), and the early curves at one of their LRs (C7)."""
 
     departures: pd.DataFrame | None  # curves.departures with a rank column; None without a FullFT curve
     ratios: pd.DataFrame  # curves.lr_ratios of the optima fitted on the seed means of the final losses
@@ -41,6 +42,7 @@ class RankRecord:
     hidden: int | None  # the model's hidden size (None: the model could not be looked up)
     alpha: float  # the LoRA runs' lora.alpha (median; NaN without LoRA runs)
     adapters: pd.DataFrame  # sections.lora_adapters: rank, layer set and lm_head adapter of each LoRA curve
+    early: EarlyRecord  # sections.early_curves: C7 from the rank grid's own LoRA runs at one of its LRs
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,9 +75,11 @@ class RLRecord:
 
 @dataclass(frozen=True, slots=True)
 class EarlyRecord:
-    """Early curves of several ranks at one LR (C7)."""
+    """Early curves of several ranks at one LR (C7): an early_rank experiment's record, and a rank
+    experiment's RankRecord.early."""
 
-    lr: float
+    lr: float  # sections.early_lr; NaN: no LR was run at every rank with every seed
+    chosen: str  # how lr was chosen, or why there is none
     window: int  # the early steps judged
     diffs: pd.DataFrame  # per rank: early difference to the largest rank (mean over seeds, its SE) and final difference
     pair: tuple[str, str]  # the two curves whose final difference is reported
@@ -95,6 +99,7 @@ class CapacityRecord:
 
     points: pd.DataFrame  # per LoRA size and data size: loss, FullFT's, the gap and its SE, matches_full, edge, predicted_fits
     bounds: dict[str, float]  # sections.capacity_bounds: {"low", "high"} bits per parameter
+    gate: pd.DataFrame  # sections.storage_gate, per data size: FullFT's re-ask loss against its held-out (no-knowledge) loss
 
 
 Record = Union[RankRecord, BatchRecord, LayersRecord, RLRecord, EarlyRecord, InvarianceRecord, CapacityRecord]

@@ -6,8 +6,8 @@
 
 Python: `analyze(paths, out) -> dict` (what was written and the verdicts). Each experiment is
 analysed by its kind, read off the basename of its name `<scale>/<figure>`: rank curves and LR
-U-curves (C1, C2, and the step times of C6), batch size (C3), layer placement (C4), RL (C5), early
-curves (C7), invariance (C8) and capacity (C9). The analysis is one chain, each module importing
+U-curves (C1, C2, and the step times of C6, and the early curves of C7 at one of their LRs), batch
+size (C3), layer placement (C4), RL (C5), early curves (C7), invariance (C8) and capacity (C9). The analysis is one chain, each module importing
 only those before it: lora_lab/results.py (run directories -> tables), noise.py (the noise yardstick), curves.py (the maths),
 figures.py, records.py and sections.py (one experiment's figures, tables and record), claims.py
 (the rules C1..C9) and this module, which writes report.md (figures linked), a self-contained
@@ -281,9 +281,10 @@ def verdict_table(verdicts: dict[str, list[dict]]) -> str:
                      for claim, vs in verdicts.items() for v in vs)
 
 
-def script_setup(doc: str, kind: str, argv: list[str] | None = None) -> tuple[Results, Path, list[str]]:
+def script_setup(doc: str, kind: str | tuple[str, ...], argv: list[str] | None = None) -> tuple[Results, Path, list[str]]:
     """Command line of a script in analysis/: `<paths ...> [--out DIR]` -> (results, out, the
-    experiments of `kind`). Exits with status 2 and one line when there is nothing to analyse."""
+    experiments of `kind`, or of any of several kinds). Exits with status 2 and one line when there
+    is nothing to analyse."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+", help="runs directories, experiment directories or run directories")
     p.add_argument("--out", default="figures", help="output directory (default: figures)")
@@ -292,14 +293,15 @@ def script_setup(doc: str, kind: str, argv: list[str] | None = None) -> tuple[Re
         res = load_results(args.paths)
     except ResultsError as exc:
         p.exit(2, f"{p.prog}: {exc}\n")
-    exps = experiments_of(res, kind)
+    kinds = (kind,) if isinstance(kind, str) else kind
+    exps = sorted(e for k in kinds for e in experiments_of(res, k))
     if not exps:
-        p.exit(2, f"{p.prog}: no experiment of kind {kind} (names <scale>/{kind}...) among {len(res.runs)} runs under "
-                  f"{', '.join(args.paths)}\n")
+        p.exit(2, f"{p.prog}: no experiment of kind {'/'.join(kinds)} (names <scale>/{kinds[0]}...) among {len(res.runs)} "
+                  f"runs under {', '.join(args.paths)}\n")
     return res, Path(args.out), exps
 
 
-def script_main(doc: str, kind: str, tables: Sequence[str] = (), argv: list[str] | None = None,
+def script_main(doc: str, kind: str | tuple[str, ...], tables: Sequence[str] = (), argv: list[str] | None = None,
                 each: Callable[[Results, str, Path], None] | None = None) -> int:
     """A script of analysis/: for each experiment of `kind` under the paths on the command line, its
     section (figures and tables under --out), the files written, the named tables and the notes; or

@@ -7,6 +7,14 @@ their checkpoints. Locally the runs go to worker processes that each run one run
     lora-lab reproduce --quick              # smaller grids, fewer steps (~5 min), runs-quick/
     lora-lab reproduce --scale paper launcher=slurm cluster=<profile>   # the paper's grids on a cluster
     lora-lab reproduce --only tiny/rank,tiny/batch    # some experiments only
+    lora-lab reproduce --no-refine          # the grids only
+
+After the grids, the LR grids are refined (`lora-lab sweep --help` and lora_lab/refine.py state the
+rule): each arm of more than one LR gets LRs around its optimum until it is bracketed and narrow,
+for at most --refine-rounds rounds (--quick: one), the rounds of all experiments through one pool
+per round. Experiments whose arms have one LR each (fixed-LR designs such as tiny/invariance) are
+not refined. On SLURM a call submits the grids' missing runs or else the next round, and is run
+again after those jobs end.
 
 Other arguments are Hydra overrides applied to every run (e.g. `run.root=/scratch/runs`).
 """
@@ -19,8 +27,11 @@ import time
 from pathlib import Path
 
 from lora_lab.config import ConfigError
+from lora_lab.refine import REFINE_FACTOR, REFINE_ROUNDS, parse_options
+from lora_lab.runs import FINAL_STATUSES, run_state
 from lora_lab.slurm import Job
-from lora_lab.sweep import expand_jobs, experiment_names, launch_jobs, run_work, split_launcher_args
+from lora_lab.sweep import (add_refine_args, expand_jobs, experiment_names, launch_jobs, refine_grids, run_work,
+                            split_launcher_args)
 
 SCALES = ("tiny", "paper")
 
@@ -38,7 +49,10 @@ def plan(scale: str, quick: bool, overrides: list[str], only: list[str] | None =
 
 def reproduce(scale: str = "tiny", quick: bool = False, overrides: list[str] | None = None, launcher: str = "local",
               cluster: str | None = None, max_parallel: int | None = None, only: list[str] | None = None,
-              out: Path | None = None, analyze_only: bool = False, workers: bool = True) -> int:
+              out: Path | None = None, analyze_only: bool = False, workers: bool = True, refine: bool = True,
+              refine_factor: float = REFINE_FACTOR, refine_rounds: int = REFINE_ROUNDS) -> int:
+    """Every experiment's grid, then (`refine`) the refinement rounds of the arms with more than one LR
+    (at most refine_rounds; --quick: at most one), then the analysis. Returns an exit code."""
     overrides = list(overrides or [])
     if not any(o.startswith("run.root=") for o in overrides):
         # Quick runs differ from the full ones; keep them apart so analyses never mix the two.
@@ -57,8 +71,16 @@ def reproduce(scale: str = "tiny", quick: bool = False, overrides: list[str] | N
     if not analyze_only:
         # Longest runs first: fewer idle workers at the end.
         jobs.sort(key=lambda j: run_work(j.cfg), reverse=True)
+        unfinished = sum(run_state(j.path)["state"] not in FINAL_STATUSES for j in jobs)
         code = launch_jobs(f"reproduce {scale}", jobs, root / scale, launcher, cluster, max_parallel,
                            overrides=overrides, workers=workers)
+        if refine and launcher == "slurm" and unfinished:
+            print(f"reproduce {scale}: the grids' {unfinished} unfinished runs are submitted (or running); run this "
+                  "command again after those jobs end to submit refinement round 1", flush=True)
+        elif refine:
+            code = max(code, refine_grids(f"reproduce {scale}", experiments, root / scale, launcher, cluster,
+                                          max_parallel, overrides=overrides, workers=workers, factor=refine_factor,
+                                          rounds=min(refine_rounds, 1) if quick else refine_rounds, min_lrs=2))
         print(f"runs: {time.monotonic() - t0:.0f} s", flush=True)
     from lora_lab.report import analyze, verdict_table
 
@@ -84,10 +106,14 @@ def reproduce_main(argv: list[str]) -> int:
     p.add_argument("--only", help="comma-separated experiments, e.g. tiny/rank,tiny/batch")
     p.add_argument("--out", type=Path, help="analysis output directory (default <run.root>/<scale>/analysis)")
     p.add_argument("--analyze-only", action="store_true", help="skip the runs; analyze what is there")
+    p.add_argument("--no-refine", dest="refine", action="store_false",
+                   help="run the grids only: no LRs added around the arms' optima")
+    add_refine_args(p, "")
     p.add_argument("overrides", nargs="*", help="launcher=local|slurm, cluster=<profile>, max_parallel=N, "
                    "workers=false (local: a process per run), Hydra overrides")
     args = p.parse_intermixed_args(argv)
+    factor, rounds = parse_options(args.refine_factor, args.refine_rounds)
     launcher, cluster, max_parallel, overrides, workers = split_launcher_args(args.overrides)
     only = [s.strip() for s in args.only.split(",")] if args.only else None
     return reproduce(args.scale, args.quick, overrides, launcher, cluster, max_parallel, only, args.out,
-                     args.analyze_only, workers)
+                     args.analyze_only, workers, args.refine, factor, rounds)

@@ -40,10 +40,16 @@ completion tokens), and `loss`, `finished` (fraction that ended with a terminato
 `zero_adv_groups` (fraction of groups with equal rewards: no signal), `sample_s`, `learn_s`.
 Eval lines: `eval_accuracy` by greedy decoding of the data.eval_size held-out problems at step 0
 (the base model), every train.eval_every steps and at the end, and `eval_solved`, which of them
-("1"/"0" per problem, in the held-out order) for paired comparisons (lora_lab/report.py, C5).
+("1"/"0" per problem, in the held-out order) for paired comparisons (lora_lab/report.py, C5). With
+rl.val_size > 0 the same lines have `val_accuracy` and `val_solved`, the same greedy scoring of
+rl.val_size validation problems: held out after the test problems by the data loader
+(lora_lab/data.py load_rows), so the test problems stay those of rl.val_size=0, and seeded by the
+data config alone, so every arm and train.seed of a sweep scores the same ones. The analysis
+chooses each arm's LR on them and judges C5 on the test problems (lora_lab/sections.py rl_section).
 
 summary.json: as SFT's, plus `final_reward` (mean reward over the last tenth of the steps, at least
-one), `final_eval_accuracy`, `base_eval_accuracy`. Run directory, checkpoint, resume and failure
+one), `final_eval_accuracy`, `base_eval_accuracy` (and with rl.val_size, `final_val_accuracy`,
+`base_val_accuracy`). Run directory, checkpoint, resume and failure
 handling are SFT's (lora_lab/learner.py). A run diverges when the loss or the gradient norm is not
 finite (train.diverge_loss bounds SFT's loss only). In RL, data.max_seq_len bounds the prompt:
 longer prompts are skipped (counted as `skipped_prompts`); completions add rl.max_new_tokens.
@@ -247,23 +253,33 @@ def train_rl(cfg: Config, rid: str, rd: RunDir, rows: tuple) -> dict:
         model, tok = learner.model, learner.tok
         summary.update(trainable_params=learner.trainable_params, total_params=learner.total_params)
         task, rl = reward_task(cfg.data.name), cfg.rl
-        train_rows, eval_rows = rows
+        train_rows, eval_rows, *rest = rows
+        if rl.val_size and not rest:
+            raise ValueError(f"rl.val_size={rl.val_size}: no validation rows were passed; load the rows with "
+                             f"lora_lab.data.run_rows(cfg)")
         train_prompts = PromptCache(train_rows, tok, task, rl.instruction)
-        eval_prompts = [p for p in (encode_prompt(r, tok, task, rl.instruction) for r in eval_rows)
-                        if len(p.ids) <= cfg.data.max_seq_len]
-        if not eval_prompts:
-            raise ValueError(f"data.max_seq_len={cfg.data.max_seq_len}: every held-out prompt is longer; raise it")
+
+        def held_prompts(split: Sequence[dict], what: str) -> list[Prompt]:
+            kept = [p for p in (encode_prompt(r, tok, task, rl.instruction) for r in split)
+                    if len(p.ids) <= cfg.data.max_seq_len]
+            if not kept:
+                raise ValueError(f"data.max_seq_len={cfg.data.max_seq_len}: every {what} prompt is longer; raise it")
+            return kept
+
+        eval_prompts = held_prompts(eval_rows, "held-out")
+        val_prompts = held_prompts(rest[0], "validation") if rl.val_size else []
         order = BatchOrder(len(train_rows), rl.prompts_per_step, order_seed(cfg))
         total = cfg.train.max_steps or cfg.train.epochs * order.steps_per_epoch
         sampler = build_sampler(cfg, learner)
         eval_tokens = rl.eval_max_new_tokens or rl.max_new_tokens
 
-        step, wall, tokens, examples, skipped, base_acc = 0, 0.0, 0, 0, 0, None
+        step, wall, tokens, examples, skipped, base_acc, base_val = 0, 0.0, 0, 0, 0, None, None
         state = resume(cfg, rid, rd, learner)
         if state is not None:
             step, wall, tokens, examples, skipped, base_acc = (state["step"], state["wall_s"], state["tokens"],
                                                                state["examples"], state["skipped_prompts"],
                                                                state["base_eval_accuracy"])
+            base_val = state.get("base_val_accuracy")
         # A fresh start drops the lines of an attempt that died before its first checkpoint (step 0 included).
         run = start_logging(cfg, rid, rd, learner.device, step, keep_upto_step=step if state is not None else -1)
         summary.update(max_steps=total, steps=step)
@@ -275,20 +291,29 @@ def train_rl(cfg: Config, rid: str, rd: RunDir, rows: tuple) -> dict:
                 run.log({k: v for k, v in row.items() if k != "step" and v is not None and not isinstance(v, str)},
                         step=row["step"])
 
-        def evaluate(at: int) -> float:
+        def evaluate(at: int) -> tuple[float, float | None]:
+            """Test accuracy, and validation accuracy (None without rl.val_size), logged in one line."""
             acc, solved = eval_accuracy(sampler, eval_prompts, task, eval_tokens)
-            log({"step": at, "eval_accuracy": acc, "eval_solved": solved})
-            return acc
+            row = {"step": at, "eval_accuracy": acc, "eval_solved": solved}
+            val_acc = None
+            if val_prompts:
+                val_acc, val_solved = eval_accuracy(sampler, val_prompts, task, eval_tokens)
+                row.update(val_accuracy=val_acc, val_solved=val_solved)
+            log(row)
+            return acc, val_acc
 
         def checkpoint(final: bool = False, **extra) -> None:
+            val = {"base_val_accuracy": base_val} if val_prompts else {}
             save_checkpoint(cfg, rd, learner, final, step=step, wall_s=wall, tokens=tokens, examples=examples,
-                            skipped_prompts=skipped, base_eval_accuracy=base_acc, **extra)
+                            skipped_prompts=skipped, base_eval_accuracy=base_acc, **val, **extra)
 
         if base_acc is None:
             sampler.sync(model)
-            base_acc = evaluate(0)
+            base_acc, base_val = evaluate(0)
         summary["base_eval_accuracy"] = base_acc
-        eval_acc = base_acc
+        if val_prompts:
+            summary["base_val_accuracy"] = base_val
+        eval_acc, val_acc = base_acc, base_val
 
         progress = Progress(cfg, total, step, rid[:40], metric="reward")
         status = "completed"
@@ -350,14 +375,14 @@ def train_rl(cfg: Config, rid: str, rd: RunDir, rows: tuple) -> dict:
             log(row)
             progress.update(step, row["reward"])
             if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < total:
-                eval_acc = evaluate(step)
+                eval_acc, val_acc = evaluate(step)
             if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 and step < total:
                 checkpoint()
         progress.close()
 
         if status == "completed":
             sampler.sync(model)
-            eval_acc = evaluate(step)
+            eval_acc, val_acc = evaluate(step)
             if learner.sites:
                 lora_mod.export_peft(learner.sites, cfg.lora, rd.adapter_path, base_reference(cfg.model))
         rewards_seen = [r["reward"] for r in read_metrics(rd.metrics_path) if "reward" in r]
@@ -366,6 +391,8 @@ def train_rl(cfg: Config, rid: str, rd: RunDir, rows: tuple) -> dict:
                        final_eval_accuracy=eval_acc if status == "completed" else None,
                        wall_s=round(wall, 3), launch_wall_s=round(time.monotonic() - t_launch, 3), tokens=tokens,
                        examples=examples, step_time_s=round(wall / step, 5) if step else None)
+        if val_prompts:
+            summary["final_val_accuracy"] = val_acc if status == "completed" else None
         if status == "completed":
             checkpoint(final=True, summary=summary)
         rd.write_summary(summary)

@@ -69,6 +69,7 @@ ADDED_KEYS: tuple[tuple[str, str, object], ...] = (
     ("data", "chat_template", None),
     ("data", "truncation", "head"),
     ("rl", "sample_batch", 256),
+    ("rl", "val_size", 0),
 )
 # Keys of a group that counts which decide where and how a run is placed, not what it computes.
 PLACEMENT_KEYS: tuple[tuple[str, str], ...] = (("rl", "vllm_gpu_memory"),)
@@ -104,8 +105,11 @@ def config_hash(cfg: Config, legacy: bool = False) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
 
-def _fmt(x: float) -> str:
-    return f"{x:.0e}".replace("e-0", "e-").replace("e+0", "e")
+def _fmt(x: float, digits: int = 2) -> str:
+    """An LR for a run id with the significant digits it has, at most `digits`: 1e-3, 1.7e-3."""
+    one = f"{x:.0e}"
+    text = f"{x:.{digits - 1}e}" if digits > 1 and float(f"{x:.{digits - 1}e}") != float(one) else one
+    return text.replace("e-0", "e-").replace("e+0", "e")
 
 
 def run_id(cfg: Config) -> str:
@@ -114,7 +118,7 @@ def run_id(cfg: Config) -> str:
     return run_dir(cfg).name
 
 
-def _make_id(cfg: Config, legacy: bool = False) -> str:
+def _make_id(cfg: Config, legacy: bool = False, lr_digits: int = 2) -> str:
     if cfg.run.id:
         return cfg.run.id
     model = Path(cfg.model.name.rstrip("/")).name
@@ -124,7 +128,7 @@ def _make_id(cfg: Config, legacy: bool = False) -> str:
     else:
         parts += ["full"]
     batch = f"rl{cfg.rl.prompts_per_step}x{cfg.rl.group_size}" if cfg.task == "rl" else f"bs{cfg.optim.batch_size}"
-    parts += [f"lr{_fmt(cfg.optim.lr)}", batch, f"s{cfg.train.seed}", config_hash(cfg, legacy)]
+    parts += [f"lr{_fmt(cfg.optim.lr, lr_digits)}", batch, f"s{cfg.train.seed}", config_hash(cfg, legacy)]
     return "_".join(parts)
 
 
@@ -135,13 +139,17 @@ def legacy_run_id(cfg: Config) -> str:
 
 def run_dir(cfg: Config) -> Path:
     """<run.root>/<run.experiment>/<run id>: where the run of this config lives. A run made when its
-    schedule (checkpoint and eval intervals) was part of its id is found under that id."""
+    schedule (checkpoint and eval intervals) was part of its id is found under that id, and one made
+    while ids showed one digit of the LR (lr2e-3 for 1.7e-3) under that one."""
     base = Path(cfg.run.root) / cfg.run.experiment
     path = base / _make_id(cfg)
     if not path.exists():
-        legacy = base / legacy_run_id(cfg)
-        if legacy != path and legacy.exists():
-            return legacy
+        olds = [legacy_run_id(cfg)]
+        if _fmt(cfg.optim.lr) != _fmt(cfg.optim.lr, 1):
+            olds += [_make_id(cfg, lr_digits=1), _make_id(cfg, legacy=True, lr_digits=1)]
+        for old in olds:
+            if old != path.name and (base / old).exists():
+                return base / old
     return path
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -153,7 +153,9 @@ def hidden_size(model: str) -> int | None:
 
 def rank_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
     """Rank curves (C1), LR U-curves and optimal LRs (C2, with the ratio against training length and
-    the hidden / (2 alpha) prediction), FLOPs' adapters and step times (C6)."""
+    the hidden / (2 alpha) prediction), FLOPs' adapters and step times (C6), and the early curves of
+    the ranks at one of the grid's LRs (C7, early_curves): the runs an early_rank experiment would
+    train again."""
     runs = _sft(runs)
     table = curve_table(runs)
     curves, dep, fig = rank_curves(res, runs, sec.experiment)
@@ -198,7 +200,7 @@ def rank_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
                             step_time=sec.table("step_time", step_times(runs)),
                             ranks=sorted(int(r) for r in table["rank"].dropna().unique()), model=model,
                             seq_len=runs.get("data.max_seq_len", pd.Series([None])).iloc[0], hidden=hidden, alpha=alpha,
-                            adapters=adapters)
+                            adapters=adapters, early=early_curves(res, runs, sec))
 
 
 def lora_adapters(lora: pd.DataFrame) -> pd.DataFrame:
@@ -428,16 +430,43 @@ def paired_outcomes(res: Results, best_runs: pd.DataFrame) -> pd.DataFrame | Non
 # ----------------------------------------------------------------------------- C7
 
 
-def early_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
-    """Curves of several ranks at one LR and their differences to the largest rank (C7)."""
-    runs = _sft(runs)
-    lora = runs[runs["method"] == "lora"]
-    if not len(lora):
-        sec.notes.append("no LoRA runs")
-        return
-    per_lr = lora.groupby("lr")["rank"].nunique()
-    shared = per_lr[per_lr == per_lr.max()].index.sort_values()
-    lr = float(shared[len(shared) // 2])
+EARLY_COLUMNS = ["curve", "rank", "reference", "early_steps", "early_max_abs_diff", "early_loss_drop", "early_rel_diff",
+                 "early_rel_se", "n_seeds", "noise", "final_diff"]
+
+
+def early_lr(lora: pd.DataFrame, optima: Iterable[float]) -> tuple[float, str]:
+    """C7's one LR, by a rule fixed before the curves are compared: among the grid LRs run at every
+    LoRA curve (rank) with every seed of `lora` (labelled runs), the one nearest in log10 to the
+    median, in log10, of `optima` (the curves' optimal LRs fitted on the seed means; ties: the lower
+    LR). Returns (the LR, how it was chosen), or (NaN, why there is none)."""
+    need = lora["curve"].nunique() * lora["seed"].nunique()
+    shared = sorted(float(lr) for lr, g in lora.groupby("lr") if len(set(zip(g["curve"], g["seed"]))) == need)
+    if not shared:
+        return math.nan, (f"no LR was run at every LoRA rank with every seed ({lora['curve'].nunique()} ranks, "
+                          f"{lora['seed'].nunique()} seeds, LRs {', '.join(f'{x:g}' for x in sorted(lora['lr'].unique()))})")
+    best = np.array([x for x in optima if np.isfinite(x) and x > 0], dtype=float)
+    if not len(best):
+        return math.nan, "no LoRA rank has a fitted optimal LR (every run diverged)"
+    target = 10 ** float(np.median(np.log10(best)))
+    # rounded so that an LR half-way in log10 ties exactly; argmin keeps the first, the lower LR
+    i = int(np.argmin([round(abs(math.log10(lr / target)), 9) for lr in shared]))
+    among = "the one LR" if len(shared) == 1 else "the nearest of the LRs"
+    return shared[i], (f"{among} run at every rank with every seed ({', '.join(f'{x:g}' for x in shared)}) to the "
+                       f"ranks' median optimal LR {target:.3g}")
+
+
+def early_curves(res: Results, runs: pd.DataFrame, sec: Section) -> EarlyRecord:
+    """C7 from a section's LoRA runs: the curves of every rank at one LR (early_lr), unsmoothed, and
+    each rank's difference to the largest rank of the same seed early in training, relative to the
+    loss drop; the table `early_curves`, the table `early_differences` and the figure `early_curves`.
+    The early_rank kind and the rank kind (its LR grids hold these runs already) both call it; with
+    no LR shared by every rank and seed the record has lr NaN, `chosen` saying why, and no rows."""
+    lora = _sft(runs)
+    lora = lora[lora["method"] == "lora"]
+    lr, chosen = early_lr(lora, optimal_lrs(lora)["best_lr"]) if len(lora) else (math.nan, "no LoRA runs")
+    if not np.isfinite(lr):
+        sec.notes.append(f"C7: {chosen}")
+        return EarlyRecord(lr=lr, chosen=chosen, window=0, diffs=pd.DataFrame(columns=EARLY_COLUMNS), pair=("", ""))
     at = lora[lora["lr"] == lr]
     table = curve_table(at)
     styles = figures.curve_styles(table)
@@ -470,17 +499,24 @@ def early_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
                      "early_steps": window, "early_max_abs_diff": float(gaps.abs().max().mean()) if len(gaps) else math.nan,
                      "early_loss_drop": float(drops.mean()), "early_rel_diff": est.value, "early_rel_se": est.se,
                      "n_seeds": est.n_seeds, "noise": est.source, "final_diff": float(d.iloc[-1]) if len(d) else math.nan})
-    diffs = sec.table("early_differences", pd.DataFrame(rows, columns=[
-        "curve", "rank", "reference", "early_steps", "early_max_abs_diff", "early_loss_drop", "early_rel_diff",
-        "early_rel_se", "n_seeds", "noise", "final_diff"]))
+    diffs = sec.table("early_differences", pd.DataFrame(rows, columns=EARLY_COLUMNS))
     n_seeds = int(per_seed["seed"].nunique()) if len(per_seed) else 0
     sec.figure("early_curves", figures.curves_figure(
         curves, styles, reference=top, relative=False, diff_label=f"minus {top} (nats)",
         diff_sem=paired_gap_steps(per_seed, refs), title=f"{sec.experiment}: ranks at LR {lr:g}"),
-        f"Train loss of each rank at LR {lr:g} (no smoothing" + (f"; mean of {n_seeds} seeds, band +-1 SE" if n_seeds > 1 else "")
+        f"Train loss of each rank at LR {lr:g}, {chosen} (no smoothing"
+        + (f"; mean of {n_seeds} seeds, band +-1 SE" if n_seeds > 1 else "")
         + f"); lower panel: difference to the largest rank. The early part judged for C7 is the first {window} steps.")
     pair = ("LoRA r16", "LoRA r256") if {16, 256} <= set(ranks) else (table.loc[table["rank"] == ranks[0], "curve"].iloc[0], top)
-    sec.record = EarlyRecord(lr=lr, window=window, diffs=diffs, pair=pair)
+    return EarlyRecord(lr=lr, chosen=chosen, window=window, diffs=diffs, pair=pair)
+
+
+def early_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
+    """Curves of several ranks at one LR and their differences to the largest rank (C7)."""
+    if not (_sft(runs)["method"] == "lora").any():
+        sec.notes.append("no LoRA runs")
+        return
+    sec.record = early_curves(res, runs, sec)
 
 
 # ----------------------------------------------------------------------------- C8
@@ -547,6 +583,11 @@ def invariance_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
 # ----------------------------------------------------------------------------- C9
 
 
+# C9's no-knowledge baseline: FullFT runs on these data train on the same facts as tiny-facts and are
+# evaluated on facts they never saw (lora_lab/tiny/facts.py); they are the gate's reference, not a curve.
+BASELINE_DATA = "tiny-facts-heldout"
+
+
 def information_bits(row: pd.Series) -> float:
     """Information content of a run's training set in bits, where it is known (tiny-facts); NaN otherwise."""
     if not str(row.get("data.name", "")).startswith("tiny-facts") or pd.isna(row.get("data.num_examples")):
@@ -557,7 +598,8 @@ def information_bits(row: pd.Series) -> float:
 
 
 def capacity_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
-    """Final loss vs LoRA parameters for facts sets of several known sizes, against FullFT (C9)."""
+    """Final eval loss vs LoRA parameters for facts sets of several known sizes, against FullFT, and
+    the gate that FullFT stored the facts at all (storage_gate, on the baseline arm's runs) (C9)."""
     runs = _sft(runs).copy()
     loss = pd.to_numeric(runs.get("final_eval_loss"), errors="coerce")
     runs["score"] = loss.where(loss.notna(), runs["final_loss"])
@@ -565,6 +607,12 @@ def capacity_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
     runs["score_sem"] = runs["final_loss_sem"]
     runs.loc[runs["status"] == "diverged", "score"] = math.inf
     runs["bits"] = runs.apply(information_bits, axis=1)
+    # the baseline arm's runs are labelled apart, so that the compared curves keep short labels ("LoRA r1 N=256")
+    held = runs.get("data.name", pd.Series("", index=runs.index)) == BASELINE_DATA
+    baseline, runs = label_runs(runs[held]), label_runs(runs[~held])
+    if not len(runs):
+        sec.notes.append(f"only baseline runs ({BASELINE_DATA}): nothing to compare")
+        return
     best = optimal_lrs(runs.assign(final_loss=runs["score"]), sem=None)
     meta = runs.drop_duplicates("curve").set_index("curve")
     best["num_examples"] = best["curve"].map(meta["data.num_examples"])
@@ -603,7 +651,46 @@ def capacity_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
                                                 hlines=hl, vlines=vl),
                "Final eval loss (re-asked training facts) at the best LR (mean over seeds) vs LoRA parameters, one line "
                "per data size; dashed: FullFT at that size; dotted: the parameter count that holds the set at 2 bits per parameter.")
-    sec.record = CapacityRecord(points=pts, bounds=capacity_bounds(pts))
+    gate = sec.table("capacity_gate", storage_gate(runs, baseline))
+    sec.record = CapacityRecord(points=pts, bounds=capacity_bounds(pts), gate=gate)
+
+
+def storage_gate(runs: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataFrame:
+    """Per data size, whether FullFT stored the facts: its re-ask eval loss against the eval loss on
+    unseen facts (the no-knowledge loss) of FullFT trained on the same facts at the same LR and seed
+    (the baseline arm, data.name=tiny-facts-heldout), paired seed by seed, at FullFT's best LR (lowest
+    seed-mean re-ask loss) among those the baseline arm ran too: an LR refinement scores arms by their
+    train loss and may add different LRs to the two. `stored` is held-out minus re-ask (nats per
+    target token), `stored_frac` that fraction of the held-out loss; NaN where no LR has both arms
+    (claims.judge_c9 reads it as not shown)."""
+    cols = ["num_examples", "full_lr", "full_loss", "baseline_loss", "stored", "stored_se", "stored_frac", "n_seeds",
+            "noise", "baseline_runs"]
+
+    def done(df: pd.DataFrame) -> pd.DataFrame:
+        return df[df["status"].isin(("completed", "diverged")) & (df["method"] == "full")]
+
+    def per_seed(df: pd.DataFrame) -> pd.DataFrame:
+        return df.assign(seed=seed_of(df)).groupby("seed", as_index=False).agg(value=("score", "mean"),
+                                                                                sem=("score_sem", "mean"))
+
+    rows = []
+    full, held = done(runs), done(baseline)
+    for n, f in full.groupby("data.num_examples"):
+        h = held[held["data.num_examples"] == n]
+        shared = [lr for lr in sorted(f["lr"].unique()) if np.isclose(h["lr"], lr).any()]
+        row = {"num_examples": n, "full_lr": math.nan, "full_loss": math.nan, "baseline_loss": math.nan,
+               "stored": math.nan, "stored_se": math.nan, "stored_frac": math.nan, "n_seeds": 0,
+               "noise": "no baseline run at a FullFT LR", "baseline_runs": len(h)}
+        if shared:
+            lr = min(shared, key=lambda x: float(f.loc[np.isclose(f["lr"], x), "score"].mean()))
+            a, b = per_seed(f[np.isclose(f["lr"], lr)]), per_seed(h[np.isclose(h["lr"], lr)])
+            est = paired(b, a)
+            row.update(full_lr=lr, full_loss=float(a["value"].mean()), baseline_loss=float(b["value"].mean()),
+                       n_seeds=est.n_seeds, noise=est.source)
+            if np.isfinite(est.value) and np.isfinite(row["baseline_loss"]) and row["baseline_loss"] > 0:
+                row.update(stored=est.value, stored_se=est.se, stored_frac=est.value / row["baseline_loss"])
+        rows.append(row)
+    return pd.DataFrame(rows, columns=cols)
 
 
 def capacity_bounds(pts: pd.DataFrame) -> dict:

@@ -93,9 +93,9 @@ def _tokenizer(cfg: Any) -> Any:
 
 def rows_shown(cfg: Any, n: int) -> list[dict]:
     """The first n training rows of cfg as show-data prints them (the --json objects)."""
-    from lora_lab.data import encode_rows, load_rows, rl_prompt_ids
+    from lora_lab.data import encode_rows, rl_prompt_ids, run_rows
 
-    train_rows, _ = load_rows(cfg.data)
+    train_rows = run_rows(cfg)[0]
     tok = _tokenizer(cfg)
     rows = [train_rows[i] for i in range(min(n, len(train_rows)))]
     out = []

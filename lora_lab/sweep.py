@@ -21,6 +21,33 @@ stop and stay unfinished (exit code 130, or 143), and the same command resumes t
     lora-lab sweep paper/rank_tulu3_llama8b launcher=slurm cluster=example-gpu --dry-run   # each run's GPUs
     lora-lab status tiny/rank      # or a directory: lora-lab status runs/tiny/rank
 
+Refinement (`--refine`): LR U-curves need points where the optimum is, so after the grid has run,
+learning rates are added around each arm's optimum until it is bracketed and narrow, as ordinary run
+directories of the experiment (listed by `lora-lab status`, read by `lora-lab analyze`). The rule,
+stated before any data (lora_lab/refine.py):
+- an arm is the set of the grid's runs that differ only in optim.lr and train.seed;
+- its score at an LR is the mean over its seeds of what the analysis judges: SFT, the final train
+  loss (mean of the last 10% of steps), lower is better; RL, the final validation accuracy where the
+  runs have it, else the final held-out accuracy, higher is better; a diverged run is the worst. An
+  LR is scored once all of its runs have finished, an arm refined once all of its LRs are;
+- each round, per arm: if the best LR is the lowest (highest), the LR one step below (above) it is
+  added, the step being the arm's smallest ratio between adjacent LRs (sqrt(10) for an arm of one
+  LR); else, if the best LR's neighbours are more than --refine-factor apart (default 4: each within
+  ~2x of the best; a half-decade grid gets one round of midpoints, a decade grid two), the geometric
+  midpoints between the best LR and each neighbour. New LRs are rounded to 2 significant digits
+  (run ids: lr1.7e-3) and skipped if present; their runs copy the arm's config with only optim.lr
+  replaced, once per seed;
+- an arm stops when bracketed and narrow, or after --refine-rounds rounds (default 2).
+Locally the rounds follow one another in one command, each through the same workers (Ctrl-C and
+resume as above); a second `--refine` launches nothing once every arm has stopped. On SLURM each
+command submits what is missing of the grid or else the next round: run it again after those jobs
+end. `--dry-run --refine` shows the grid and, once the grid (or a round) has finished, the runs the
+next round would add.
+
+    lora-lab sweep tiny/rank --refine                     # the grid, then rounds until every arm is bracketed
+    lora-lab sweep tiny/rank --refine --dry-run           # what the next round would add
+    lora-lab sweep tiny/rank --refine --refine-rounds 1 --refine-factor 3.5
+
 On SLURM each run gets the GPUs its arm sets (`launcher.gpus_per_node`, `launcher.nodes` in the
 arm), else the fewest whose memory estimate fits the profile's GPUs (lora_lab/slurm.py place_jobs; docs/sweeps.md).
 Overrides on the command line that name a grid axis replace that axis in the arms that have it
@@ -48,7 +75,9 @@ from lora_lab.checks import check_run_root
 from lora_lab.config import (CONF_DIR, EXPERIMENTS_DIR, Config, ConfigError, check_trainable, compose_dict, from_dictconfig,
                              one_line)
 from lora_lab.pool import SweepInterrupted, interrupt_once, run_pool, run_workers
+from lora_lab.refine import REFINE_FACTOR, REFINE_ROUNDS, found_jobs, next_round, parse_options
 from lora_lab.runs import FINAL_STATUSES, STATES, find_run_dirs, run_dir, run_id, run_state
+from lora_lab.shared import share
 from lora_lab.slurm import Job, arm_requests, cluster_overrides, pack_jobs, place_jobs, placement_note, runs_per_job
 
 LAUNCHERS = ("local", "slurm")
@@ -193,7 +222,7 @@ def status_table(infos: list[dict], names: list[str]) -> str:
     for name, i in sorted(zip(names, infos), key=lambda t: (STATES.index(t[1]["state"]), t[0])):
         last = i.get("last")
         last_s = "" if last is None else f"{last:.4f}"
-        note = i.get("error", "")
+        note = i.get("error", "") or i.get("note", "")
         if i["state"] == "unfinished":
             note = f"resumes from its last checkpoint (step {i.get('step')} logged)"
         lines.append(f"{name:<{width}}  {i['state']:<10} {i.get('step') or '':>6} {last_s:>9}  {note}")
@@ -493,13 +522,28 @@ def _split_args(argv: list[str], prog: str, doc: str) -> tuple[argparse.Namespac
                         "workers=false (local: a process per run)")
     if prog.endswith("sweep"):
         p.add_argument("--dry-run", action="store_true", help="list the runs and their states; launch nothing")
+        add_refine_args(p, "after the grid, add LRs around each arm's optimum until it is bracketed and narrow "
+                           "(the rule above)")
     p.add_argument("--quick", action="store_true", help="the experiment's smaller quick grid (hydra.sweeper.quick)")
     args = p.parse_intermixed_args(argv)
+    if prog.endswith("sweep"):
+        args.refine_factor, args.refine_rounds = parse_options(args.refine_factor, args.refine_rounds)
     arms = [o for o in args.overrides if o.startswith("arms=")]
     args.arms = [a for o in arms for a in o.partition("=")[2].split(",") if a] or None
     args.launcher, args.cluster, args.max_parallel, rest, args.workers = split_launcher_args(
         [o for o in args.overrides if o not in arms])
     return args, rest
+
+
+def add_refine_args(p: argparse.ArgumentParser, what: str) -> None:
+    """--refine (or what `what` says), --refine-factor and --refine-rounds, read as strings: a bad value
+    is a one-line ConfigError (refine.parse_options), not argparse's usage."""
+    if what:
+        p.add_argument("--refine", action="store_true", help=what)
+    p.add_argument("--refine-factor", default=str(REFINE_FACTOR), metavar="F",
+                   help=f"an arm is narrow when its best LR's neighbours are at most F apart (> 1; default {REFINE_FACTOR:g})")
+    p.add_argument("--refine-rounds", default=str(REFINE_ROUNDS), metavar="N",
+                   help=f"at most N refinement rounds per arm (>= 0; default {REFINE_ROUNDS})")
 
 
 def split_launcher_args(argv: list[str]) -> tuple[str, str | None, int | None, list[str], bool]:
@@ -532,13 +576,70 @@ def split_launcher_args(argv: list[str]) -> tuple[str, str | None, int | None, l
 
 def sweep(experiment: str, overrides: Sequence[str] = (), launcher: str = "local", cluster: str | None = None,
           max_parallel: int | None = None, dry_run: bool = False, progress: bool = True, quick: bool = False,
-          arms: Sequence[str] | None = None, workers: bool = True) -> int:
-    """Expand, report, launch what is not done. Returns an exit code (0: every run completed or diverged)."""
+          arms: Sequence[str] | None = None, workers: bool = True, refine: bool = False,
+          refine_factor: float = REFINE_FACTOR, refine_rounds: int = REFINE_ROUNDS) -> int:
+    """Expand, report, launch what is not done; with `refine`, then the refinement rounds
+    (refine_grids). Returns an exit code (0: every run completed or diverged)."""
     if launcher == "slurm":
         cluster_overrides(cluster or "local")  # a bad profile stops here, before anything runs
     _, jobs = expand_jobs(experiment, overrides, quick, arms)
-    return launch_jobs(experiment, jobs, Path(jobs[0].cfg.run.root) / experiment, launcher, cluster, max_parallel,
-                       dry_run, progress, list(overrides), workers=workers)
+    where = Path(jobs[0].cfg.run.root) / experiment
+    unfinished = [j for j in jobs if run_state(j.path)["state"] not in DONE]
+    code = launch_jobs(experiment, jobs, where, launcher, cluster, max_parallel, dry_run, progress, list(overrides),
+                       workers=workers)
+    if not refine:
+        return code
+    if launcher == "slurm" and unfinished and not dry_run:
+        print(f"{experiment}: the grid's {len(unfinished)} unfinished runs are submitted (or running); run this "
+              "command again after those jobs end to submit refinement round 1", flush=True)
+        return code
+    return max(code, refine_grids(experiment, {experiment: jobs}, where, launcher, cluster, max_parallel, dry_run,
+                                  progress, overrides, workers, refine_factor, refine_rounds))
+
+
+def refine_grids(title: str, grids: dict[str, list[Job]], where: Path, launcher: str = "local",
+                 cluster: str | None = None, max_parallel: int | None = None, dry_run: bool = False,
+                 progress: bool = True, overrides: Sequence[str] = (), workers: bool = True,
+                 factor: float = REFINE_FACTOR, rounds: int = REFINE_ROUNDS, min_lrs: int = 1) -> int:
+    """The refinement rounds (lora_lab/refine.py) of grids that have been launched (experiment -> its
+    jobs), the arms of every grid together: each round's runs through one launch_jobs. Locally, round
+    after round until no arm has another, stopping at a round with runs that did not finish (the same
+    command retries them); on SLURM one round, the next one at the next call. Arms with fewer than
+    `min_lrs` LRs are left as they are. Returns an exit code."""
+    code, last = 0, None
+    while True:
+        plans = {name: next_round(js, factor, rounds, min_lrs) for name, js in grids.items()}
+        fixed = [name for name, p in plans.items() if not p.arms]
+        if fixed:
+            print(f"{title}: not refined (no arm with {min_lrs} LRs or more): {', '.join(fixed)}", flush=True)
+        for name, p in plans.items():
+            if p.arms:
+                print(f"{name}: refinement: {p.counts()}", flush=True)
+                for line in p.lines():
+                    print(f"  {line}", flush=True)
+        rounds_now = sorted({p.rounds for p in plans.values() if p.rounds})
+        todo = sorted((j for p in plans.values() for j in p.jobs), key=lambda j: run_work(j.cfg), reverse=True)
+        if not todo:
+            return code
+        label = f"{title} refinement round {'/'.join(rounds_now)}"
+        if {j.path for j in todo} == last:  # launched and still not finished: running in another process
+            print(f"{title}: refinement round {'/'.join(rounds_now)} is not finished (its runs are running "
+                  "elsewhere); run this command again after they end", file=sys.stderr, flush=True)
+            return code
+        last = {j.path for j in todo}
+        code = launch_jobs(label, todo, where, launcher, cluster, max_parallel, dry_run, progress, list(overrides),
+                           workers=workers)
+        if dry_run:
+            return code
+        if launcher == "slurm":
+            runs = f"{len(todo)} run{'s' if len(todo) != 1 else ''}"
+            print(f"{title}: submitted refinement round {'/'.join(rounds_now)} ({runs}); run this command again "
+                  "after those jobs end for the next round", flush=True)
+            return code
+        if code:
+            print(f"{title}: refinement stopped: round {'/'.join(rounds_now)} has runs that did not finish; the same "
+                  "command retries them", file=sys.stderr, flush=True)
+            return code
 
 
 def launch_jobs(title: str, jobs: list[Job], where: Path, launcher: str = "local", cluster: str | None = None,
@@ -550,8 +651,13 @@ def launch_jobs(title: str, jobs: list[Job], where: Path, launcher: str = "local
     todo = [j for j, i in zip(jobs, infos) if i["state"] not in DONE]
     running = [j for j, i in zip(jobs, infos) if i["state"] == "running"]
     counts = {s: sum(i["state"] == s for i in infos) for s in STATES}
+    # A run another experiment has (lora_lab/shared.py): copied if it finished there, else trained once.
+    shared = share(todo, copy=not dry_run)
+    todo = shared.launch
     print(f"{title}: {len(jobs)} runs; " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
           + f"; {len(todo) - len(running)} to launch", flush=True)
+    if shared.note():
+        print(f"{title}: {shared.note()}", flush=True)
     if launcher == "slurm":
         place_jobs(todo, cluster)  # GPUs per run from the arm or the memory estimate
     if dry_run:
@@ -588,7 +694,9 @@ def launch_jobs(title: str, jobs: list[Job], where: Path, launcher: str = "local
         how = f"cluster profile {cluster or 'local'}"
     print(f"launching {len(todo)} runs ({launcher}, {how}); launcher files in {sweep_dir}", flush=True)
     try:
-        with _Watch(jobs, todo=todo, workers=cap if local_workers else None) if progress else contextlib.nullcontext():
+        held = {id(j) for j, _ in shared.held}  # trained by their twins: not work of their own
+        watched = [j for j in jobs if id(j) not in held]
+        with _Watch(watched, todo=todo, workers=cap if local_workers else None) if progress else contextlib.nullcontext():
             if local_workers:
                 problems = run_workers(todo, cap, threads, sweep_dir, on_result=_log_result(sweep_dir / "runs.jsonl"))
             else:
@@ -596,6 +704,11 @@ def launch_jobs(title: str, jobs: list[Job], where: Path, launcher: str = "local
     except SweepInterrupted as exc:
         print(f"{title}: {exc}", file=sys.stderr, flush=True)
         raise
+    if launcher == "slurm" and shared.held:  # their twins were submitted, not trained yet
+        print(f"{title}: {len(shared.held)} runs are copied from their twins' runs once those end: run this "
+              "command again then", flush=True)
+    else:
+        problems = list(problems) + shared.fill()
     final = [run_state(j.path) for j in jobs]
     counts = {s: sum(i["state"] == s for i in final) for s in STATES}
     print(f"{title}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n), flush=True)
@@ -621,15 +734,18 @@ def sweep_main(argv: list[str]) -> int:
     args, overrides = _split_args(argv, "lora-lab sweep", __doc__)
     try:
         return sweep(args.experiment, overrides, args.launcher, args.cluster, args.max_parallel, args.dry_run,
-                     quick=args.quick, arms=args.arms, workers=args.workers)
+                     quick=args.quick, arms=args.arms, workers=args.workers, refine=args.refine,
+                     refine_factor=args.refine_factor, refine_rounds=args.refine_rounds)
     except SweepInterrupted as exc:  # launch_jobs has said what it stopped
         return exc.exit_code
 
 
 def status_main(argv: list[str]) -> int:
     """`lora-lab status <experiment [overrides] | directory>`: exit 1 while any run failed."""
-    args, overrides = _split_args(argv, "lora-lab status", "Runs of an experiment's grid, or of a directory, by state.")
+    args, overrides = _split_args(argv, "lora-lab status", "Runs of an experiment's grid (with the LRs that "
+                                  "`sweep --refine` added to its arms), or of a directory, by state.")
     target = Path(args.experiment)
+    notes: dict[Path, str] = {}
     if not target.is_dir() and args.experiment.startswith(("/", ".", "~")):
         raise ConfigError(f"{args.experiment}: no such directory; give a runs directory or an experiment name")
     if target.is_dir():
@@ -639,7 +755,9 @@ def status_main(argv: list[str]) -> int:
         names = [str(p.relative_to(target.resolve())) for p in paths]
     else:
         _, jobs = expand_jobs(args.experiment, overrides, args.quick, args.arms)
-        paths, names = [j.path for j in jobs], [j.run_id for j in jobs]
-    infos = [run_state(p) for p in paths]
+        found = found_jobs(jobs)  # the arms' runs at the LRs that refinement (or a hand) added to the grid
+        notes = {j.path: "an LR added to the grid (sweep --refine)" for j in found}
+        paths, names = [j.path for j in jobs + found], [j.run_id for j in jobs + found]
+    infos = [{**run_state(p), "note": notes.get(p, "")} for p in paths]
     print(status_table(infos, names))
     return 1 if any(i["state"] in ("failed", "corrupt") for i in infos) else 0

@@ -18,6 +18,7 @@ from lora_lab.config import DataConfig
 from lora_lab.noise import SINGLE_SEED, across_seeds, scatter_se
 from lora_lab.report import analyze
 from lora_lab.results import load_results
+from lora_lab.sections import early_lr
 
 
 # ----------------------------------------------------------------------------- fit_optimum
@@ -102,10 +103,26 @@ def test_departures_against_the_seed_to_seed_noise():
 
 
 def test_kind_of():
-    assert kind_of("tiny/early_rank") == "early_rank"
+    assert kind_of("paper/early_rank_llama1b") == "early_rank"
     assert kind_of("tiny/rank") == "rank" and kind_of("paper/rank_tulu3_llama8b") == "rank"
     assert kind_of("paper/layers_qwen3_30b_a3b") == "layers" and kind_of("paper/rl_math_llama8b") == "rl"
     assert kind_of("tiny/capacity") == "capacity" and kind_of("default") is None
+
+
+def test_early_lr_rule():
+    """C7's LR: among the LRs run at every rank with every seed, the nearest in log10 to the median (in
+    log10) of the ranks' optima; a tie goes to the lower LR; no such LR, or no optimum: none, and why."""
+    runs = pd.DataFrame([(c, s, lr) for c in ("LoRA r1", "LoRA r4") for s in (0, 1) for lr in (1e-3, 1e-2)]
+                        + [("LoRA r1", 0, 3e-3), ("LoRA r4", 0, 3e-3), ("LoRA r4", 1, 3e-3)], columns=["curve", "seed", "lr"])
+    # median 10^-2.5, half-way between 1e-3 and 1e-2; 3e-3 would be nearer but lacks rank 1's seed 1
+    lr, how = early_lr(runs, [1e-3, 1e-2])
+    assert lr == 1e-3 and "(0.001, 0.01)" in how and "median optimal LR 0.00316" in how
+    assert early_lr(runs, [4e-3, 2e-2, 1e-2, math.nan])[0] == 1e-2  # median of the finite ones: 1e-2
+    assert early_lr(runs, [2e-3, 3e-3, 2.9e-3])[0] == 1e-3  # 10^-2.54: 0.46 decades from 1e-3, 0.54 from 1e-2
+    lr, why = early_lr(runs[(runs["curve"] == "LoRA r1") == (runs["lr"] == 1e-3)], [1e-3, 1e-2])
+    assert math.isnan(lr) and why.startswith("no LR was run at every LoRA rank with every seed (2 ranks, 2 seeds")
+    lr, why = early_lr(runs, [math.nan, math.nan])
+    assert math.isnan(lr) and "no LoRA rank has a fitted optimal LR" in why
 
 
 def test_pointwise_min_and_labels(rank_results):
@@ -333,7 +350,8 @@ def test_reproduce_ends_with_the_scorecard_and_the_report_path(rank_results, tmp
 
 @pytest.mark.parametrize("script, files", [("rank_curves", ["rank_curves.png"]),
                                            ("lr_ucurves", ["lr_ucurves.png", "optimal_lr.csv", "lr_ratios.csv"]),
-                                           ("flops", ["flops_and_step_time.csv"])])
+                                           ("flops", ["flops_and_step_time.csv"]),
+                                           ("early_curves", ["early_curves.png", "early_curves.csv", "early_differences.csv"])])
 def test_the_analysis_scripts_draw_what_analyze_draws(rank_results, tmp_path, script, files):
     """Each script of analysis/ is a thin call of the package's one function for its figure."""
     import subprocess

@@ -34,7 +34,7 @@ def test_every_model_preset_composes(preset):
     (["model.name=not-a-model"], "model.name"),
     (["data=nope"], "data=nope"),
     (["method=full", "lora.rank=4"], "lora.rank"),
-    (["method=full", "lora.unembed=true"], "lora.unembed"),
+    (["method=full", "lora.unembed=false"], "lora.unembed"),
     (["method=qlora"], "method"),
     (["logger.wandb=maybe"], "logger.wandb"),
     (["train.max_steps=0"], "train.max_steps"),

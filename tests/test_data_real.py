@@ -88,6 +88,26 @@ def test_subset_is_seeded_held_out_rows_fixed_and_disjoint(real):
     assert load("data.num_examples=12", "data.seed=7") != (train, held)
 
 
+def test_validation_rows_come_after_the_held_out_ones(real):
+    """RL's rl.val_size: the next usable rows of the seeded walk after the held-out (test) rows, which
+    stay what they were; training rows are drawn after both."""
+    def load(*overrides, val_size=0):
+        return [list(split) for split in load_rows(real("gsm8k", "data.eval_size=5", "data.num_examples=12", *overrides).data,
+                                                   val_size)]
+
+    train, held = load()
+    val_train, val_held, val = load(val_size=4)
+    assert val_held == held and len(val) == 4 and len(val_train) == 12
+    # The walk: held-out rows, then validation rows, then training rows.
+    assert val == train[:4] and val_train[:8] == train[4:]
+    questions = [{r["question"] for r in split} for split in (val_train, val_held, val)]
+    assert not questions[2] & questions[0] and not questions[2] & questions[1]
+    with pytest.raises(DataError, match=r"^rl\.val_size=40: .* only \d+ usable rows to hold out for validation"):
+        load(val_size=40)
+    with pytest.raises(DataError, match=r"^data\.eval_size=5 and rl\.val_size=23: .* no usable rows left to train on; lower them"):
+        load(val_size=23)
+
+
 def test_rows_hold_indices_not_text(real):
     train, _ = load_rows(real("openthoughts3", "data.eval_size=4", "data.num_examples=5").data)
     assert len(train.indices) == 5 and all(isinstance(i, int) for i in train.indices)

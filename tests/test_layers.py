@@ -124,59 +124,75 @@ def test_the_names_config_checks_against_are_the_registries():
 
 
 # Recorded with the package as it was before it was reorganised into layers (`expand` of each
-# experiment; first, middle and last run of the grid).
+# experiment; first, middle and last run of the grid, all seed 0). Those runs trained without the
+# lm_head adapter, with Adam's beta2 0.999 and eps 1e-8 (the defaults since are the paper's: an
+# lm_head adapter, beta2 0.95, eps 1e-12) and before tiny/rl logged a validation split: relaunched
+# with those settings, each grid point lands in its recorded run. (arm, the grid point, recorded id.)
+BEFORE = ["optim.beta2=0.999", "optim.adam_eps=1e-8", "train.seed=0"]
 RECORDED_RUN_IDS = {
-    "tiny/rank": ["tiny-llama_tiny-tulu_lora-r1-all_lr1e-3_bs32_s0_5c8aecfb",
-                  "tiny-llama_tiny-tulu_lora-r16-all_lr3e-3_bs32_s0_dbe1f8ec",
-                  "tiny-llama_tiny-tulu_full_lr3e-3_bs32_s0_5f3fcef6"],
-    "tiny/rl": ["tiny-llama_tiny-math_lora-r1-all_lr1e-4_rl16x8_s0_4f10c73e",
-                "tiny-llama_tiny-math_lora-r32-all_lr1e-4_rl16x8_s0_fc975387",
-                "tiny-llama_tiny-math_full_lr1e-4_rl16x8_s0_e90c67ca"],
-    "tiny/layers": ["tiny-llama_tiny-tulu_lora-r8-attn_lr1e-3_bs32_s0_1b70d2b2",
-                    "tiny-llama_tiny-tulu_lora-r8-all_lr3e-3_bs32_s0_70050fce",
-                    "tiny-llama_tiny-tulu_full_lr3e-3_bs32_s0_5f3fcef6"],
-    "tiny/batch": ["tiny-llama_tiny-tulu_lora-r4-all_lr1e-3_bs8_s0_6bba0800",
-                   "tiny-llama_tiny-tulu_full_lr3e-4_bs8_s0_140c01a3",
-                   "tiny-llama_tiny-tulu_full_lr3e-3_bs128_s0_9a819dee"],
-    "tiny/invariance": ["tiny-llama_tiny-tulu_lora-r8-all_lr3e-3_bs32_s0_9bc55339",
-                        "tiny-llama_tiny-tulu_lora-r8-all_lr3e-3_bs32_s0_85c4b8df",
-                        "tiny-llama_tiny-tulu_lora-r8-all_lr3e-3_bs32_s0_3193b28a"],
-    "tiny/capacity": ["tiny-llama_tiny-facts_lora-r1-all_lr1e-2_bs32_s0_e952a297",
-                      "tiny-llama_tiny-facts_lora-r8-all_lr1e-2_bs32_s0_c3580a3f",
-                      "tiny-llama_tiny-facts_full_lr1e-3_bs32_s0_7c1fed51"],
-    "tiny/early_rank": ["tiny-llama_tiny-tulu_lora-r1-all_lr3e-3_bs32_s0_f9755978",
-                        "tiny-llama_tiny-tulu_lora-r16-all_lr3e-3_bs32_s0_dbe1f8ec",
-                        "tiny-llama_tiny-tulu_lora-r64-all_lr3e-3_bs32_s0_cbe3a7c2"],
+    "tiny/rank": [("lora", ["lora.rank=1", "optim.lr=1e-3"], "tiny-llama_tiny-tulu_lora-r1-all_lr1e-3_bs32_s0_5c8aecfb"),
+                  ("lora", ["lora.rank=16", "optim.lr=3e-3"], "tiny-llama_tiny-tulu_lora-r16-all_lr3e-3_bs32_s0_dbe1f8ec"),
+                  ("full", ["optim.lr=3e-3"], "tiny-llama_tiny-tulu_full_lr3e-3_bs32_s0_5f3fcef6")],
+    "tiny/rl": [("lora", ["lora.rank=1", "optim.lr=1e-4", "rl.val_size=0"], "tiny-llama_tiny-math_lora-r1-all_lr1e-4_rl16x8_s0_4f10c73e"),
+                ("lora", ["lora.rank=32", "optim.lr=1e-4", "rl.val_size=0"], "tiny-llama_tiny-math_lora-r32-all_lr1e-4_rl16x8_s0_fc975387"),
+                ("full", ["optim.lr=1e-4", "rl.val_size=0"], "tiny-llama_tiny-math_full_lr1e-4_rl16x8_s0_e90c67ca")],
+    "tiny/layers": [("lora", ["lora.layers=attn", "optim.lr=1e-3"], "tiny-llama_tiny-tulu_lora-r8-attn_lr1e-3_bs32_s0_1b70d2b2"),
+                    ("lora", ["lora.layers=all", "optim.lr=3e-3"], "tiny-llama_tiny-tulu_lora-r8-all_lr3e-3_bs32_s0_70050fce"),
+                    ("full", ["optim.lr=3e-3"], "tiny-llama_tiny-tulu_full_lr3e-3_bs32_s0_5f3fcef6")],
+    "tiny/batch": [("lora", ["optim.batch_size=8", "optim.lr=1e-3"], "tiny-llama_tiny-tulu_lora-r4-all_lr1e-3_bs8_s0_6bba0800"),
+                   ("full", ["optim.batch_size=8", "optim.lr=3e-4"], "tiny-llama_tiny-tulu_full_lr3e-4_bs8_s0_140c01a3"),
+                   ("full", ["optim.batch_size=128", "optim.lr=3e-3"], "tiny-llama_tiny-tulu_full_lr3e-3_bs128_s0_9a819dee")],
+    "tiny/invariance": [("base", [], "tiny-llama_tiny-tulu_lora-r8-all_lr3e-3_bs32_s0_9bc55339"),
+                        ("p0.5_q2", [], "tiny-llama_tiny-tulu_lora-r8-all_lr3e-3_bs32_s0_85c4b8df"),
+                        ("control", [], "tiny-llama_tiny-tulu_lora-r8-all_lr3e-3_bs32_s0_3193b28a")],
+    "tiny/capacity": [("lora_r1", ["lora.rank=1", "optim.lr=1e-2", "data.num_examples=256", "train.epochs=4"],
+                       "tiny-llama_tiny-facts_lora-r1-all_lr1e-2_bs32_s0_e952a297"),
+                      ("lora_r8", ["lora.rank=8", "optim.lr=1e-2", "data.num_examples=2048", "train.epochs=4"],
+                       "tiny-llama_tiny-facts_lora-r8-all_lr1e-2_bs32_s0_c3580a3f"),
+                      ("full", ["optim.lr=1e-3", "data.num_examples=2048", "train.epochs=4"],
+                       "tiny-llama_tiny-facts_full_lr1e-3_bs32_s0_7c1fed51")],
 }
+
+
+def _recorded_point(experiment: str, arm: str, point: list[str], root) -> object:
+    from lora_lab.sweep import expand
+
+    before = BEFORE + (["lora.unembed=false"] if arm != "full" else [])  # FullFT has no LoRA keys
+    if experiment == "tiny/invariance":
+        before = [o for o in before if not o.startswith("optim.adam_eps")]  # eps 0: the experiment's own
+    cfgs = expand(experiment, [f"run.root={root}", *before, *point], arms=[arm])
+    assert len(cfgs) == 1, [c.run for c in cfgs]
+    return cfgs[0]
 
 
 @pytest.mark.parametrize("experiment", sorted(RECORDED_RUN_IDS))
 def test_runs_of_the_tiny_experiments_made_before_are_found_again(experiment, tmp_path):
-    """Their ids as recorded, and a relaunch of the grid lands in them. (The checkpoint and eval
-    intervals have left the identity since, so grids that set them get new ids for new runs.)"""
+    """Their ids as recorded, and a relaunch of the grid point lands in them. (The checkpoint and
+    eval intervals have left the identity since, so grids that set them get new ids for new runs.)"""
     from lora_lab.runs import legacy_run_id, run_dir
-    from lora_lab.sweep import expand
 
-    cfgs = expand(experiment, [f"run.root={tmp_path}"])
-    picked = (cfgs[0], cfgs[len(cfgs) // 2], cfgs[-1])
-    assert [legacy_run_id(c) for c in picked] == RECORDED_RUN_IDS[experiment]
-    for cfg, rid in zip(picked, RECORDED_RUN_IDS[experiment]):
+    for arm, point, rid in RECORDED_RUN_IDS[experiment]:
+        cfg = _recorded_point(experiment, arm, point, tmp_path)
+        assert legacy_run_id(cfg) == rid
         (tmp_path / cfg.run.experiment / rid).mkdir(parents=True)
-    assert [run_dir(c).name for c in picked] == RECORDED_RUN_IDS[experiment]
+        assert run_dir(cfg).name == rid
 
 
 def test_quick_run_ids_are_unchanged():
     from lora_lab.runs import legacy_run_id
     from lora_lab.sweep import expand
 
-    cfgs = expand("tiny/rank", quick=True)
-    assert [legacy_run_id(cfgs[0]), legacy_run_id(cfgs[-1])] == [
-        "tiny-llama_tiny-tulu_lora-r1-all_lr3e-4_bs32_s0_814628e2", "tiny-llama_tiny-tulu_full_lr3e-3_bs32_s0_630e225c"]
+    cfgs = expand("tiny/rank", ["optim.beta2=0.999", "optim.adam_eps=1e-8"], quick=True)
+    assert legacy_run_id(cfgs[-1]) == "tiny-llama_tiny-tulu_full_lr3e-3_bs32_s0_630e225c"
+    cfgs = expand("tiny/rank", ["optim.beta2=0.999", "optim.adam_eps=1e-8", "lora.unembed=false"], quick=True, arms=["lora"])
+    assert legacy_run_id(cfgs[0]) == "tiny-llama_tiny-tulu_lora-r1-all_lr3e-4_bs32_s0_814628e2"
 
 
-def test_runs_with_the_default_schedule_keep_their_ids():
+def test_runs_with_the_default_schedule_keep_their_ids(tmp_path):
     from lora_lab.runs import run_id
-    from lora_lab.sweep import expand
 
-    cfgs = expand("tiny/rl")  # eval and checkpoint every 50 steps: the defaults
-    assert [run_id(c) for c in (cfgs[0], cfgs[len(cfgs) // 2], cfgs[-1])] == RECORDED_RUN_IDS["tiny/rl"]
+    # eval and checkpoint every 50 steps: the defaults
+    for arm, point, rid in RECORDED_RUN_IDS["tiny/rl"]:
+        assert run_id(_recorded_point("tiny/rl", arm, point, tmp_path)) == rid
+
+

@@ -43,7 +43,7 @@ def test_trainable_params_equal_rank_times_dims(layers, unembed):
 def test_moe_experts_get_per_expert_rank_rank_over_active():
     model, _ = _model("tiny-moe")
     cfg = model.config
-    sites = apply_lora(model, LoraConfig(rank=8, layers="mlp"))
+    sites = apply_lora(model, LoraConfig(rank=8, layers="mlp", unembed=False))
     per_expert = 8 // cfg.num_experts_per_tok
     expected = cfg.num_hidden_layers * cfg.num_experts * per_expert * (
         (cfg.hidden_size + 2 * cfg.moe_intermediate_size) + (cfg.moe_intermediate_size + cfg.hidden_size))
@@ -138,7 +138,7 @@ def test_k_adapters_equal_k_separate_runs():
 
 def test_lr_multipliers_split_a_and_b():
     model, _ = _model()
-    apply_lora(model, LoraConfig(rank=2, layers="attn"))
+    apply_lora(model, LoraConfig(rank=2, layers="attn", unembed=False))
     a, b = param_groups(model, 1e-3, 0.5, 4.0)
     assert a["lr"] == pytest.approx(5e-4) and b["lr"] == pytest.approx(4e-3)
     assert len(a["params"]) == len(b["params"]) == 4 * model.config.num_hidden_layers

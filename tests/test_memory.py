@@ -46,7 +46,8 @@ def _model(kind: str, path: str, layers: str = "all", rank: int = 8):
     model.train()
     sites = []
     if method == "lora":
-        sites = apply_lora(model, LoraConfig(rank=rank, layers=layers))
+        # The layers' adapters only: the head's (memory.head_activation_bytes) are estimated apart.
+        sites = apply_lora(model, LoraConfig(rank=rank, layers=layers, unembed=False))
         for s in sites:
             s.module.in_base_dtype = in_base
     else:

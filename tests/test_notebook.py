@@ -26,7 +26,7 @@ def test_notebook_executes(rank_results, tmp_path, monkeypatch):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) == 3  # rank curves, LR U-curves, invariance
+    assert len(images) == 4  # rank curves, LR U-curves, early curves (C7), invariance
     text = json.dumps([o.get("data", {}).get("text/plain", "") for o in outputs])
     assert "reproduced" in text and "LoRA r16" in text
     assert (tmp_path / "out" / "report.html").is_file()

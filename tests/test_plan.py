@@ -199,8 +199,8 @@ def test_rl_sampling_cost_counts_the_steps_groups_and_evaluations():
     cfg = compose(["task=rl", "data=tiny-math", "rl.prompts_per_step=16", "rl.group_size=8", "rl.max_new_tokens=48",
                    "rl.eval_max_new_tokens=32", "data.eval_size=256", "train.max_steps=200", "train.eval_every=50"])
     cost = plan.rl_sampling_cost(cfg, 200, 30.0)
-    group = plan.sampling_flops("tiny-llama", "lora", 8, "all", False, prompt_len=30, new_tokens=48, samples=8)
-    one = plan.sampling_flops("tiny-llama", "lora", 8, "all", False, prompt_len=30, new_tokens=32)
+    group = plan.sampling_flops("tiny-llama", "lora", 8, "all", True, prompt_len=30, new_tokens=48, samples=8)
+    one = plan.sampling_flops("tiny-llama", "lora", 8, "all", True, prompt_len=30, new_tokens=32)
     assert cost.evals == 5  # step 0, steps 50, 100, 150, the end
     assert cost.train == 200 * 16 * group and cost.eval == 5 * 256 * one and cost.total == cost.train + cost.eval
     assert (cost.train_tokens, cost.eval_tokens) == (200 * 16 * 8 * 48, 5 * 256 * 32)
@@ -315,10 +315,13 @@ def test_fit_exact_points_and_standard_errors_by_monte_carlo():
 
 def test_capacity_arithmetic_and_smallest_rank():
     cfg = compose(["data=tiny-facts", "lora.rank=1"])
-    per_rank_bits = 2 * 7104  # tiny-llama, all layers: 7,104 parameters per rank
+    # tiny-llama, all layers and the lm_head adapter: 7,104 + 2,176 (128 + a 2,048-token vocabulary) per rank
+    per_rank_bits = 2 * 9280
     cap = plan.capacity_check(cfg, bits=2048 * 19.9658)  # tiny-facts' 2048 facts: 40.9 kbit
-    assert cap.params == 7104 and cap.capacity_bits == per_rank_bits and not cap.fits and not cap.upper_bound
-    assert cap.min_rank == 4  # a power of 2: 2 x 14,208 < 40,887 <= 4 x 14,208
+    assert cap.params == 9280 and cap.capacity_bits == per_rank_bits and not cap.fits and not cap.upper_bound
+    assert cap.min_rank == 4  # a power of 2: 2 x 18,560 < 40,887 <= 4 x 18,560
+    assert plan.capacity_check(compose(["data=tiny-facts", "lora.rank=1", "lora.unembed=false"]),
+                               bits=2048 * 19.9658).params == 7104
     assert plan.capacity_check(cfg, bits=1e9).min_rank is None
     rl = plan.capacity_check(cfg, episodes=5000)  # RL: ~1 bit per episode
     assert rl.bits == 5000 and rl.fits and rl.min_rank == 1
@@ -391,7 +394,7 @@ def test_c7_first_update_does_not_depend_on_rank(small):
     for r in (4, 64):
         drops[r], tensors = _first_update(small(*base, f"lora.rank={r}"))
         b = [v for k, v in tensors.items() if k.endswith("lora_B.weight")]
-        assert len(b) == 7 * 3 and all(torch.allclose(x.abs(), torch.full_like(x, 1e-3)) for x in b)  # 7 matrices x 3 layers
+        assert len(b) == 7 * 3 + 1 and all(torch.allclose(x.abs(), torch.full_like(x, 1e-3)) for x in b)  # 7 x 3 layers, lm_head
     assert drops[64] == pytest.approx(drops[4], rel=0.1) and drops[4] > 0.1
     # Control: alpha growing with the rank (no 1/r) puts rank 64 at 16x rank 4's scale, and its first
     # step lands elsewhere entirely (on the shipped tiny-llama it overshoots: the loss rises).
@@ -418,10 +421,10 @@ def test_plan_prints_the_table_offline(capsys):
     assert all(n in text for n in ("218M", "453M", "671M", "705M"))
     assert "lora 2.86e-04, full 2.86e-05" in text
     # Tulu3 is not readable here: 100,000 rows at max_seq_len 2048, 1 bit per token = 204.8 Mbit;
-    # all layers hold 2 x 2,621,440 bits per rank -> 39.1 -> rank 64.
+    # all layers and the lm_head adapter hold 2 x (2,621,440 + 132,352) bits per rank -> 37.2 -> rank 64.
     assert "data 205Mbit" in text and "smallest sufficient rank 64" in text
     steps, tokens = 100_000 // 32, 100_000 // 32 * 32 * 2048
-    flops = plan.flops_per_token("llama-3.1-8b", "lora", 128, "all", 2048).total * tokens
+    flops = plan.flops_per_token("llama-3.1-8b", "lora", 128, "all", 2048, unembed=True).total * tokens
     assert f"{steps:,} steps" in text and f"{plan.gpu_hours(flops, 'a100', 0.5):.3g} GPU-hours (a100, MFU 0.5)" in text
 
 

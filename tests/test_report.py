@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import STEPS, antithetic, decay, make_config, make_invariance, make_rank_results, write_run
+from conftest import STEPS, antithetic, decay, make_config, make_invariance, make_rank_results, u_curve_losses, write_run
 
 from lora_lab import claims
 from lora_lab.claims import (CLAIMS, INCONCLUSIVE, NOT_REPRODUCED, NOT_RUN, REPRODUCED, SINGLE, judge, judge_c3,
@@ -25,6 +25,7 @@ from lora_lab.sections import Section, capacity_bounds, run_sections
 from lora_lab.tiny.facts import bits_per_fact
 
 GRID = (1e-3, 3e-3, 1e-2)
+EARLY_RANK = "paper/early_rank_llama1b"  # the hand-made early_rank experiment's name
 SEEDS = (0, 1)  # a seed pair with antithetic noise: seed means are the noise-free curves (conftest.antithetic)
 NOISE = 0.005  # per-step seed noise of the hand-made losses (nats)
 
@@ -154,16 +155,21 @@ def test_c5_cannot_decide(tmp_path, case, verdict, shown):
 
 
 def make_early(root: Path, early_gap: float = 0.001, seeds: tuple[int, ...] = SEEDS) -> None:
+    """An early_rank experiment (the paper scale keeps one): ranks at one LR, apart by `early_gap` nats
+    early on (rank 1 most) and by up to 0.2 nats from step 20 on."""
     for seed in seeds:
         for rank in (1, 4, 16, 64):
             gap = (64 - rank) / 64
             losses = [1 + 7 * decay(t) + early_gap * gap + 0.2 * gap * max(0, t - 20) / 30 + antithetic(NOISE, seed, rank, t)
                       for t in range(1, STEPS + 1)]
-            write_run(make_config(root, "tiny/early_rank", rank=rank, lr=3e-3, seed=seed), losses)
+            write_run(make_config(root, EARLY_RANK, rank=rank, lr=3e-3, seed=seed), losses)
 
 
-def make_capacity(root: Path, seeds: tuple[int, ...] = SEEDS, lora_best: float = 3e-3) -> None:
-    """LoRA of P parameters matches FullFT exactly when it holds the set at 2 bits per parameter."""
+def make_capacity(root: Path, seeds: tuple[int, ...] = SEEDS, lora_best: float = 3e-3, bits_per_param: float = 2.0,
+                  stored: float | None = 1.5, baseline_lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3)) -> None:
+    """LoRA of P parameters matches FullFT exactly when it holds the set at `bits_per_param`; FullFT's
+    loss on unseen facts (the baseline arm, tiny-facts-heldout, at `baseline_lrs`) is `stored` nats
+    above its re-ask loss at the same LR (about 1 nat at FullFT's best LR, 3e-4; None: no baseline arm)."""
     for seed in seeds:
         for n in (100, 1000):
             data = DataConfig(name="tiny-facts", num_examples=n)
@@ -171,9 +177,13 @@ def make_capacity(root: Path, seeds: tuple[int, ...] = SEEDS, lora_best: float =
             for lr in (1e-4, 3e-4, 1e-3):
                 write_run(make_config(root, "tiny/capacity", "full", lr=lr, data=data, seed=seed),
                           trajectory(lr, 3e-4, seed=seed, noise=NOISE, key=("full", n)), trainable=10**6)
+                if stored is not None and lr in baseline_lrs:
+                    write_run(make_config(root, "tiny/capacity", "full", lr=lr, seed=seed,
+                                          data=DataConfig(name="tiny-facts-heldout", num_examples=n)),
+                              trajectory(lr, 3e-4, stored, seed=seed, noise=NOISE, key=("held", n)), trainable=10**6)
             for rank in (1, 2, 4, 8, 32):
                 params = 500 * rank
-                offset = 0.0 if 2 * params >= bits else 0.3
+                offset = 0.0 if bits_per_param * params >= bits else 0.3
                 for lr in GRID:
                     write_run(make_config(root, "tiny/capacity", rank=rank, lr=lr, data=data, seed=seed),
                               trajectory(lr, lora_best, offset, seed=seed, noise=NOISE, key=(rank, n)), trainable=params)
@@ -200,7 +210,10 @@ def full_report(tmp_path_factory):
 def test_every_claim_judged_on_known_data(full_report):
     result, out = full_report
     verdicts = {c: [v["verdict"] for v in vs] for c, vs in result["verdicts"].items()}
-    assert verdicts == {c.id: [REPRODUCED] for c in CLAIMS}, result["verdicts"]
+    # C7 twice: on the early_rank experiment, and on the rank experiment's own grid
+    assert verdicts == {c.id: [REPRODUCED] * (2 if c.id == "C7" else 1) for c in CLAIMS}, result["verdicts"]
+    assert [v["experiment"] for v in result["verdicts"]["C7"]] == [EARLY_RANK, "tiny/rank"]
+    assert "2 seeds" in result["verdicts"]["C7"][1]["noise"]
     by = {c: vs[0] for c, vs in result["verdicts"].items()}
     assert "r1: 5x" in by["C2"]["measured"] and "median (rank >= 4) 10x" in by["C2"]["measured"]
     assert "bits per parameter in [2, 3.99)" in by["C9"]["measured"]
@@ -227,13 +240,14 @@ def test_report_files(full_report):
         assert (out / png).is_file()
     html = (out / "report.html").read_text()
     # self-contained: every image is embedded, nothing is loaded from elsewhere
-    assert html.count("data:image/png;base64,") == md.count("![") == len(list(out.glob("*/*/*.png"))) == 12
+    assert html.count("data:image/png;base64,") == md.count("![") == len(list(out.glob("*/*/*.png"))) == 13
     assert not re.search(r'(src|href)="(?!data:|#)', html)
     rl = pd.read_csv(out / "tiny" / "rl" / "optimal_lr_rl.csv")
     assert rl["best_lr"].tolist() == pytest.approx([3e-3] * 3)
     assert set(pd.read_csv(out / "optimal_lr.csv")["experiment"]) == {"tiny/rank", "tiny/batch", "tiny/layers"}
-    for kind in ("batch", "layers", "rl", "early_rank", "invariance", "capacity"):
+    for kind in ("batch", "layers", "rl", "invariance", "capacity"):
         assert list((out / "tiny" / kind).glob("*.png")), kind
+    assert (out / EARLY_RANK / "early_curves.png").is_file() and (out / "tiny" / "rank" / "early_curves.png").is_file()
     csv = pd.read_csv(out / "verdicts.csv")
     assert list(csv.columns) == ["claim", "experiment", "rule", "noise", "measured", "verdict", "how"]
 
@@ -251,6 +265,62 @@ def test_not_run_and_negative_verdicts(tmp_path):
     assert "sweep tiny/rank" in result["verdicts"]["C1"][0]["measured"]
     md = (tmp_path / "out" / "report.md").read_text()
     assert "**not run**" in md
+
+
+def test_c7_from_the_rank_grid_at_the_lr_of_the_rule(tmp_path):
+    """A rank experiment is judged for C7 on its own runs, at the LR of the rule the report states:
+    the LRs run at every rank with every seed are 1e-3..3e-2 (4e-3 lacks rank 1's seed 1), the ranks'
+    median optimum is 4e-3 (conftest.TRUE_OPT: rank 1 2e-3, ranks >= 4 4e-3), and the nearest of those
+    LRs to it in log10 is 3e-3 (the middle of the shared grid would be 1e-2)."""
+    root = make_rank_results(tmp_path / "runs", seeds=SEEDS, noise=0.05)
+    for seed in SEEDS:
+        for rank in (1, 4, 16, 64) if seed == 0 else (4, 16, 64):
+            write_run(make_config(root, "tiny/rank", rank=rank, lr=4e-3, seed=seed),
+                      u_curve_losses(4e-3, rank, seed=seed, noise=0.05), trainable=1000 * rank)
+    result = analyze([root], tmp_path / "out", progress=False)
+    [c7] = result["verdicts"]["C7"]
+    assert (c7["experiment"], c7["verdict"]) == ("tiny/rank", REPRODUCED), c7
+    assert c7["measured"].startswith("at lr 0.003, early |diff| to LoRA r64 / loss drop: LoRA r1: ")
+    assert ("lr 0.003: the nearest of the LRs run at every rank with every seed (0.001, 0.003, 0.01, 0.03) to the "
+            "ranks' median optimal LR 0.004") in c7["how"]
+    out = tmp_path / "out" / "tiny" / "rank"
+    assert (out / "early_curves.png").is_file() and set(pd.read_csv(out / "early_curves.csv")["lr"]) == {3e-3}
+    diffs = pd.read_csv(out / "early_differences.csv")
+    assert diffs["curve"].tolist() == ["LoRA r1", "LoRA r4", "LoRA r16"] and (diffs["reference"] == "LoRA r64").all()
+    assert (diffs["n_seeds"] == 2).all()
+    md = (tmp_path / "out" / "report.md").read_text()
+    c7_md = md[md.index("## C7: "):md.index("## C8: ")]
+    assert "](tiny/rank/early_curves.png)" in c7_md and "`early_differences.csv`" in c7_md
+    assert "the one nearest in log10 to the median" in c7_md  # the rule, before the data
+
+
+def test_c7_on_a_rank_grid_without_a_shared_lr_and_not_run(tmp_path):
+    """Ranks that share no LR with every seed: C7 is inconclusive and says why, the rest of the rank
+    experiment stands; no experiment of C7's kinds, or one with nothing to analyse: not run."""
+    root = tmp_path / "runs"
+    for seed in SEEDS:
+        for lr in (1e-4, 3e-4, 1e-3):
+            write_run(make_config(root, "tiny/rank", "full", lr=lr, seed=seed),
+                      trajectory(lr, 3e-4, seed=seed, noise=NOISE, key=("full",)))
+        # 3e-3 and 1e-2 at both ranks, but rank 16's seed 1 failed at 3e-3 and did not run at 1e-2
+        for rank, grid in ((4, (1e-3, 3e-3, 1e-2)), (16, (3e-3, 1e-2, 3e-2))):
+            for lr in grid:
+                if (rank, lr, seed) != (16, 1e-2, 1):
+                    write_run(make_config(root, "tiny/rank", rank=rank, lr=lr, seed=seed),
+                              trajectory(lr, 3e-3 if rank == 4 else 1e-2, seed=seed, noise=NOISE, key=(rank,)),
+                              status="failed" if (rank, lr, seed) == (16, 3e-3, 1) else "completed")
+    result = analyze([root], tmp_path / "out", progress=False)
+    [c7] = result["verdicts"]["C7"]
+    assert c7["verdict"] == INCONCLUSIVE and c7["measured"] == (
+        "no LR to compare the ranks at: no LR was run at every LoRA rank with every seed (2 ranks, 2 seeds, LRs 0.001, "
+        "0.003, 0.01, 0.03)"), c7
+    assert result["verdicts"]["C1"][0]["verdict"] != NOT_RUN
+    assert (tmp_path / "out" / "tiny" / "rank" / "rank_curves.png").is_file()
+    assert not (tmp_path / "out" / "tiny" / "rank" / "early_curves.png").exists()
+    [none] = judge([])["C7"]
+    assert none.verdict == NOT_RUN and "of kind rank/early_rank" in none.measured and "sweep tiny/rank" in none.measured
+    pending = Section("tiny/rank", "rank", tmp_path, notes=["no completed or diverged runs yet"])
+    assert [(v.experiment, v.verdict) for v in judge([pending])["C7"]] == [("tiny/rank", NOT_RUN)]
 
 
 @pytest.mark.parametrize("make, claim", [(make_batch, "C3"), (make_layers, "C4"), (make_early, "C7")])
@@ -271,6 +341,51 @@ def test_optimum_at_an_open_grid_edge_is_inconclusive(tmp_path, claim):
      "C9": lambda: make_capacity(root, lora_best=1e-2)}[claim]()
     v = analyze([root], tmp_path / "out", progress=False)["verdicts"][claim][0]
     assert v["verdict"] == INCONCLUSIVE and "open edge" in v["measured"], v["measured"]
+
+
+@pytest.mark.parametrize("stored, why", [(0.05, "FullFT did not store the facts: N=100, LR 0.0003: re-ask 1.01 vs held-out 1.06 nats"),
+                                         (None, "N=100: no baseline run (FullFT on tiny-facts-heldout) at any of FullFT's LRs")])
+def test_c9_without_storage_by_fullft_no_miss_is_capacity(tmp_path, stored, why):
+    """LoRA sizes that bracket 2 bits per parameter, but FullFT's re-ask loss only 0.05 nats below its
+    no-knowledge loss (beyond the noise, yet 5% of it), or no baseline arm at all: the gate fails and
+    the verdict is inconclusive, whatever the bounds would say."""
+    make_capacity(tmp_path / "runs", stored=stored)
+    v = analyze([tmp_path / "runs"], tmp_path / "out", progress=False)["verdicts"]["C9"][0]
+    assert v["verdict"] == INCONCLUSIVE and "FullFT did not store the facts" in v["measured"], v["measured"]
+    assert why in v["measured"] and "bits per parameter in [2, 3.99)" in v["measured"]
+    gate = pd.read_csv(tmp_path / "out" / "tiny" / "capacity" / "capacity_gate.csv")
+    assert gate["num_examples"].tolist() == [100, 1000]
+    if stored is None:
+        assert gate["full_lr"].isna().all() and gate["stored"].isna().all() and (gate["baseline_runs"] == 0).all()
+    else:
+        assert (gate["full_lr"] == 3e-4).all()
+        assert gate["stored"].tolist() == pytest.approx([0.05, 0.05], abs=1e-3)
+        assert gate["stored_frac"].tolist() == pytest.approx([0.05 / 1.06] * 2, abs=2e-3)
+
+
+@pytest.mark.parametrize("bits_per_param, verdict, bounds", [(2.0, REPRODUCED, "[2, 3.99)"),
+                                                             (0.5, NOT_REPRODUCED, "[0.499, 0.998)"),
+                                                             (8.0, NOT_REPRODUCED, "[4.99, 9.98)")])
+def test_c9_with_storage_by_fullft_the_verdict_follows_the_bounds(tmp_path, bits_per_param, verdict, bounds):
+    """FullFT stored the facts (held-out minus re-ask 1.5 nats, 60% of the held-out loss, on two seeds);
+    LoRA of P parameters matches it exactly when it holds the set at `bits_per_param`: the bounds
+    bracket that capacity and the verdict is theirs (1..4 bits per parameter: reproduced)."""
+    make_capacity(tmp_path / "runs", bits_per_param=bits_per_param)
+    v = analyze([tmp_path / "runs"], tmp_path / "out", progress=False)["verdicts"]["C9"][0]
+    assert v["verdict"] == verdict and f"bits per parameter in {bounds}" in v["measured"], v["measured"]
+    assert "did not store" not in v["measured"]
+    assert "N=100, LR 0.0003: re-ask 1.01 vs held-out 2.51 nats (stored 1.5 +-" in v["measured"]
+    assert "60% of the held-out loss" in v["measured"] and "SE of FullFT's stored gap" in v["noise"]
+
+
+def test_c9_gate_at_fullft_best_lr_among_those_the_baseline_ran(tmp_path):
+    """A refinement that gave the baseline arm other LRs than FullFT's best (3e-4): the gate pairs
+    FullFT with it at FullFT's best LR among the shared ones (1e-4 beats 1e-3), not at one it lacks."""
+    make_capacity(tmp_path / "runs", baseline_lrs=(1e-4, 1e-3))
+    v = analyze([tmp_path / "runs"], tmp_path / "out", progress=False)["verdicts"]["C9"][0]
+    assert v["verdict"] == REPRODUCED and "N=1000, LR 0.0001: re-ask" in v["measured"], v["measured"]
+    gate = pd.read_csv(tmp_path / "out" / "tiny" / "capacity" / "capacity_gate.csv")
+    assert (gate["full_lr"] == 1e-4).all() and gate["stored"].tolist() == pytest.approx([1.5, 1.5], abs=0.02)
 
 
 def _seeds(rows: list[tuple[str, int, float]]) -> pd.DataFrame:
@@ -334,20 +449,19 @@ def _renamed(cls: type, old: str, new: str) -> type:
 
 
 def test_rules_read_their_records_by_name(full_report, all_sections, monkeypatch):
-    """Each rule reads the record of its experiment's kind by attribute: judging the full report reads
-    exactly the fields the records declare, and with any field a rule reads renamed (a copy of the
-    record class put in its place) the rule fails instead of giving a verdict."""
+    """Each rule reads the record of each of its experiment kinds by attribute: judging the full report
+    reads exactly the fields the records declare, and with any field a rule reads renamed (a copy of
+    the record class put in its place) the rule fails instead of giving a verdict."""
     result, _ = full_report
     for cls in RECORDS.values():  # no __dict__ for a misspelt name to land in, and nothing to change after the fact
         assert cls.__dataclass_params__.frozen and "__slots__" in vars(cls), cls
     by_kind = {s.kind: s for s in all_sections}
     read: dict[str, set[str]] = {kind: set() for kind in RECORDS}
-    for c in CLAIMS:
-        sec = by_kind[c.kinds[0]]
+    for c, sec in ((c, by_kind[kind]) for c in CLAIMS for kind in c.kinds):
         cls = RECORDS[sec.kind]
         assert type(sec.record) is cls
         seen: set[str] = set()
-        v = result["verdicts"][c.id][0]
+        v = next(v for v in result["verdicts"][c.id] if v["experiment"] == sec.experiment)
         assert c.judge(dataclasses.replace(sec, record=_reading(sec.record, seen))) == (v["verdict"], v["noise"], v["measured"],
                                                                                       v["how"])
         assert seen, f"{c.id} reads nothing of its {cls.__name__}"

@@ -122,7 +122,7 @@ def test_profile_keys_of_lora_lab_are_not_passed_to_submitit(tmp_path, monkeypat
 
 
 def test_a_cpu_profile_places_nothing(tmp_path):
-    _, jobs = sweep.expand_jobs("tiny/rank", ["lora.rank=1", "optim.lr=1e-3", f"run.root={tmp_path}"])
+    _, jobs = sweep.expand_jobs("tiny/rank", ["lora.rank=1", "optim.lr=1e-3", "train.seed=0", f"run.root={tmp_path}"])
     slurm.place_jobs(jobs, "local")
     assert all(j.placement is None and j.resources == {} for j in jobs)
 
@@ -162,7 +162,7 @@ def test_a_slurm_launch_leaves_out_what_does_not_fit(tmp_path, monkeypatch, caps
 def test_two_sets_of_resources_launch_through_hydra_at_once(tmp_path):
     """launch_by_resources with Hydra's real submitit launcher (submitit_local here, two tiny runs):
     each set of resources is its own launch, both complete, each run in its job."""
-    overrides = ["lora.rank=1", "optim.lr=1e-3,3e-3", "method=lora", "train.max_steps=2", "data.num_examples=64",
+    overrides = ["lora.rank=1", "optim.lr=1e-3,3e-3", "train.seed=0", "method=lora", "train.max_steps=2", "data.num_examples=64",
                  "data.eval_size=16", "data.max_seq_len=64", "optim.batch_size=8", "train.eval_every=0",
                  "train.checkpoint_every=0", "logger.progress=none", f"run.root={tmp_path}"]
     _, jobs = sweep.expand_jobs("tiny/rank", overrides, arms=["lora"])

@@ -3,6 +3,7 @@ log-probs, config identity, and short runs (learning, run directory, resume, div
 
 import json
 import math
+import random
 import signal
 import subprocess
 import time
@@ -19,9 +20,12 @@ from lora_lab.runs import identity as _identity
 from lora_lab.lora import apply_lora
 from lora_lab.models import build_model
 from lora_lab.rl import collate_rl, completion_logprobs, group_advantages, policy_loss
-from lora_lab.runs import RunDir, read_metrics
+from lora_lab.runs import RunDir, load_state, read_metrics
 from lora_lab.sampler import CachedSampler, HFSampler, Sampler, completion, generation_eos, stop_token_ids
 from lora_lab.launch import train
+from lora_lab.data import _messages, run_rows
+from lora_lab.learner import summary_from_final
+from lora_lab.tiny.common import fixed_eval_split
 
 # A few seconds per run on a 2-core CPU.
 RL_SMALL = ["task=rl", "data=tiny-math", "data.levels=[1,2]", "data.num_examples=64", "data.eval_size=16",
@@ -356,6 +360,10 @@ def test_rl_keys_are_part_of_an_rl_runs_identity_only():
     assert run_id(compose(["task=rl", "data=tiny-math", "rl.sample_batch=256", "rl.vllm_gpu_memory=0.4"])) == run_id(a)
     # Where the sampler sits on the GPU is not what the run computes: never part of the id.
     assert run_id(compose(["task=rl", "data=tiny-math", "rl.vllm_gpu_memory=0.3"])) == run_id(a)
+    # No validation split (rl.val_size=0) computes what runs made before the key did: same id.
+    assert "val_size" not in _identity(a)["rl"] and run_id(compose(["task=rl", "data=tiny-math", "rl.val_size=0"])) == run_id(a)
+    assert run_id(compose(["task=rl", "data=tiny-math", "rl.val_size=64"])) != run_id(a)
+    assert run_id(compose(["rl.val_size=64"])) == run_id(sft)  # rl.* stays out of an SFT run's identity
 
 
 @pytest.mark.parametrize("overrides, key", [
@@ -373,6 +381,8 @@ def test_rl_keys_are_part_of_an_rl_runs_identity_only():
     (["rl.vllm_gpu_memory=1.5"], "rl.vllm_gpu_memory"),
     (["task=rl", "data=tiny-math", "method=full", "rl.sampler=vllm"], "rl.sampler"),
     (["rl.sampler=vllm", "rl.temperature=2.5"], "rl.temperature"),
+    (["rl.val_size=-1"], "rl.val_size"),
+    (["task=rl", "data=tiny-math", "rl.val_size=1000000"], "rl.val_size"),
 ])
 def test_bad_rl_values_name_the_key(overrides, key):
     with pytest.raises(ConfigError, match=rf"^{key}="):
@@ -410,6 +420,9 @@ def test_rl_run_writes_the_run_directory_contract(rl_small):
         if "eval_accuracy" in r:
             assert len(r["eval_solved"]) == 16 and set(r["eval_solved"]) <= {"0", "1"}
             assert r["eval_solved"].count("1") / 16 == r["eval_accuracy"]
+    # No validation split by default (rl.val_size=0): nothing of one is logged.
+    assert not any(k.startswith("val_") for r in rows for k in r)
+    assert "final_val_accuracy" not in s and "base_val_accuracy" not in s
     for key in ("reward", "accuracy", "completion_len", "lr", "wall_s", "grad_norm", "examples", "tokens"):
         assert all(isinstance(r[key], (int, float)) for r in steps), key
     # Learner statistics: over completions with a nonzero advantage, null in a step without any.
@@ -435,17 +448,19 @@ def test_several_updates_per_batch_move_the_ratio_off_one(rl_small, monkeypatch)
     assert any((r["ratio_std"] or 0) > 1e-3 for r in rows)
 
 
-def test_a_crash_is_recorded_and_the_relaunch_resumes_exactly(rl_small, monkeypatch):
+@pytest.mark.parametrize("val_size", [0, 4])
+def test_a_crash_is_recorded_and_the_relaunch_resumes_exactly(rl_small, monkeypatch, val_size):
     args = ["lora.rank=2", "optim.lr=3e-3", "train.max_steps=6", "train.eval_every=2", "train.checkpoint_every=2",
-            "train.seed=3"]
+            "train.seed=3", f"rl.val_size={val_size}"]
     reference = train(rl_small(*args, "run.experiment=reference"))
     cfg = rl_small(*args)
     calls = {"n": 0}
     real = rl_mod.eval_accuracy
+    per_eval = 2 if val_size else 1  # the test problems, then the validation ones
 
     def flaky(*a, **k):
         calls["n"] += 1
-        if calls["n"] == 3:  # the eval at step 4 (after step 0 and step 2); the checkpoint of step 2 is on disk
+        if calls["n"] == 2 * per_eval + 1:  # the eval at step 4 (after step 0 and step 2); the checkpoint of step 2 is on disk
             raise RuntimeError("node lost")
         return real(*a, **k)
 
@@ -467,8 +482,10 @@ def test_a_crash_is_recorded_and_the_relaunch_resumes_exactly(rl_small, monkeypa
         return [{k: v for k, v in r.items() if not k.endswith("_s")} for r in rs]
 
     assert strip(rows) == strip(ref_rows)  # same samples, rewards, ratios and losses, bitwise
-    for key in ("final_reward", "final_eval_accuracy", "base_eval_accuracy"):
-        assert s[key] == reference[key]
+    keys = ("final_reward", "final_eval_accuracy", "base_eval_accuracy")
+    for key in keys + (("final_val_accuracy", "base_val_accuracy") if val_size else ()):
+        assert s[key] == reference[key] and s[key] is not None, key
+    assert [r["step"] for r in rows if "val_accuracy" in r] == ([0, 2, 4, 6] if val_size else [])
 
 
 def test_a_non_finite_loss_is_a_diverged_result(rl_small, monkeypatch):
@@ -521,3 +538,70 @@ def test_prompts_longer_than_max_seq_len_are_skipped_and_counted(rl_small):
     skipped = [r.get("skipped_prompts", 0) for r in rows]
     assert skipped[-1] > 0 and skipped == sorted(skipped)  # cumulative
     assert rows[-1]["examples"] + skipped[-1] == 3 * 8
+
+
+# ----------------------------------------------------------------------------- validation split
+
+
+def _problem(row: dict) -> str:
+    return _messages(row)[0]["content"]
+
+
+def test_validation_problems_are_disjoint_fixed_by_the_data_and_leave_the_test_problems_alone():
+    """The rows launch.py loads for an RL run with rl.val_size: validation problems that are neither
+    test nor training problems, the same for every train.seed and method (the data seed alone draws
+    them), and test problems exactly those of the same config without a validation split."""
+    def rows(*overrides: str):
+        return run_rows(compose([*RL_SMALL, "data.num_examples=256", *overrides]))
+
+    train_rows, test_rows, val_rows = rows("rl.val_size=32")
+    assert len(val_rows) == 32 and len(test_rows) == 16 and len(train_rows) == 256
+    val = {_problem(r) for r in val_rows}
+    assert len(val) == 32  # no problem twice
+    assert not val & {_problem(r) for r in test_rows} and not val & {_problem(r) for r in train_rows}
+    for other in (["train.seed=5"], ["method=full"], ["lora.rank=1", "train.seed=2"]):
+        assert rows("rl.val_size=32", *other)[2] == val_rows, other
+    assert rows()[1] == test_rows  # rl.val_size never changes the judged problems
+    assert rows("rl.val_size=32", "data.seed=1")[2] != val_rows
+    # An SFT run ignores rl.*: no validation split.
+    assert len(run_rows(compose(["data.num_examples=8", "data.eval_size=4", "rl.val_size=8"]))) == 2
+
+
+def test_the_validation_draw_is_keyed_like_the_held_out_split():
+    """tiny-math keys a problem by its numbers, not its wording: a validation problem shares its key
+    with no test problem, no other validation problem and no training problem, on a stream that
+    repeats keys in other wordings (as level 1's 100 problems do)."""
+    def stream(seed: int):
+        r = random.Random(seed)
+        while True:
+            k = r.randrange(40)
+            yield k, {"key": k, "wording": r.randrange(1000)}
+
+    train_rows, test_rows, val_rows = fixed_eval_split(stream, 0, 10, 8, "toy", n_val=6)
+    keys = [r["key"] for r in val_rows]
+    assert len(val_rows) == 6 and len(set(keys)) == 6
+    assert not set(keys) & {r["key"] for r in test_rows} and not set(keys) & {r["key"] for r in train_rows}
+    assert fixed_eval_split(stream, 0, 10, 8, "toy")[1] == test_rows  # the test rows do not move
+    with pytest.raises(ValueError, match="lower rl.val_size"):
+        fixed_eval_split(stream, 0, 10, 8, "toy", n_val=40)  # more than the keys left
+
+
+def test_validation_accuracy_is_logged_at_each_eval_and_summarised(rl_small):
+    cfg = rl_small("train.max_steps=3", "train.eval_every=2", "rl.val_size=8", "optim.lr=1e-3")
+    s = train(cfg)
+    rd = RunDir(run_dir(cfg))
+    evals = [r for r in read_metrics(rd.metrics_path) if "eval_accuracy" in r]
+    assert s["status"] == "completed" and [r["step"] for r in evals] == [0, 2, 3]
+    for r in evals:  # in the eval line, in eval_solved's format: one character per validation problem
+        assert len(r["val_solved"]) == 8 and set(r["val_solved"]) <= {"0", "1"}
+        assert r["val_solved"].count("1") / 8 == r["val_accuracy"] and len(r["eval_solved"]) == 16
+    assert s["base_val_accuracy"] == evals[0]["val_accuracy"] and s["final_val_accuracy"] == evals[-1]["val_accuracy"]
+    # A summary rebuilt from the final checkpoint's counters and metrics.jsonl (a checkpoint written
+    # before it carried the summary) has them too.
+    state = load_state(rd.checkpoint_path)
+    del state["summary"]
+    rd.save_checkpoint(state)
+    rebuilt = summary_from_final(cfg, run_id(cfg), rd)
+    assert rebuilt["rebuilt_from"] == "metrics"
+    for key in ("final_val_accuracy", "base_val_accuracy", "final_eval_accuracy", "base_eval_accuracy"):
+        assert rebuilt[key] == s[key], key

@@ -19,7 +19,7 @@ from conftest import LORA_LAB, train_steps
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
-SHRINK = ["data.num_examples=64", "data.eval_size=8", "data.max_seq_len=64", "optim.batch_size=8",
+SHRINK = ["train.seed=0", "data.num_examples=64", "data.eval_size=8", "data.max_seq_len=64", "optim.batch_size=8",
           "train.eval_every=0", "logger.progress=lines", "logger.progress_every_s=0"]
 
 

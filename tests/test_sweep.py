@@ -22,7 +22,7 @@ TINY_RUN = ["train.max_steps=2", "data.num_examples=64", "data.eval_size=8", "tr
 
 def test_every_experiment_composes_at_both_scales():
     names = sweep.experiment_names()
-    for required in ("tiny/rank", "tiny/batch", "tiny/layers", "tiny/early_rank", "tiny/invariance", "tiny/capacity",
+    for required in ("tiny/rank", "tiny/batch", "tiny/layers", "tiny/invariance", "tiny/capacity",
                      "paper/rank_tulu3_llama8b", "paper/rank_openthoughts3_llama8b", "paper/batch_openthoughts3",
                      "paper/layers_llama8b", "paper/layers_qwen3_30b_a3b"):
         assert required in names
@@ -37,6 +37,20 @@ def test_every_experiment_composes_at_both_scales():
             assert all("/" in j.cfg.model.name for j in jobs), f"{name}: paper scale uses hub models"
         else:
             assert all(j.cfg.model.name.startswith("tiny-") for j in jobs), name
+
+
+def test_the_tiny_plan_trains_c7_in_tiny_rank_once(tmp_path):
+    """C7 reads tiny/rank's runs (the early curves of every rank at one of its LRs), so the tiny plan
+    has no early_rank experiment training them again; tiny/rank runs some LR at every LoRA rank with
+    every seed, as C7's rule needs."""
+    from lora_lab.reproduce import plan
+
+    experiments = plan("tiny", False, [f"run.root={tmp_path}"])
+    assert "tiny/rank" in experiments and not [n for n in experiments if n.split("/")[1].startswith("early_rank")]
+    lora = [j.cfg for j in experiments["tiny/rank"] if j.cfg.method == "lora"]
+    cells = {(c.lora.rank, c.train.seed) for c in lora}
+    shared = [lr for lr in {c.optim.lr for c in lora} if {(c.lora.rank, c.train.seed) for c in lora if c.optim.lr == lr} == cells]
+    assert shared and {r for r, _ in cells} == {1, 4, 16, 64}
 
 
 def test_paper_grids_cover_ranks_1_to_512_and_fullft():
@@ -125,7 +139,7 @@ def test_bad_input_one_line_exit_2(argv, message):
 
 def test_local_sweep_skips_done_and_reruns_failed_or_unfinished(tmp_path):
     root = tmp_path / "runs"
-    args = [LORA_LAB, "sweep", "tiny/rank", f"run.root={root}", "lora.rank=1", "optim.lr=3e-3",
+    args = [LORA_LAB, "sweep", "tiny/rank", f"run.root={root}", "lora.rank=1", "optim.lr=3e-3", "train.seed=0",
             "data.max_seq_len=64", "train.checkpoint_every=1", *TINY_RUN]
     dry = subprocess.run([*args, "--dry-run"], capture_output=True, text=True, timeout=120)
     assert dry.returncode == 0 and "tiny/rank: 2 runs; 2 pending; 2 to launch" in dry.stdout
@@ -134,7 +148,7 @@ def test_local_sweep_skips_done_and_reruns_failed_or_unfinished(tmp_path):
     first = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     runs = sorted(p for p in (root / "tiny" / "rank").iterdir() if not p.name.startswith("."))
-    assert [r.name.split("_")[2] for r in runs] == ["full", "lora-r1-all"]
+    assert [r.name.split("_")[2] for r in runs] == ["full", "lora-r1-all-unembed"]
     for r in runs:
         assert json.loads((r / "summary.json").read_text())["status"] == "completed"
         assert train_steps(r) == [1, 2]
@@ -161,7 +175,7 @@ def test_local_sweep_skips_done_and_reruns_failed_or_unfinished(tmp_path):
         assert json.loads((r / "summary.json").read_text())["status"] == "completed"
         assert train_steps(r) == [1, 2]  # no step logged twice
     status = subprocess.run([LORA_LAB, "status", "tiny/rank", f"run.root={root}", "lora.rank=1", "optim.lr=3e-3",
-                             "data.max_seq_len=64", "train.checkpoint_every=1", *TINY_RUN],
+                             "train.seed=0", "data.max_seq_len=64", "train.checkpoint_every=1", *TINY_RUN],
                             capture_output=True, text=True, timeout=120)
     assert status.returncode == 0 and "2 runs: 2 completed" in status.stdout
 
@@ -244,7 +258,7 @@ def test_interrupted_local_sweep_stops_its_runs_and_relaunch_resumes(tmp_path, s
     psutil = pytest.importorskip("psutil")
     root = tmp_path / "runs"
     steps = 100  # long enough that the first run is still training when the signal lands
-    grid = ["arms=lora", "lora.rank=1,4", "optim.lr=1e-3,3e-3"]  # 4 runs
+    grid = ["arms=lora", "lora.rank=1,4", "optim.lr=1e-3,3e-3", "train.seed=0"]  # 4 runs
     args = [LORA_LAB, "sweep", "tiny/rank", f"run.root={root}", *grid, f"train.max_steps={steps}",
             "train.checkpoint_every=2", "data.max_seq_len=64", "optim.batch_size=8", "data.num_examples=64",
             "data.eval_size=8", "train.eval_every=0", "logger.progress=none", "max_parallel=1",

@@ -166,7 +166,7 @@ def test_ctrl_c_stops_the_workers_runs_and_a_relaunch_resumes_them(tmp_path):
     psutil = pytest.importorskip("psutil")
     root = tmp_path / "runs"
     long = 600
-    grid = [*SMALL, f"run.root={root}", "lora.rank=1,4", "optim.lr=3e-3", f"train.max_steps=6,{long}",
+    grid = [*SMALL, f"run.root={root}", "lora.rank=1,4", "optim.lr=3e-3", "train.seed=0", f"train.max_steps=6,{long}",
             "train.checkpoint_every=2"]
     args = [LORA_LAB, "sweep", "tiny/rank", "arms=lora", *grid, "max_parallel=2"]
     _, jobs = sweep.expand_jobs("tiny/rank", grid, arms=["lora"])
@@ -250,10 +250,10 @@ def test_baseline_puts_back_what_a_run_changed(tmp_path):
 
 
 def test_packs_of_runs_for_slurm_jobs(tmp_path):
-    _, jobs = sweep.expand_jobs("tiny/rank", [f"run.root={tmp_path}"])
-    assert len(jobs) == 15
+    _, jobs = sweep.expand_jobs("tiny/rank", [f"run.root={tmp_path}", "train.seed=0"])
+    assert len(jobs) == 25
     packs = slurm.pack_jobs(jobs, 4)
-    assert [len(p) for p in packs] == [4, 4, 4, 3]
+    assert [len(p) for p in packs] == [4, 4, 4, 4, 4, 4, 1]
     assert [j for p in packs for j in p] == jobs  # every run once, in the grid's order
     assert slurm.pack_jobs(jobs, 1) == [[j] for j in jobs]
     # Runs sent with different launcher settings never share a job.

@@ -46,19 +46,25 @@ def require_size(cfg: "DataConfig", name: str) -> int:
     return cfg.num_examples
 
 
-def take_fresh(stream: Iterator[tuple[Hashable, dict]], banned: set, n: int, what: str) -> list[dict]:
-    """The first n rows of a (key, row) stream whose key is not banned (the held-out keys).
+def take_fresh(stream: Iterator[tuple[Hashable, dict]], banned: set, n: int, what: str, unique: bool = False,
+               lower: str = "data.eval_size") -> list[dict]:
+    """The first n rows of a (key, row) stream whose key is not banned (the held-out keys); with
+    `unique`, not one taken already either.
 
     Fails loudly instead of looping forever when the stream has (almost) nothing new left,
-    e.g. a single easy level whose few problems the held-out split has used up."""
+    e.g. a single easy level whose few problems the held-out split has used up (`lower`: the key
+    to lower then)."""
     out: list[dict] = []
+    banned = set(banned) if unique else banned
     misses = 0
     for key, row in stream:
         if key in banned:
             misses += 1
             if misses > 1000 + 100 * n:
-                raise ValueError(f"{what}: the generator keeps repeating held-out items; lower data.eval_size or widen the set")
+                raise ValueError(f"{what}: the generator keeps repeating held-out items; lower {lower} or widen the set")
             continue
+        if unique:
+            banned.add(key)
         out.append(row)
         if len(out) == n:
             break
@@ -66,14 +72,23 @@ def take_fresh(stream: Iterator[tuple[Hashable, dict]], banned: set, n: int, wha
 
 
 def fixed_eval_split(stream: Callable[[int], Iterator[tuple[Hashable, dict]]], seed: int, n_train: int, n_eval: int,
-                     what: str) -> tuple[list[dict], list[dict]]:
-    """(train, eval): eval is the first n_eval rows of its own stream (seed + EVAL_SEED_OFFSET), fixed
-    first; train is the prefix of the main stream without rows whose key is held out. So
-    num_examples never changes the eval set, and a smaller train set is a prefix of a larger one."""
+                     what: str, n_val: int = 0) -> tuple[list[dict], ...]:
+    """(train, eval), or with n_val (train, eval, val): eval is the first n_eval rows of its own
+    stream (seed + EVAL_SEED_OFFSET), fixed first; val (RL's rl.val_size) the next n_val rows of that
+    stream with keys neither held out for eval nor repeated; train is the prefix of the main stream
+    without rows whose key is held out (eval or val). So num_examples and n_val never change the
+    eval set, and a smaller train set is a prefix of a larger one."""
     held: list[tuple[Hashable, dict]] = []
-    for item in stream(seed + EVAL_SEED_OFFSET):
+    held_stream = stream(seed + EVAL_SEED_OFFSET)
+    for item in held_stream:
         held.append(item)
         if len(held) == n_eval:
             break
-    train = take_fresh(stream(seed), {k for k, _ in held}, n_train, what)
-    return train, [row for _, row in held]
+    banned = {k for k, _ in held}
+    if not n_val:
+        train = take_fresh(stream(seed), banned, n_train, what)
+        return train, [row for _, row in held]
+    keyed = ((k, (k, row)) for k, row in held_stream)  # the same stream, continued after the eval rows
+    val = take_fresh(keyed, banned, n_val, what, unique=True, lower="rl.val_size")
+    train = take_fresh(stream(seed), banned | {k for k, _ in val}, n_train, what)
+    return train, [row for _, row in held], [row for _, row in val]

@@ -256,7 +256,9 @@ def _stream(seed: int, levels: tuple[int, ...], answer_format: str) -> Iterator[
         yield p.key, math_row(p) if as_math else gsm8k_row(p)
 
 
-def load_tiny_math(cfg: "DataConfig") -> tuple[list[dict], list[dict]]:
+def load_tiny_math(cfg: "DataConfig", val_size: int = 0) -> tuple[list[dict], ...]:
+    """(train, eval), or with val_size (RL's rl.val_size) (train, eval, val): the validation problems
+    continue the held-out stream after the eval ones, keyed like them (tiny/common.py fixed_eval_split)."""
     levels = _check_levels(cfg.levels)
     return fixed_eval_split(lambda s: _stream(s, levels, cfg.answer_format), cfg.seed, require_size(cfg, "tiny-math"),
-                            cfg.eval_size, "tiny-math")
+                            cfg.eval_size, "tiny-math", n_val=val_size)
