@@ -464,6 +464,7 @@ class SweepGridConfig:
     grids: Dict[str, Dict[str, str]] = field(default_factory=dict)
     quick: Dict[str, str] = field(default_factory=dict)
     max_batch_size: Optional[int] = None
+    refine_factor: Optional[float] = None  # the experiment's refine factor (lora_lab/refine.py); .inf: bracketing only
 
 
 def register_configs() -> None:

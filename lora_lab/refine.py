@@ -26,7 +26,10 @@ The rule, stated before any data:
   added. A new LR is rounded to 2 significant digits and skipped if the arm has it already; its runs
   copy the arm's config with only optim.lr replaced, once per seed of the arm.
 - An arm stops when its optimum is bracketed by neighbours at most the refine factor apart, or after
-  the refine rounds (REFINE_ROUNDS), and the sweep says which.
+  the refine rounds (REFINE_ROUNDS), and the sweep says which. The factor is `--refine-factor` where
+  given, else the experiment file's `hydra.sweeper.refine_factor`, else REFINE_FACTOR; a factor of
+  infinity (`.inf` in the file, `inf` on the command line) stops an arm as soon as its best LR is
+  interior: what experiments that read an arm's best loss, not its optimal LR, need.
 
 REFINE_FACTOR = 4 asks for each neighbour within ~2x of the best LR, finer than the 2x within which
 C2 calls the optimal LR rank-independent. A half-decade grid (neighbours 10x apart) gets one round of
@@ -63,22 +66,24 @@ RL_SCORES = ("final_val_accuracy", "final_eval_accuracy", "final_reward_smoothed
 STATES = ("run", "waiting", "bracketed", "stopped")
 
 
-def check_options(factor: float, rounds: int, given: tuple[object, object] | None = None) -> None:
+def check_options(factor: float | None, rounds: int, given: tuple[object, object] | None = None) -> None:
     """ConfigError (exit 2, one line naming the option) for a refine factor <= 1 or rounds < 0;
     `given`: the values as typed, for the message."""
     shown = given or (factor, rounds)
-    if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 1):
+    if factor is not None and not (isinstance(factor, (int, float)) and not math.isnan(factor) and factor > 1):
         raise ConfigError(f"--refine-factor={shown[0]}: expected a number > 1 (the largest ratio between the best "
-                          f"LR's neighbours that counts as narrow; default {REFINE_FACTOR:g})")
+                          f"LR's neighbours that counts as narrow; inf: stop once the optimum is bracketed; "
+                          f"default: the experiment's hydra.sweeper.refine_factor, else {REFINE_FACTOR:g})")
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
         raise ConfigError(f"--refine-rounds={shown[1]}: expected an integer >= 0 (refinement rounds per arm; "
                           f"default {REFINE_ROUNDS})")
 
 
-def parse_options(factor: str | float, rounds: str | int) -> tuple[float, int]:
-    """--refine-factor and --refine-rounds as given on a command line, checked (check_options)."""
+def parse_options(factor: str | float | None, rounds: str | int) -> tuple[float | None, int]:
+    """--refine-factor and --refine-rounds as given on a command line, checked (check_options); a
+    factor of None stays None (each experiment's own, experiment_factor)."""
     try:
-        f = float(factor)
+        f = None if factor is None else float(factor)
     except (TypeError, ValueError):
         f = math.nan
     try:
@@ -196,6 +201,8 @@ def next_lrs(scores: Mapping[float, float], maximize: bool = False, factor: floa
     else:
         lo, hi = lrs[i - 1], lrs[i + 1]
         around = f"best LR {lr_text(best)} between {lr_text(lo)} and {lr_text(hi)} ({hi / lo:.3g}x apart"
+        if math.isinf(factor):
+            return [], f"{around}: bracketed)"
         if hi / lo <= factor:
             return [], f"{around} <= {factor:g}x)"
         new, why = [math.sqrt(lo * best), math.sqrt(best * hi)], f"{around} > {factor:g}x)"
@@ -305,14 +312,35 @@ class Refinement:
         return ", ".join(f"{n[s]} {names[s]}" for s in STATES if n[s])
 
 
-def next_round(jobs: Sequence[Job], factor: float = REFINE_FACTOR, rounds: int = REFINE_ROUNDS, min_lrs: int = 1
-               ) -> Refinement:
+def experiment_factor(jobs: Sequence[Job]) -> float:
+    """The refine factor an experiment's file states (`hydra.sweeper.refine_factor`), else REFINE_FACTOR."""
+    if not jobs:
+        return REFINE_FACTOR
+    from lora_lab.config import compose_dict
+
+    stated = compose_dict(list(jobs[0].master), return_hydra_config=True).hydra.sweeper.get("refine_factor")
+    if stated is None:
+        return REFINE_FACTOR
+    try:
+        factor = float(stated)
+    except (TypeError, ValueError):
+        factor = math.nan
+    if math.isnan(factor) or factor <= 1:
+        raise ConfigError(f"hydra.sweeper.refine_factor={stated} in experiment {jobs[0].cfg.run.experiment}: expected a "
+                          "number > 1, or .inf to stop once each arm's optimum is bracketed")
+    return factor
+
+
+def next_round(jobs: Sequence[Job], factor: float | None = REFINE_FACTOR, rounds: int = REFINE_ROUNDS,
+               min_lrs: int = 1) -> Refinement:
     """Where the arms of a grid's jobs (those with at least `min_lrs` LRs) stand and what their next
     round launches, from the run directories: states through lora_lab/runs.py, scores through the
-    analysis's loader (results.read_run)."""
+    analysis's loader (results.read_run). factor None: the experiment's own (experiment_factor)."""
     from lora_lab.results import read_run
 
     check_options(factor, rounds)
+    if factor is None:
+        factor = experiment_factor(jobs)
     cache: dict[Path, dict] = {}
 
     def rows(job: Job) -> dict:

@@ -10,7 +10,8 @@ their checkpoints. Locally the runs go to worker processes that each run one run
     lora-lab reproduce --no-refine          # the grids only
 
 After the grids, the LR grids are refined (`lora-lab sweep --help` and lora_lab/refine.py state the
-rule): each arm of more than one LR gets LRs around its optimum until it is bracketed and narrow,
+rule): each arm of more than one LR gets LRs around its optimum until it is bracketed and narrow
+(narrow: by the experiment file's refine factor; most tiny experiments only open edge optima),
 for at most --refine-rounds rounds (--quick: one), the rounds of all experiments through one pool
 per round. Experiments whose arms have one LR each (fixed-LR designs such as tiny/invariance) are
 not refined. On SLURM a call submits the grids' missing runs or else the next round, and is run
@@ -27,7 +28,7 @@ import time
 from pathlib import Path
 
 from lora_lab.config import ConfigError
-from lora_lab.refine import REFINE_FACTOR, REFINE_ROUNDS, parse_options
+from lora_lab.refine import REFINE_ROUNDS, parse_options
 from lora_lab.runs import FINAL_STATUSES, run_state
 from lora_lab.slurm import Job
 from lora_lab.sweep import (add_refine_args, expand_jobs, experiment_names, launch_jobs, refine_grids, run_work,
@@ -50,7 +51,7 @@ def plan(scale: str, quick: bool, overrides: list[str], only: list[str] | None =
 def reproduce(scale: str = "tiny", quick: bool = False, overrides: list[str] | None = None, launcher: str = "local",
               cluster: str | None = None, max_parallel: int | None = None, only: list[str] | None = None,
               out: Path | None = None, analyze_only: bool = False, workers: bool = True, refine: bool = True,
-              refine_factor: float = REFINE_FACTOR, refine_rounds: int = REFINE_ROUNDS) -> int:
+              refine_factor: float | None = None, refine_rounds: int = REFINE_ROUNDS) -> int:
     """Every experiment's grid, then (`refine`) the refinement rounds of the arms with more than one LR
     (at most refine_rounds; --quick: at most one), then the analysis. Returns an exit code."""
     overrides = list(overrides or [])

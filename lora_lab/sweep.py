@@ -37,7 +37,10 @@ stated before any data (lora_lab/refine.py):
   midpoints between the best LR and each neighbour. New LRs are rounded to 2 significant digits
   (run ids: lr1.7e-3) and skipped if present; their runs copy the arm's config with only optim.lr
   replaced, once per seed;
-- an arm stops when bracketed and narrow, or after --refine-rounds rounds (default 2).
+- an arm stops when bracketed and narrow, or after --refine-rounds rounds (default 2). The factor is
+  --refine-factor where given, else the experiment file's `hydra.sweeper.refine_factor`; `inf` (`.inf`
+  in a file) stops an arm once its best LR is interior: the tiny experiments whose claims read an
+  arm's best result rather than its optimal LR (all but tiny/rank) state it.
 Locally the rounds follow one another in one command, each through the same workers (Ctrl-C and
 resume as above); a second `--refine` launches nothing once every arm has stopped. On SLURM each
 command submits what is missing of the grid or else the next round: run it again after those jobs
@@ -540,8 +543,9 @@ def add_refine_args(p: argparse.ArgumentParser, what: str) -> None:
     is a one-line ConfigError (refine.parse_options), not argparse's usage."""
     if what:
         p.add_argument("--refine", action="store_true", help=what)
-    p.add_argument("--refine-factor", default=str(REFINE_FACTOR), metavar="F",
-                   help=f"an arm is narrow when its best LR's neighbours are at most F apart (> 1; default {REFINE_FACTOR:g})")
+    p.add_argument("--refine-factor", default=None, metavar="F",
+                   help="an arm is narrow when its best LR's neighbours are at most F apart (> 1; inf: bracketed is "
+                        f"enough; default: the experiment's hydra.sweeper.refine_factor, else {REFINE_FACTOR:g})")
     p.add_argument("--refine-rounds", default=str(REFINE_ROUNDS), metavar="N",
                    help=f"at most N refinement rounds per arm (>= 0; default {REFINE_ROUNDS})")
 
@@ -577,7 +581,7 @@ def split_launcher_args(argv: list[str]) -> tuple[str, str | None, int | None, l
 def sweep(experiment: str, overrides: Sequence[str] = (), launcher: str = "local", cluster: str | None = None,
           max_parallel: int | None = None, dry_run: bool = False, progress: bool = True, quick: bool = False,
           arms: Sequence[str] | None = None, workers: bool = True, refine: bool = False,
-          refine_factor: float = REFINE_FACTOR, refine_rounds: int = REFINE_ROUNDS) -> int:
+          refine_factor: float | None = None, refine_rounds: int = REFINE_ROUNDS) -> int:
     """Expand, report, launch what is not done; with `refine`, then the refinement rounds
     (refine_grids). Returns an exit code (0: every run completed or diverged)."""
     if launcher == "slurm":
@@ -600,7 +604,7 @@ def sweep(experiment: str, overrides: Sequence[str] = (), launcher: str = "local
 def refine_grids(title: str, grids: dict[str, list[Job]], where: Path, launcher: str = "local",
                  cluster: str | None = None, max_parallel: int | None = None, dry_run: bool = False,
                  progress: bool = True, overrides: Sequence[str] = (), workers: bool = True,
-                 factor: float = REFINE_FACTOR, rounds: int = REFINE_ROUNDS, min_lrs: int = 1) -> int:
+                 factor: float | None = None, rounds: int = REFINE_ROUNDS, min_lrs: int = 1) -> int:
     """The refinement rounds (lora_lab/refine.py) of grids that have been launched (experiment -> its
     jobs), the arms of every grid together: each round's runs through one launch_jobs. Locally, round
     after round until no arm has another, stopping at a round with runs that did not finish (the same

@@ -331,3 +331,40 @@ def test_a_tiny_sweep_with_refine_adds_runs_once(tmp_path):
     from lora_lab.results import load_results
 
     assert sorted(load_results([root / "tiny" / "rank"]).runs["optim.lr"]) == sorted(float(x[2:]) for x in lrs)
+
+
+def test_an_infinite_factor_stops_at_an_interior_optimum_but_still_opens_an_edge():
+    new, why = refine.next_lrs({1e-3: 1.5, 3e-3: 1.0, 1e-2: 1.4}, factor=math.inf)
+    assert new == [] and "bracketed" in why
+    assert refine.next_lrs({1e-3: 1.0, 3e-3: 1.5, 1e-2: 2.0}, factor=math.inf)[0] == [3.3e-4]
+    assert refine.parse_options("inf", "2") == (math.inf, 2)
+    assert refine.parse_options(None, "2") == (None, 2)
+
+
+def test_each_experiment_refines_by_the_factor_its_file_states_unless_the_command_line_gives_one(
+        tmp_path, fake_launch):
+    calls, optimum = fake_launch
+    optimum[0] = 2.5e-3  # interior: best LR 3e-3 between 1e-3 and 1e-2
+    args = [f"run.root={tmp_path / 'runs'}", "optim.lr=1e-3,3e-3,1e-2", *FULL[1:]]
+    _, batch_jobs = sweep.expand_jobs("tiny/batch", args, arms=["full"])
+    _, rank_jobs = sweep.expand_jobs("tiny/rank", args, arms=["full"])
+    assert refine.experiment_factor(batch_jobs) == math.inf  # hydra.sweeper.refine_factor: .inf
+    assert refine.experiment_factor(rank_jobs) == 4.0
+    # tiny/batch reads best losses: an interior optimum is enough; tiny/rank reads optimal LRs: midpoints.
+    assert sweep.sweep("tiny/batch", args, arms=["full"], refine=True, progress=False) == 0
+    assert [c[0] for c in calls] == ["tiny/batch"]
+    calls.clear()
+    assert sweep.sweep("tiny/rank", args, arms=["full"], refine=True, progress=False) == 0
+    assert [c[1] for c in calls] == [[1e-3, 3e-3, 1e-2], [1.7e-3, 5.5e-3]]
+    calls.clear()
+    # --refine-factor on the command line wins over the file's.
+    assert sweep.sweep("tiny/batch", args, arms=["full"], refine=True, refine_factor=4.0, progress=False) == 0
+    assert [c[1] for c in calls] == [[], [1.7e-3, 5.5e-3]]
+
+
+def test_a_bad_refine_factor_in_an_experiment_file_is_a_config_error(tmp_path, monkeypatch):
+    _, jobs = grid(tmp_path, "optim.lr=1e-3")
+    monkeypatch.setattr("lora_lab.config.compose_dict",
+                        lambda *a, **k: SimpleNamespace(hydra=SimpleNamespace(sweeper={"refine_factor": 0.5})))
+    with pytest.raises(ConfigError, match=r"hydra.sweeper.refine_factor=0.5 in experiment tiny/rank: expected a number > 1"):
+        refine.experiment_factor(jobs)
