@@ -470,6 +470,11 @@ class RowTokens:
         """Target tokens that the next-token loss counts (a target at position 0 has no context)."""
         return sum(x != IGNORE_INDEX for x in self.labels[1:])
 
+    def target_bytes(self, table: np.ndarray) -> int:
+        """UTF-8 bytes of the text that the targets the loss counts decode to, from `token_bytes`."""
+        y = np.asarray(self.labels[1:], dtype=np.int64)
+        return int(table[y[y != IGNORE_INDEX]].sum())
+
 
 TOO_LONG, NO_TARGET = "longer than data.max_seq_len", "no assistant token within data.max_seq_len"
 
@@ -495,8 +500,12 @@ def encode_rows(rows: Sequence[dict], tokenizer, max_len: int, truncation: str =
 
 @dataclass
 class TokenizedSplit:
+    """The rows of a split that train: token ids, labels (IGNORE_INDEX off the targets) and the UTF-8
+    bytes of each row's targets (bits per byte, lora_lab/train.py)."""
+
     ids: list[torch.Tensor]
     labels: list[torch.Tensor]
+    target_bytes: list[int]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -521,8 +530,53 @@ class _Counts:
         return None
 
 
-def _tokenize(rows: Sequence[dict], tokenizer, max_len: int, truncation: str) -> tuple[TokenizedSplit, _Counts]:
-    split, counts = TokenizedSplit([], []), _Counts()
+_BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+
+
+def _decoder_types(tokenizer) -> set[str]:
+    """The types of a fast tokenizer's decoder and of the decoders it chains (empty for a slow one)."""
+    decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
+    found, todo = set(), [json.loads(decoder.__getstate__()) if decoder is not None else None]
+    while todo:
+        d = todo.pop()
+        if isinstance(d, dict):
+            found.add(d.get("type"))
+            todo += d.get("decoders") or []
+    return found
+
+
+def token_bytes(tokenizer) -> np.ndarray:
+    """UTF-8 bytes of text that each token id decodes to, indexed by id, so that the bytes of a row's
+    targets are a sum over its target tokens, also where one character spans several tokens.
+    Special tokens (bos, end of turn, padding) stand for no text: 0. Byte-level BPE (Llama 3, Qwen,
+    the tiny tokenizer): one byte per character of the token's string; SentencePiece-style ('▁' for
+    a space, '<0xNN>' for one byte): as they decode within a text; others: the token decoded alone."""
+    vocab = tokenizer.get_vocab()
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    special = set(tokenizer.all_special_ids) | {i for i, t in added.items() if getattr(t, "special", False)}
+    kinds = _decoder_types(tokenizer)
+    pieces = "ByteLevel" not in kinds and bool(kinds & {"Metaspace", "ByteFallback", "Replace"})
+    out = np.zeros(max(len(tokenizer), max(vocab.values(), default=-1) + 1), dtype=np.int64)
+    for text, i in vocab.items():
+        if pieces and _BYTE_TOKEN.fullmatch(text):  # byte fallback, special or not
+            out[i] = 1
+        elif i in special:
+            continue
+        elif i in added:
+            out[i] = len(str(getattr(added[i], "content", added[i])).encode())
+        elif "ByteLevel" in kinds:
+            out[i] = len(text)
+        elif pieces:
+            out[i] = len(text.replace("\u2581", " ").encode())
+        else:
+            out[i] = len(tokenizer.decode([i], clean_up_tokenization_spaces=False).encode())
+    return out
+
+
+def _tokenize(rows: Sequence[dict], tokenizer, max_len: int, truncation: str,
+              table: np.ndarray | None = None) -> tuple[TokenizedSplit, _Counts]:
+    split, counts = TokenizedSplit([], [], []), _Counts()
+    table = token_bytes(tokenizer) if table is None else table
     for r in encode_rows(rows, tokenizer, max_len, truncation):
         counts.rows += 1
         counts.cut += r.truncated and r.dropped != TOO_LONG
@@ -531,6 +585,7 @@ def _tokenize(rows: Sequence[dict], tokenizer, max_len: int, truncation: str) ->
         if r.dropped is None:
             split.ids.append(torch.tensor(r.ids, dtype=torch.long))
             split.labels.append(torch.tensor(r.labels, dtype=torch.long))
+            split.target_bytes.append(r.target_bytes(table))
     return split, counts
 
 
@@ -586,16 +641,18 @@ def _to_arrays(prefix: str, split: TokenizedSplit, counts: _Counts) -> dict[str,
     labels = torch.cat(split.labels).numpy() if len(split) else np.zeros(0, np.int64)
     dtype = np.int32 if ids.size == 0 or ids.max() < 2**31 else np.int64
     return {f"{prefix}_ids": ids.astype(dtype), f"{prefix}_target": (labels != IGNORE_INDEX).astype(np.uint8),
-            f"{prefix}_lens": lens, f"{prefix}_counts": np.array([counts.rows, counts.cut, counts.too_long, counts.no_target], np.int64)}
+            f"{prefix}_lens": lens, f"{prefix}_bytes": np.array(split.target_bytes, dtype=np.int64),
+            f"{prefix}_counts": np.array([counts.rows, counts.cut, counts.too_long, counts.no_target], np.int64)}
 
 
 def _from_arrays(prefix: str, a: dict[str, np.ndarray], max_len: int) -> tuple[TokenizedSplit, _Counts]:
     """The split back from its arrays; ValueError if they are not what _to_arrays wrote."""
-    ids, target, lens, counts = (a[f"{prefix}_{k}"] for k in ("ids", "target", "lens", "counts"))
+    ids, target, lens, nbytes, counts = (a[f"{prefix}_{k}"] for k in ("ids", "target", "lens", "bytes", "counts"))
     if (ids.ndim != 1 or target.shape != ids.shape or lens.ndim != 1 or counts.shape != (4,) or int(lens.sum()) != ids.size
+            or nbytes.shape != lens.shape or (nbytes.size and nbytes.min() < 0)
             or (lens.size and (lens.min() < 1 or lens.max() > max_len)) or (ids.size and ids.min() < 0)):
         raise ValueError(f"inconsistent {prefix} arrays")
-    split, start = TokenizedSplit([], []), 0
+    split, start = TokenizedSplit([], [], [int(b) for b in nbytes.tolist()]), 0
     for n in lens.tolist():
         x = torch.from_numpy(ids[start:start + n].astype(np.int64))
         split.ids.append(x)
@@ -753,7 +810,8 @@ def load_data(cfg: "Config", tokenizer, rows: tuple[Sequence[dict], Sequence[dic
         except (TypeError, KeyError, ValueError) as exc:  # no file (None), or arrays that do not fit together
             if arrays is not None:
                 print(f"token cache {path}: unreadable ({exc}); rebuilding it", file=sys.stderr)
-            (train, train_counts), (held, held_counts) = (_tokenize(r, tokenizer, n, policy) for r in (train_rows, eval_rows))
+            table = token_bytes(tokenizer)
+            (train, train_counts), (held, held_counts) = (_tokenize(r, tokenizer, n, policy, table) for r in (train_rows, eval_rows))
             if path is not None:
                 try:
                     token_cache.write(path, key, {**_to_arrays("train", train, train_counts), **_to_arrays("eval", held, held_counts)})

@@ -111,18 +111,49 @@ class Progress:
             self.bar.close()
 
 
+def grid_point(cfg: Config) -> dict[str, Any]:
+    """The values a run of a sweep is plotted by, flat: its arm (the curve it belongs to: `full`, or
+    `lora-r<rank>-<layers>` with `-unembed`, as in the run id), method, LR, rank and layer set (None
+    for FullFT), batch size (RL: prompts per step and samples per prompt) and seed."""
+    lora = cfg.method == "lora"
+    point: dict[str, Any] = {
+        "arm": f"lora-r{cfg.lora.rank}-{cfg.lora.layers}" + ("-unembed" if cfg.lora.unembed else "") if lora else "full",
+        "method": cfg.method, "lr": cfg.optim.lr, "rank": cfg.lora.rank if lora else None,
+        "layers": cfg.lora.layers if lora else None, "seed": cfg.train.seed}
+    if cfg.task == "rl":
+        point.update(prompts_per_step=cfg.rl.prompts_per_step, group_size=cfg.rl.group_size)
+    else:
+        point["batch_size"] = cfg.optim.batch_size
+    return point
+
+
 def _wandb(cfg: Config, rid: str, rd: RunDir):
+    """The wandb run of a run directory, or None: the runs of an experiment share a group (a sweep's
+    runs, compared in one figure); its grid point is flat config values (U-curves: final loss, in
+    the summary, against `lr`, one line per `arm`) and tags; the whole config is there as well.
+    Its files go to WANDB_DIR where set, else into the run directory."""
     if cfg.logger.wandb == "disabled" or not distributed.current().is_main:
         return None
     import hashlib
+    import os
 
     import wandb
 
+    point = grid_point(cfg)
+    tags = [f"{k}={v}" if k not in ("arm", "method") else str(v) for k, v in point.items() if v is not None]
     # One wandb run per run directory; a relaunch resumes it.
     wid = hashlib.sha256(f"{cfg.run.experiment}/{rid}".encode()).hexdigest()[:16]
     return wandb.init(project=cfg.logger.wandb_project, entity=cfg.logger.wandb_entity, mode=cfg.logger.wandb,
-                      name=rid, id=wid, resume="allow", dir=str(rd.path), config=cfg.to_dict(),
-                      group=cfg.run.experiment)
+                      name=rid, id=wid, resume="allow", dir=os.environ.get("WANDB_DIR") or str(rd.path),
+                      config={**cfg.to_dict(), **point, "run_id": rid}, group=cfg.run.experiment,
+                      job_type=cfg.task, tags=list(dict.fromkeys(tags)))
+
+
+def wandb_summary(run: Any, summary: dict) -> None:
+    """summary.json's plain values (status, final losses and bits per byte, counts, times) into the
+    wandb run's summary, where a dashboard reads a run's final loss."""
+    run.summary.update({k: v for k, v in summary.items()
+                        if k not in ("traceback", "run_id") and (v is None or isinstance(v, (bool, int, float, str)))})
 
 
 @dataclass
@@ -254,7 +285,8 @@ def summary_from_final(cfg: Config, rid: str, rd: RunDir) -> dict | None:
         if cfg.rl.val_size:
             summary.update(final_val_accuracy=last("val_accuracy"), base_val_accuracy=state.get("base_val_accuracy"))
     else:
-        summary.update(final_train_loss=last("train_loss"), final_eval_loss=last("eval_loss"))
+        summary.update(final_train_loss=last("train_loss"), final_eval_loss=last("eval_loss"),
+                       final_train_bpb=last("train_bpb"), final_eval_bpb=last("eval_bpb"))
     return summary
 
 

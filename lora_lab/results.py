@@ -6,8 +6,9 @@ back from a cluster, and while sweeps are still writing.
 
     from lora_lab.results import load_results
     res = load_results(["runs/tiny/rank"])     # a runs root, experiment directories or run directories
-    res.runs      # one row per run: flattened config (dotted keys, the seed in train.seed), summary fields, status, final_loss
-    res.metrics   # one row per logged line: run_id, step, train_loss, eval_loss, reward, ...
+    res.runs      # one row per run: flattened config (dotted keys, the seed in train.seed), summary fields, status,
+                  # final_loss (nats per target token) and final_bpb (bits per UTF-8 byte of the targets)
+    res.metrics   # one row per logged line: run_id, step, train_loss, train_bpb, eval_loss, eval_bpb, reward, ...
     res.plotted() # the runs a figure may show: completed and diverged (failed and unfinished are counted)
 
 Status: a run with a summary.json has its `status` (completed | diverged | failed); one without is
@@ -36,7 +37,8 @@ STATUSES = ("completed", "diverged", "failed", "corrupt", "unfinished")
 # a single step's train loss of a small batch is noisy, and an LR sweep compares runs by it.
 FINAL_WINDOW = 0.1
 # Summary keys kept under their own names; the config's keys are dotted (optim.lr) and cannot clash.
-SUMMARY_KEYS = ("status", "steps", "max_steps", "final_train_loss", "final_eval_loss", "trainable_params",
+SUMMARY_KEYS = ("status", "steps", "max_steps", "final_train_loss", "final_eval_loss", "final_train_bpb",
+                "final_eval_bpb", "trainable_params",
                 "total_params", "wall_s", "step_time_s", "tokens", "examples", "error", "diverged_at_step",
                 "final_reward", "final_eval_accuracy", "base_eval_accuracy", "final_val_accuracy", "base_val_accuracy")
 # The config key whose runs are replicates: runs that differ only in it (it sets the LoRA init and the
@@ -119,11 +121,14 @@ def read_run(path: Path) -> tuple[dict, list[dict]]:
     train = [r for r in lines if r.get("train_loss") is not None and not r.get("diverged")]
     row["logged_steps"] = max((r["step"] for r in lines if "step" in r), default=0)
     row["final_loss"], row["final_loss_sem"] = final_value([r["train_loss"] for r in train])
+    # The same window in bits per byte (NaN for runs logged before train_bpb existed).
+    row["final_bpb"], row["final_bpb_sem"] = final_value([r.get("train_bpb") for r in train])
     rewards = [r["reward"] for r in lines if r.get("reward") is not None]
     row["final_reward_smoothed"], row["final_reward_sem"] = final_value(rewards)
     if row["status"] == "diverged":
         # A diverged run is infinitely bad at its LR (docs/design.md): it bounds the LR sweep, it is not missing.
         row["final_loss"], row["final_loss_sem"] = math.inf, 0.0
+        row["final_bpb"], row["final_bpb_sem"] = math.inf, 0.0
         row["final_reward_smoothed"] = -math.inf
     return row, lines
 
@@ -183,7 +188,7 @@ def load_results(paths: Iterable[str | Path]) -> Results:
             metric_frames.append(frame)
     runs = pd.DataFrame(rows)
     if not len(runs):
-        runs = pd.DataFrame(columns=["run_dir", "run_id", "experiment", "status", "final_loss"])
+        runs = pd.DataFrame(columns=["run_dir", "run_id", "experiment", "status", "final_loss", "final_bpb"])
     metrics = (pd.concat(metric_frames, ignore_index=True) if metric_frames
                else pd.DataFrame(columns=["run_dir", "run_id", "experiment", "step"]))
     return Results(runs.reset_index(drop=True), metrics)

@@ -75,7 +75,7 @@ from lora_lab.rewards import reference_for, reward_task, score
 from lora_lab.runs import RunDir, read_metrics
 from lora_lab.sampler import SAMPLERS, Completion, Sampler, generation_eos, stop_token_ids
 from lora_lab.learner import (Learner, Progress, build_learner, record_failure, resume, save_checkpoint,
-                              start_logging)
+                              start_logging, wandb_summary)
 
 
 # ----------------------------------------------------------------------------- objective
@@ -396,6 +396,8 @@ def train_rl(cfg: Config, rid: str, rd: RunDir, rows: tuple) -> dict:
         if status == "completed":
             checkpoint(final=True, summary=summary)
         rd.write_summary(summary)
+        if run:
+            wandb_summary(run, summary)
         if rewards_seen:
             progress.update(step, rewards_seen[-1], force=True)
         return summary

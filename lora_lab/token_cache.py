@@ -25,8 +25,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-# Part of every key: raise it when what is cached or how it is computed changes.
-VERSION = 1
+# Part of every key: raise it when what is cached or how it is computed changes (2: the UTF-8 bytes
+# of each row's targets).
+VERSION = 2
 CACHE_DIR = Path(".cache") / "tokens"
 
 

@@ -5,10 +5,12 @@ checkpoints, resume, logging) and are started by lora_lab/launch.py.
 LoRA and FullFT differ only in which parameters train. AdamW with a constant LR and no warmup
 (the paper's setting); loss = mean NLL in nats over the assistant tokens of the whole optimizer
 batch (micro-batches are summed, then divided by the batch's target-token count, so gradient
-accumulation gives exactly the full-batch gradient). Launching the same config again resumes from
-the last checkpoint; a completed or diverged run is reported and skipped. Under torchrun or a
-multi-task SLURM step the run is sharded with FSDP2 over the processes (lora_lab/distributed.py):
-same config, same global batch, same loss.
+accumulation gives exactly the full-batch gradient). Beside it, bits per UTF-8 byte of the target
+text (train_bpb, eval_bpb): the same summed NLL / ln 2 / the bytes the target tokens decode to,
+counted per row at tokenization (lora_lab/data.py token_bytes), comparable across tokenizers.
+Launching the same config again resumes from the last checkpoint; a completed or diverged run is
+reported and skipped. Under torchrun or a multi-task SLURM step the run is sharded with FSDP2
+over the processes (lora_lab/distributed.py): same config, same global batch, same loss.
 
     lora-lab train method=lora lora.rank=4 train.max_steps=20 run.root=/tmp/r
     python -m lora_lab train method=full train.max_steps=20
@@ -27,9 +29,16 @@ from lora_lab import distributed
 from lora_lab import lora as lora_mod
 from lora_lab.config import Config
 from lora_lab.data import IGNORE_INDEX, BatchOrder, collate, load_data, order_seed, use_chat_template
-from lora_lab.learner import Progress, build_learner, record_failure, resume, save_checkpoint, start_logging
+from lora_lab.learner import (Progress, build_learner, record_failure, resume, save_checkpoint, start_logging,
+                              wandb_summary)
 from lora_lab.models import base_reference, load_tokenizer, target_logits
 from lora_lab.runs import RunDir
+
+
+def bits_per_byte(nll: float, n_bytes: int) -> float:
+    """Bits per UTF-8 byte of target text: a summed NLL in nats / ln 2 / the bytes its target tokens
+    decode to (NaN for targets of no bytes)."""
+    return nll / math.log(2) / n_bytes if n_bytes else math.nan
 
 
 def batch_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -93,8 +102,20 @@ def train_sft(cfg: Config, rid: str, rd: RunDir, rows: tuple) -> dict:
         def checkpoint(final: bool = False, **extra) -> None:
             save_checkpoint(cfg, rd, learner, final, step=step, wall_s=wall, tokens=tokens, examples=examples, **extra)
 
+        # The held-out split is the same at every eval: its target tokens and bytes are counted once.
+        eval_targets = sum(int((y[1:] != IGNORE_INDEX).sum()) for y in eval_split.labels)
+        eval_bytes = sum(eval_split.target_bytes)
+
+        def log_eval() -> tuple[float, float]:
+            loss = evaluate(model, eval_split, micro, pad_id, device)
+            line = {"eval_loss": loss, "eval_bpb": bits_per_byte(loss * eval_targets, eval_bytes)}
+            rd.log({"step": step, **line})
+            if run:
+                run.log(line, step=step)
+            return loss, line["eval_bpb"]
+
         progress = Progress(cfg, total, step, rid[:40])
-        loss_value, eval_loss, status = math.nan, None, "completed"
+        loss_value, bpb_value, eval_loss, eval_bpb, status = math.nan, math.nan, None, None, "completed"
         while step < total:
             t0 = time.perf_counter()
             # Length-sorted micro-batches pad less; the step's set of sequences is unchanged.
@@ -104,7 +125,9 @@ def train_sft(cfg: Config, rid: str, rd: RunDir, rows: tuple) -> dict:
             micro_batches = [collate(train_split, mine[i:i + micro], pad_id) for i in range(0, len(mine), micro)]
             n_mine = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in micro_batches)
             tokens_mine = sum(int(b["attention_mask"].sum()) for b in micro_batches)
-            n_target, step_tokens = (int(x) for x in distributed.all_reduce_sum([n_mine, tokens_mine], device))
+            bytes_mine = sum(train_split.target_bytes[i] for i in mine)
+            counts = distributed.all_reduce_sum([n_mine, tokens_mine, bytes_mine], device)
+            n_target, step_tokens, n_bytes = (int(x) for x in counts)
             # FSDP averages gradients over ranks: world_size x (this rank's NLL / global count) makes
             # the average the gradient of the global batch's mean NLL.
             grad_scale = distributed.current().world_size / n_target
@@ -115,10 +138,12 @@ def train_sft(cfg: Config, rid: str, rd: RunDir, rows: tuple) -> dict:
                 nll, _ = batch_nll(model, b)
                 (nll * grad_scale).backward()
                 loss_sum += nll.item()
-            loss_value = distributed.all_reduce_sum([loss_sum], device)[0] / n_target
+            loss_sum = distributed.all_reduce_sum([loss_sum], device)[0]
+            loss_value, bpb_value = loss_sum / n_target, bits_per_byte(loss_sum, n_bytes)
             if not math.isfinite(loss_value) or loss_value > cfg.train.diverge_loss:
                 status = "diverged"
-                rd.log({"step": step + 1, "train_loss": loss_value, "lr": cfg.optim.lr, "diverged": True})
+                rd.log({"step": step + 1, "train_loss": loss_value, "train_bpb": bpb_value, "lr": cfg.optim.lr,
+                        "diverged": True})
                 summary["diverged_at_step"] = step + 1
                 break
             grad_norm = distributed.clip_grad_norm(trainable, cfg.optim.grad_clip or math.inf)
@@ -127,37 +152,34 @@ def train_sft(cfg: Config, rid: str, rd: RunDir, rows: tuple) -> dict:
             wall += time.perf_counter() - t0
             tokens += step_tokens
             examples += len(idx)
-            row = {"step": step, "train_loss": loss_value, "lr": cfg.optim.lr, "examples": examples,
-                   "tokens": tokens, "target_tokens": n_target, "wall_s": round(wall, 4), "grad_norm": grad_norm,
-                   "epoch": order.epoch_of(step - 1)}
+            row = {"step": step, "train_loss": loss_value, "train_bpb": bpb_value, "lr": cfg.optim.lr, "examples": examples,
+                   "tokens": tokens, "target_tokens": n_target, "target_bytes": n_bytes, "wall_s": round(wall, 4),
+                   "grad_norm": grad_norm, "epoch": order.epoch_of(step - 1)}
             rd.log(row)
             if run:
                 run.log(row, step=step)
             progress.update(step, loss_value)
             if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < total:
-                eval_loss = evaluate(model, eval_split, micro, pad_id, device)
-                rd.log({"step": step, "eval_loss": eval_loss})
-                if run:
-                    run.log({"eval_loss": eval_loss}, step=step)
+                eval_loss, eval_bpb = log_eval()
             if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 and step < total:
                 checkpoint()
         progress.close()
 
         if status == "completed":
-            eval_loss = evaluate(model, eval_split, micro, pad_id, device)
-            rd.log({"step": step, "eval_loss": eval_loss})
-            if run:
-                run.log({"eval_loss": eval_loss}, step=step)
+            eval_loss, eval_bpb = log_eval()
             if sites:
                 whole = distributed.export_sites(sites) if distributed.current().world_size > 1 else sites
                 if distributed.current().is_main:
                     lora_mod.export_peft(whole, cfg.lora, rd.adapter_path, base_reference(cfg.model))
         summary.update(status=status, steps=step, final_train_loss=loss_value, final_eval_loss=eval_loss,
-                       wall_s=round(wall, 3), launch_wall_s=round(time.monotonic() - t_launch, 3),
-                       tokens=tokens, examples=examples, step_time_s=round(wall / step, 5) if step else None)
+                       final_train_bpb=bpb_value, final_eval_bpb=eval_bpb, wall_s=round(wall, 3),
+                       launch_wall_s=round(time.monotonic() - t_launch, 3), tokens=tokens, examples=examples,
+                       step_time_s=round(wall / step, 5) if step else None)
         if status == "completed":
             checkpoint(final=True, summary=summary)
         rd.write_summary(summary)
+        if run:
+            wandb_summary(run, summary)
         progress.update(step, loss_value, force=True)
         return summary
     except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised
