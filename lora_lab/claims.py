@@ -283,8 +283,9 @@ def judge_c6(s: Section) -> Finding:
     how = ("matmul FLOPs per token of a training step, LoRA over FullFT, counted by lora_lab.flops for the experiment's "
            "model and sequence length and for the adapters the runs trained (their lora.layers, and the lm_head adapter "
            "where lora.unembed); judged at the smallest rank run (the paper's ~2/3 assumes R << N). The paper's formula "
-           "(2N^2 + 6NR) / 3N^2 at N = the hidden size is printed beside it. Measured time per step: median over "
-           "completed runs (wall clock on the machine that ran them), printed beside the count, not judged.")
+           "(2N^2 + 6NR) / 3N^2 at N = the hidden size is printed beside it. Measured time per step, printed beside "
+           "the count, not judged: each arm's steps timed interleaved in one process (`lora-lab time-steps`) where "
+           "the experiment has them, else the median over completed runs of their own step time.")
     rec = record_of(s, RankRecord)
     model, ad = rec.model, rec.adapters.sort_values("rank")
     noise = "none: FLOPs are counted, not measured"
@@ -292,9 +293,10 @@ def judge_c6(s: Section) -> Finding:
                                                                                    r["layers"], bool(r["unembed"]))
              for _, r in ad.iterrows()}
     st = rec.step_time
-    times = {}
+    times, timing = {}, "per run"
     if st is not None and len(st):
         times = {c: v for c, v in zip(st["curve"], st["ratio_to_full"]) if np.isfinite(v)}
+        timing = str(st["timing"].iloc[0]) if "timing" in st else timing
     if not rec.ranks or not flops or all(v is None for v in flops.values()):
         return Finding(INCONCLUSIVE, noise, f"FLOPs ratio not computed (lora_lab.flops could not count {model})", how)
     parts = []
@@ -302,7 +304,7 @@ def judge_c6(s: Section) -> Finding:
         t = times.get(a["curve"])
         parts.append(f"r{rank} ({layers}{' + lm_head' if unembed else ''}) {fmt(flops[(rank, layers, unembed)])}"
                      + (f", step time {t:.2f}" if t is not None else ""))
-    measured = "LoRA/FullFT FLOPs counted, step time measured: " + "; ".join(parts)
+    measured = f"LoRA/FullFT FLOPs counted, step time measured ({timing}): " + "; ".join(parts)
     if rec.hidden:
         measured += (f"; paper's formula at N = {rec.hidden}: "
                      + ", ".join(f"r{r} {fmt(paper_flops_ratio(rec.hidden, r))}" for r in sorted({k[0] for k in flops})))

@@ -7,7 +7,7 @@
     lora-lab show-data [key=value ...] [--rows N] [--json]   the first training rows, targets marked (no model)
     lora-lab fetch EXPERIMENT|key=value ... [--dry-run]      download its models and data sets for offline runs
 
-    lora-lab sweep | status | analyze | reproduce | plan | fit-lr | gpus   see `lora-lab <command> --help`
+    lora-lab sweep | status | wait | analyze | reproduce | plan | fit-lr | gpus   see `lora-lab <command> --help`
 
 Overrides use Hydra's syntax: `method=full`, `lora.rank=4`, `model=tiny-moe`, `optim.lr=3e-4`.
 Bad keys or values stop with exit code 2 and a one-line message, before any model is loaded; so
@@ -43,6 +43,8 @@ EXTERNAL = {
     "sweep": ("lora_lab.sweep", "sweep_main", "run an experiment's grid (local or SLURM), skipping finished runs; "
               "--refine adds LRs around each arm's optimum"),
     "status": ("lora_lab.sweep", "status_main", "table of an experiment's runs by state"),
+    "wait": ("lora_lab.sweep", "wait_main", "block until no run of an experiment is queued or running (detached "
+             "SLURM sweeps); exit 0 if every run completed"),
     "analyze": ("lora_lab.report", "analyze_main", "figures, tables and the claims scorecard from run directories"),
     "reproduce": ("lora_lab.reproduce", "reproduce_main", "run every experiment of a scale, then analyze"),
     "plan": ("lora_lab.plan", "plan_main", "parameter counts, FLOPs, recommended LRs and capacity for a config"),
@@ -50,6 +52,10 @@ EXTERNAL = {
     "gpus": ("lora_lab.memory", "gpus_main", "GPU memory estimate of a config and how many GPUs it needs"),
     "show-data": ("lora_lab.show", "show_data_main", "the first training rows as tokenized, targets marked (no model)"),
     "fetch": ("lora_lab.fetch", "fetch_main", "download the models and data sets of an experiment for offline runs"),
+    "new-experiment": ("lora_lab.scaffold", "new_experiment_main", "write a commented experiment file for your own "
+                       "model and data: LoRA ranks and FullFT over LR grids around the recommended LRs"),
+    "time-steps": ("lora_lab.steptime", "time_steps_main", "an experiment's LoRA and FullFT steps timed interleaved in "
+                   "one process (C6)"),
 }
 
 

@@ -12,6 +12,7 @@ key and the fix; the CLI turns it into exit code 2 before any model is loaded.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 import re
@@ -54,6 +55,9 @@ TINY_DATA_SETS = ("tiny-tulu", "tiny-openthoughts", "tiny-facts", "tiny-facts-he
 REAL_DATA_SETS = ("tulu3", "openthoughts3", "math", "gsm8k", "deepmath")  # data.py REAL_SETS
 DATA_SETS = TINY_DATA_SETS + REAL_DATA_SETS  # data.py DATASETS
 RL_DATA_SETS = ("tiny-math", "gsm8k", "math", "deepmath")  # rewards.py TASKS: sets with a verifiable reward
+# What `lora-lab analyze` may be told to analyse an experiment as (run.analysis): the paper's kinds
+# (curves.py KINDS) and explore, by what varies among the runs (curves.py EXPLORE, explore.py).
+ANALYSES = ("early_rank", "rank", "batch", "layers", "rl", "invariance", "capacity", "explore")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
@@ -359,6 +363,11 @@ class RunConfig:
     # Keep tokenized data under <root>/.cache/tokens/ for every run that reads the same rows with the
     # same tokenizer (lora_lab/token_cache.py); false: tokenize in every run. Never part of a run's id.
     token_cache: bool = True
+    # How `lora-lab analyze` analyses the experiment, read back from its runs' config.yaml: names of
+    # ANALYSES, e.g. [rank] (as tiny/rank is, its claims judged) or [explore] (by what varies); empty:
+    # by the experiment's name (tiny/rank is rank), and an experiment of no known name by what varies.
+    # Never part of a run's id.
+    analysis: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _check(bool(self.root), "run.root", self.root, "must be a directory path")
@@ -369,6 +378,9 @@ class RunConfig:
                "(not at the start), no '..'")
         if self.id is not None:
             _check(bool(re.fullmatch(r"[\w.\-]+", self.id)), "run.id", self.id, "use letters, digits, '.', '-' and '_' only")
+        names = list(self.analysis)
+        _check(all(a in ANALYSES for a in names) and len(set(names)) == len(names), "run.analysis", names,
+               f"a list of analysis names, each once: {', '.join(ANALYSES)} ([]: by the experiment's name)")
 
 
 @dataclass
@@ -489,6 +501,9 @@ def one_line(exc: BaseException) -> str:
     m = re.search(r"Value '([^']*)' (?:of type '\w+' could not be converted to|is not a valid) (\w+).*?full_key: ([\w.]+)", text, re.S)
     if m:
         return f"{m.group(3)}={m.group(1)!r}: expected a value of type {m.group(2).lower()}"
+    m = re.search(r"Error merging override ([\w.]+)=([^\n]*)\n.*?is not a ListConfig", text, re.S)
+    if m:
+        return f"{m.group(1)}={m.group(2)!r}: expected a list, e.g. {m.group(1)}=[{m.group(2)}]"
     m = re.search(r"full_key: ([\w.]+)", text)
     first = text.splitlines()[0] if text else type(exc).__name__
     return f"{m.group(1)}: {first}" if m else first
@@ -500,6 +515,118 @@ def search_path_overrides(overrides: list[str] | tuple[str, ...]) -> list[str]:
     if any(o.lstrip("+~").startswith("experiments=") for o in overrides):
         return [f"hydra.searchpath=[file://{EXPERIMENTS_DIR.parent}]"]
     return []
+
+
+# An experiment may also be any yaml file, named by its path (`lora-lab sweep my_sweep.yaml`,
+# `+experiments=path/to/my_sweep.yaml`). Hydra finds a group's option by trying each search path
+# entry in turn, so two files of the same name in two directories would shadow one another there:
+# each file is put in Hydra's ConfigStore instead, as experiments/_file/<stem>-<hash of its path>.
+# The ConfigStore travels with a submitit job (Hydra's singleton state), so SLURM jobs compose it too.
+EXPERIMENT_SUFFIXES = (".yaml", ".yml")
+FILE_GROUP = "_file"
+_PACKAGE_GLOBAL = re.compile(r"#\s*@package\s+_global_\s*$")
+
+
+def is_experiment_file(name: str) -> bool:
+    """Whether an experiment is named by the path of a yaml file rather than as <scale>/<figure>."""
+    return str(name).endswith(EXPERIMENT_SUFFIXES)
+
+
+@dataclass(frozen=True)
+class ExperimentFile:
+    """An experiment file given by its path, checked and registered with Hydra."""
+
+    path: Path  # resolved
+    option: str  # what `+experiments=` selects: _file/<stem>-<hash>
+    experiment: str  # run.experiment: the file's own, else derived from the file's name and path
+    derived: bool  # the file sets no run.experiment
+
+
+def _file_error(path: Path, why: str) -> ConfigError:
+    return ConfigError(f"experiment file {path}: {why}")
+
+
+def _grid_values(path: Path, where: str, axes: Any) -> None:
+    """A grid's axes: a mapping of keys to one value or a comma-separated string of values. A single
+    number or boolean (optim.lr: 1e-3) becomes its string, as the grid's schema holds strings."""
+    if axes is None:
+        return
+    if not isinstance(axes, dict):
+        raise _file_error(path, f"{where} must be a mapping of keys to values (optim.lr: 1e-4,3e-4,1e-3)")
+    for key, value in axes.items():
+        if isinstance(value, (list, dict)):
+            raise _file_error(path, f"{where}.{key}: write its values as one comma-separated string "
+                                    f"({key}: {','.join(map(str, value)) if isinstance(value, list) else '...'}), "
+                                    "not a YAML list or mapping")
+        if isinstance(value, (bool, int, float)):
+            axes[key] = str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def experiment_file(name: str | Path) -> ExperimentFile:
+    """Read and check an experiment file (relative paths from the current directory) and register
+    it with Hydra. ConfigError (one line naming the file and the fix) for a missing file, one without
+    the `# @package _global_` header, invalid YAML or a grid that is not a mapping of strings."""
+    import yaml
+
+    path = Path(name).expanduser().resolve()
+    if not path.is_file():
+        raise _file_error(Path(name), "no such file; give the path of a .yaml experiment file "
+                                      "(lora-lab new-experiment NAME writes one) or a shipped name like tiny/rank")
+    text = path.read_text()
+    head = [line.strip() for line in text.splitlines()]
+    head = head[:next((i for i, line in enumerate(head) if line and not line.startswith("#")), len(head))]
+    if not any(_PACKAGE_GLOBAL.fullmatch(line) for line in head):
+        raise _file_error(path, "no '# @package _global_' line at the top; add it as the file's first line "
+                                "(an experiment sets keys of the whole config)")
+    try:
+        node = OmegaConf.create(text)  # as Hydra reads a config file (1e-3 is a float)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise _file_error(path, f"not valid YAML{at} ({getattr(exc, 'problem', None) or type(exc).__name__}); "
+                                "fix the file") from None
+    raw = OmegaConf.to_container(node, resolve=False) if OmegaConf.is_dict(node) else None
+    if not isinstance(raw, dict):
+        raise _file_error(path, "not a mapping of config keys; see docs/own-sweep.md for the form of an experiment file")
+    sweeper = (raw.get("hydra") or {}).get("sweeper") if isinstance(raw.get("hydra"), dict) else None
+    if sweeper is not None:
+        if not isinstance(sweeper, dict):
+            raise _file_error(path, "hydra.sweeper must be a mapping (params, grids, quick)")
+        grids = sweeper.get("grids")
+        if grids is not None and not isinstance(grids, dict):
+            raise _file_error(path, "hydra.sweeper.grids must map arm names to their axes (lora: {method: lora, ...})")
+        for arm, axes in (grids or {}).items():
+            _grid_values(path, f"hydra.sweeper.grids.{arm}", axes)
+        for part in ("params", "quick"):
+            _grid_values(path, f"hydra.sweeper.{part}", sweeper.get(part))
+    run = raw.get("run") if isinstance(raw.get("run"), dict) else {}
+    stem = re.sub(r"[^\w\-]", "_", path.stem)
+    derived = f"{stem}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+    option = f"{FILE_GROUP}/{derived}"
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(group=f"experiments/{FILE_GROUP}", name=derived, node=OmegaConf.create(raw),
+                                 package="_global_", provider="lora_lab")
+    given = run.get("experiment")
+    return ExperimentFile(path, option, str(given) if given else derived, not given)
+
+
+def experiment_overrides(overrides: list[str] | tuple[str, ...]) -> list[str]:
+    """The overrides with each `+experiments=<file>.yaml` replaced by the registered file
+    (experiment_file) and, where the file names no run.experiment and the overrides do not either,
+    `run.experiment=<stem>-<hash>` after it, so that the runs' config.yaml names their directory."""
+    out: list[str] = []
+    named = any(o.lstrip("+~").startswith("run.experiment=") for o in overrides)
+    for o in overrides:
+        key, eq, value = o.partition("=")
+        if eq and key.lstrip("+~") == "experiments" and is_experiment_file(value):
+            ef = experiment_file(value)
+            out.append(f"{key}={ef.option}")
+            if ef.derived and not named:
+                out.append(f"run.experiment={ef.experiment}")
+        else:
+            out.append(o)
+    return out
 
 
 def compose_dict(overrides: list[str] | tuple[str, ...] = (), config_name: str = "config",
@@ -515,7 +642,7 @@ def compose_dict(overrides: list[str] | tuple[str, ...] = (), config_name: str =
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return hydra_compose(config_name=config_name, overrides=[*search_path_overrides(overrides), *overrides],
+            return hydra_compose(config_name=config_name, overrides=[*search_path_overrides(overrides), *experiment_overrides(overrides)],
                                  return_hydra_config=return_hydra_config)
     except ConfigError:
         raise

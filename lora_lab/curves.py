@@ -11,8 +11,9 @@ FullFT, LR U-curves and their fitted optima, LoRA/FullFT optimal-LR ratios.
 Everything here takes and returns pandas tables; nothing draws or writes files. The per-kind
 sections (lora_lab/sections.py) put these together with the figures (lora_lab/figures.py), the
 claims (lora_lab/claims.py) judge what the sections measured, and `lora-lab analyze`
-(lora_lab/report.py) writes it all. An experiment's kind is read off the basename of its name
-`<scale>/<figure>` (`kind_of`).
+(lora_lab/report.py) writes it all. An experiment's kind is what its runs' `run.analysis` names, else
+read off the basename of its name `<scale>/<figure>` (`kind_of`); an experiment of no kind is analysed
+by what varies among its runs (EXPLORE, lora_lab/explore.py; `analyses_of`).
 
 Conventions (also stated in the report):
 - A run's final loss is its mean train loss over the last 10% of its steps (lora_lab/results.py);
@@ -51,6 +52,10 @@ CURVE_KEYS = ("model.name", "data.name", "data.num_examples", "task", "method", 
 # Keys on which a LoRA curve is paired with the FullFT curve it is compared with.
 CONTEXT_KEYS = ("model.name", "data.name", "data.num_examples", "task", "optim.batch_size", "train.max_steps")
 KINDS = ("early_rank", "rank", "batch", "layers", "rl", "invariance", "capacity")
+# The analysis of an experiment of no kind: by what varies among its runs (lora_lab/explore.py).
+EXPLORE = "explore"
+ANALYSES = (*KINDS, EXPLORE)
+ANALYSIS_KEY = "run.analysis"
 FULL = "FullFT"
 # Optimum.edge values for which the best LR is only bounded, or unknown (every LR diverged): the grid
 # must be extended to find it.
@@ -64,9 +69,21 @@ def kind_of(experiment: str) -> str | None:
     return next((k for k in KINDS if base.startswith(k)), None)
 
 
+def analyses_of(runs: pd.DataFrame, experiment: str) -> list[str]:
+    """What an experiment is analysed as: the names its runs' run.analysis lists (config.yaml; in the
+    order given, over all its runs), else its kind by name (kind_of), else EXPLORE (by what varies).
+    Names this version does not know are passed over."""
+    named: list[str] = []
+    for value in runs.get(ANALYSIS_KEY, pd.Series(dtype=object)).dropna():
+        for name in (value,) if isinstance(value, str) else value:
+            if name in ANALYSES and name not in named:
+                named.append(name)
+    return named or [kind_of(experiment) or EXPLORE]
+
+
 def experiments_of(res: Results, kind: str) -> list[str]:
-    """The experiments of one kind among the results."""
-    return [e for e in res.experiments() if kind_of(e) == kind]
+    """The experiments of one kind among the results (analyses_of)."""
+    return [e for e in res.experiments() if kind in analyses_of(res.of(e).runs, e)]
 
 
 def margin(reference: float) -> float:

@@ -25,9 +25,10 @@ from lora_lab.config import REAL_DATA_SETS, TINY_PRESETS, Config, ConfigError, c
 USAGE = """usage: lora-lab fetch [EXPERIMENT | experiment=EXPERIMENT] [key=value ...] [--dry-run]
 
 Downloads every model (config, tokenizer, weights) and data set (each split a run reads) that the
-experiment's grid (experiments/<scale>/<figure>.yaml, e.g. paper/rank_tulu3_llama8b) or the config
-of the overrides needs, each once, into the Hugging Face caches under HF_HOME, so that the runs can
-go offline (HF_HUB_OFFLINE=1). Overrides shrink or change the grid as for `lora-lab sweep`.
+experiment's grid (experiments/<scale>/<figure>.yaml, e.g. paper/rank_tulu3_llama8b, or the path of
+an experiment file, my_sweep.yaml) or the config of the overrides needs, each once, into the Hugging
+Face caches under HF_HOME, so that the runs can go offline (HF_HUB_OFFLINE=1). Overrides shrink or
+change the grid as for `lora-lab sweep`.
 
   --dry-run   list what it would fetch (and which models the cache holds already); download nothing
 Gated models (Llama) need a token with access: `hf auth login`, or HF_TOKEN.

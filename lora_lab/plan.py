@@ -363,7 +363,8 @@ experiment=<scale>/<figure> of that experiment's whole grid.
 Hydra overrides as for `lora-lab train` (model=llama-3.1-8b data=tulu3 lora.rank=16 ...), plus:
   gpu=h100|h200|a100   GPU for GPU-hours (bf16 dense peak: h100 989, h200 989, a100 312 TFLOPS)
   mfu=0.4              model-FLOPs utilisation assumed for GPU-hours
-  experiment=NAME      an experiment of experiments/ (e.g. tiny/rank): the cost of its grid
+  experiment=NAME      an experiment of experiments/ (e.g. tiny/rank) or an experiment file
+                       (my_sweep.yaml): the cost of its grid
   sample=64            training rows tokenized and passed through the base model for the estimates
   ranks=1,4,16,64,256  ranks of the parameter table (lora.rank is always added)
   from_run=DIR         data bits from a finished run's first-epoch train loss (tighter than the

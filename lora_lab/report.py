@@ -7,9 +7,14 @@
 Python: `analyze(paths, out) -> dict` (what was written and the verdicts). Each experiment is
 analysed by its kind, read off the basename of its name `<scale>/<figure>`: rank curves and LR
 U-curves (C1, C2, and the step times of C6, and the early curves of C7 at one of their LRs), batch
-size (C3), layer placement (C4), RL (C5), early curves (C7), invariance (C8) and capacity (C9). The analysis is one chain, each module importing
+size (C3), layer placement (C4), RL (C5), early curves (C7), invariance (C8) and capacity (C9).
+Its runs' `run.analysis` (config.yaml) may name the kinds instead (`run.analysis=[rank]`: an
+experiment named anything analysed, and judged, as tiny/rank is). An experiment of no kind
+(`default`, `mine/lr_sweep`) is analysed by what varies among its runs (lora_lab/explore.py): LR
+U-curves and optima per group, min-over-LR curves per value of each other key, seed bands; shown in
+the report, judged by no claim. The analysis is one chain, each module importing
 only those before it: lora_lab/results.py (run directories -> tables), noise.py (the noise yardstick), curves.py (the maths),
-figures.py, records.py and sections.py (one experiment's figures, tables and record), claims.py
+figures.py, records.py, explore.py and sections.py (one experiment's figures, tables and record), claims.py
 (the rules C1..C9) and this module, which writes report.md (figures linked), a self-contained
 report.html (figures embedded), verdicts.csv, optimal_lr.csv and runs.csv. `script_main` is the
 command line of the scripts in analysis/.
@@ -41,7 +46,7 @@ import pandas as pd
 from markdown_it import MarkdownIt
 
 from lora_lab.claims import CLAIMS, MIN_SEEDS, SINGLE, Verdict, fmt, judge, tolerance_text
-from lora_lab.curves import SMOOTH, experiments_of
+from lora_lab.curves import EXPLORE, SMOOTH, analyses_of, experiments_of
 from lora_lab.noise import GAP_WINDOW, K_SE, MIN_GAP, SINGLE_SEED
 from lora_lab.results import FINAL_WINDOW, STATUSES, Results, ResultsError, load_results, seed_of
 from lora_lab.sections import Section, analyze_experiment, run_sections
@@ -130,7 +135,7 @@ def render_markdown(res: Results, sections: list[Section], verdicts: dict[str, l
             lines.append(f"Verdict: **{v.verdict}**\n")
             if v.how:
                 lines.append(f"How: {v.how}\n")
-            sec = next((s for s in sections if s.experiment == v.experiment), None)
+            sec = next((s for s in sections if s.experiment == v.experiment and s.kind in c.kinds), None)
             if sec is None:
                 continue
             for name, png in sec.figures.items():
@@ -142,11 +147,45 @@ def render_markdown(res: Results, sections: list[Section], verdicts: dict[str, l
             for name in _CLAIM_TABLES.get(c.id, ()):
                 if name in sec.tables:
                     lines += [f"`{name}.csv`:\n", md_table(sec.tables[name].drop(columns=["experiment"], errors="ignore"))]
-    other = [s for s in sections if s.kind is None or (s.notes and s.record is None)]
+    lines += _explored(sections, out)
+    other = [s for s in sections if s.kind is None or (s.notes and s.record is None and s.kind != EXPLORE)]
     if other:
         lines.append("## Other experiments\n")
         lines += [f"- `{s.experiment}`: {'; '.join(s.notes)}" for s in other]
     return "\n".join(lines) + "\n"
+
+
+# The tables of an experiment analysed by what varies that the report shows (all are in its directory).
+_EXPLORE_TABLES = ("optimal_lr", "lr_ratios", "optimal_lr_rl")
+
+
+def _explored(sections: list[Section], out: Path) -> list[str]:
+    """The report's part on experiments analysed by what varies (lora_lab/explore.py): per experiment,
+    what varies, its figures and its optimal LRs; nothing judged."""
+    explored = [s for s in sections if s.kind == EXPLORE]
+    if not explored:
+        return []
+    lines = ["## Experiments analysed by what varies\n",
+             ("No claim is judged on these: each is drawn by the config keys that differ among its runs (a group is the "
+              "runs equal in all but `optim.lr` and `train.seed`; the seeds averaged with a +-1 SE band, the optimal LR "
+              "of each group run at two or more LRs fitted as above). `run.analysis` names a kind to analyse an "
+              "experiment as instead.\n")]
+    for s in explored:
+        lines.append(f"### {s.experiment}\n")
+        varies = s.tables.get("varies")
+        if varies is not None and len(varies):
+            lines.append("What varies: " + "; ".join(f"`{k}` ({v})" for k, v in zip(varies["key"], varies["values"])) + ".\n")
+        else:
+            lines.append("Nothing varies among its runs.\n")
+        for name, png in s.figures.items():
+            lines.append(f"![{name}]({png.relative_to(out).as_posix()})\n")
+            if s.captions.get(name):
+                lines.append(f"_{s.captions[name]}_\n")
+        for name in _EXPLORE_TABLES:
+            if name in s.tables and len(s.tables[name]):
+                lines += [f"`{name}.csv`:\n", md_table(s.tables[name].drop(columns=["experiment"], errors="ignore"))]
+        lines += [f"- {note}" for note in s.notes] + ([""] if s.notes else [])
+    return lines
 
 
 def _seeds_line(res: Results) -> str:
@@ -227,7 +266,11 @@ def analyze(paths: list[Path], out: Path, progress: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     sections = run_sections(res, out, say)
     files = [f for s in sections for f in s.files]
-    optimal = [s.tables["optimal_lr"] for s in sections if "optimal_lr" in s.tables and len(s.tables["optimal_lr"])]
+    optimal, taken = [], set()
+    for s in sorted(sections, key=lambda s: s.kind == EXPLORE):  # one table per experiment, its claimed kind's first
+        if "optimal_lr" in s.tables and len(s.tables["optimal_lr"]) and s.experiment not in taken:
+            optimal.append(s.tables["optimal_lr"])
+            taken.add(s.experiment)
     if optimal:
         path = out / "optimal_lr.csv"
         pd.concat(optimal, ignore_index=True).to_csv(path, index=False)
@@ -307,11 +350,12 @@ def script_main(doc: str, kind: str | tuple[str, ...], tables: Sequence[str] = (
     section (figures and tables under --out), the files written, the named tables and the notes; or
     `each(results, experiment, out)` for a script that draws only part of a section."""
     res, out, experiments = script_setup(doc, kind, argv)
+    kinds = (kind,) if isinstance(kind, str) else kind
     for exp in experiments:
         if each is not None:
             each(res, exp, out)
             continue
-        sec = analyze_experiment(res, exp, out)
+        sec = analyze_experiment(res, exp, out, next(k for k in analyses_of(res.of(exp).runs, exp) if k in kinds))
         print(f"{exp}: wrote {', '.join(str(p) for p in sec.files)}")
         for name in tables:
             if name in sec.tables:

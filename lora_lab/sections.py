@@ -1,14 +1,16 @@
 """The analysis of one experiment by its kind: its figures, its tables and the record of the numbers
 its claims are judged by (lora_lab/records.py, lora_lab/claims.py). One function per kind; each
 takes the experiment's Results and its runs labelled by curve (curves.label_runs), and fills a
-Section.
+Section. An experiment of no kind is analysed by what varies among its runs (lora_lab/explore.py),
+and one whose runs name analyses (run.analysis) by each of them.
 
     from lora_lab.results import load_results
     from lora_lab.sections import analyze_experiment
     sec = analyze_experiment(load_results(["runs/tiny/rank"]), "tiny/rank", out_dir)
     sec.tables["optimal_lr"], sec.record.ratios, sec.figures
 
-Figures and tables go to <out>/<experiment>/ (PNG, PDF, CSV).
+Figures and tables go to <out>/<experiment>/ (PNG, PDF, CSV); to <out>/<experiment>/<kind>/ for
+an experiment of several analyses.
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ from matplotlib.figure import Figure
 
 from lora_lab import figures
 from lora_lab.curves import (
+    EXPLORE,
     FULL,
+    analyses_of,
     at_chosen_lr,
     curve_table,
     departures,
-    kind_of,
     label_runs,
     lr_ratios,
     optimal_lrs,
@@ -41,11 +44,13 @@ from lora_lab.curves import (
     ucurves,
     value_at_step,
 )
+from lora_lab.explore import explore_section
 from lora_lab.flops import Arch
 from lora_lab.noise import GAP_WINDOW, K_SE, across_seeds, paired, paired_gap_steps, scatter_se, seed_values
 from lora_lab.records import (BatchRecord, CapacityRecord, EarlyRecord, InvarianceRecord, LayersRecord, RankRecord,
                               RLRecord, Section)
 from lora_lab.results import Results, seed_of
+from lora_lab.steptime import read_step_times
 
 SHORT_RUN_STEPS = 100  # the paper's ~15x LoRA/FullFT LR ratio is for runs of 100 steps or fewer
 # C2 in context: the optima refitted on the constant-LR runs cut at these fractions of their steps
@@ -214,12 +219,35 @@ def lora_adapters(lora: pd.DataFrame) -> pd.DataFrame:
     return t[cols].reset_index(drop=True)
 
 
+def interleaved_step_times(runs: pd.DataFrame) -> pd.DataFrame | None:
+    """The experiment's steps timed interleaved in one process (lora_lab/steptime.py, its
+    step_times.json beside the run directories), a row per curve of a timed arm; None without one."""
+    doc = read_step_times(Path(runs["run_dir"].iloc[0]).parent) if len(runs) else None
+    if doc is None:
+        return None
+    curve_of = dict(zip(runs["run_id"], runs["curve"]))
+    rows = [{"curve": curve_of[a["run_id"]], "rank": a.get("rank"), "layers": a.get("layers"),
+             "step_time_s": a.get("step_time_s"), "steps_timed": a.get("steps_timed"),
+             "ratio_to_full": a.get("ratio_to_full"), "timing": "interleaved in one process"}
+            for a in doc["arms"] if isinstance(a, dict) and a.get("run_id") in curve_of]
+    t = pd.DataFrame(rows)
+    if not len(t):
+        return None
+    t["ratio_to_full"] = pd.to_numeric(t["ratio_to_full"], errors="coerce")
+    return t
+
+
 def step_times(runs: pd.DataFrame) -> pd.DataFrame:
-    """Median seconds per optimizer step of each curve's completed runs, and the ratio to FullFT's
-    (measured on whatever device ran them: a wall-clock claim only where runs shared nothing)."""
+    """Seconds per optimizer step of each curve and the ratio to FullFT's: timed interleaved in one
+    process where the experiment has a step_times.json (interleaved_step_times), else the median over
+    each curve's completed runs of their own step time (measured on whatever device ran them, with
+    whatever shared it: a wall-clock comparison only where runs shared nothing)."""
+    timed = interleaved_step_times(runs)
+    if timed is not None:
+        return timed
     done = runs[runs["status"] == "completed"].copy()
     if not len(done):
-        return pd.DataFrame(columns=["curve", "rank", "layers", "step_time_s", "n_runs", "ratio_to_full"])
+        return pd.DataFrame(columns=["curve", "rank", "layers", "step_time_s", "n_runs", "ratio_to_full", "timing"])
     st = pd.to_numeric(done.get("step_time_s"), errors="coerce")
     done["t"] = st.fillna(pd.to_numeric(done["wall_s"], errors="coerce") / pd.to_numeric(done["steps"], errors="coerce"))
     t = done.groupby("curve", sort=False).agg(rank=("rank", "first"), layers=("layers", "first"),
@@ -228,6 +256,7 @@ def step_times(runs: pd.DataFrame) -> pd.DataFrame:
     refs = reference_curves(runs)
     t["ratio_to_full"] = [per_curve[c] / per_curve[refs[c]] if refs.get(c) in per_curve.index else math.nan
                           for c in t["curve"]]
+    t["timing"] = "per run"
     return t
 
 
@@ -711,18 +740,35 @@ def capacity_bounds(pts: pd.DataFrame) -> dict:
 
 # ----------------------------------------------------------------------------- dispatch
 
+def explore_experiment(res: Results, runs: pd.DataFrame, sec: Section) -> None:
+    """An experiment by what varies among its runs (lora_lab/explore.py), its RL runs drawn as the rl
+    kind draws them; nothing judged."""
+    explore_section(res, runs, sec, rl=rl_section)
+
+
 SECTIONS: dict[str, Callable[[Results, pd.DataFrame, Section], None]] = {
     "rank": rank_section, "batch": batch_section, "layers": layers_section, "rl": rl_section,
     "early_rank": early_section, "invariance": invariance_section, "capacity": capacity_section,
+    EXPLORE: explore_experiment,
 }
 
 
-def analyze_experiment(res: Results, experiment: str, out: Path) -> Section:
-    """The section of one experiment (its kind from its name), figures and tables under out/<experiment>/."""
+def section_dir(out: Path, experiment: str, analyses: list[str], kind: str) -> Path:
+    """Where a section writes: out/<experiment>/, or out/<experiment>/<kind>/ for an experiment of
+    several analyses."""
+    return Path(out) / experiment / kind if len(analyses) > 1 else Path(out) / experiment
+
+
+def analyze_experiment(res: Results, experiment: str, out: Path, kind: str | None = None) -> Section:
+    """The section of one experiment analysed as `kind` (default: the first of its analyses,
+    curves.analyses_of: what its runs' run.analysis names, else its kind by name, else by what varies),
+    figures and tables under section_dir."""
     sub = res.of(experiment)
-    sec = Section(experiment, kind_of(experiment), Path(out) / experiment)
-    if sec.kind is None:
-        sec.notes.append(f"no analysis for this experiment name (kinds: {', '.join(SECTIONS)})")
+    analyses = analyses_of(sub.runs, experiment)
+    kind = kind or analyses[0]
+    sec = Section(experiment, kind, section_dir(out, experiment, analyses, kind))
+    if kind not in SECTIONS:
+        sec.notes.append(f"no analysis named {kind} (analyses: {', '.join(SECTIONS)})")
         return sec
     labelled = label_runs(sub.runs)
     plotted = labelled[labelled["status"].isin(("completed", "diverged"))]
@@ -734,17 +780,20 @@ def analyze_experiment(res: Results, experiment: str, out: Path) -> Section:
 
 
 def run_sections(res: Results, out: Path, say: Callable[[str], None] = lambda m: None) -> list[Section]:
-    """Every experiment's section. One whose analysis raises is kept with its error (and the
-    traceback on stderr), so that one odd experiment does not cost the whole report."""
+    """Every experiment's sections, one per analysis (curves.analyses_of). One whose analysis raises
+    is kept with its error (and the traceback on stderr), so that one odd experiment does not cost the
+    whole report."""
     sections = []
     for exp in res.experiments():
-        say(f"{exp}: {kind_of(exp) or 'unknown kind'}")
-        try:
-            sections.append(analyze_experiment(res, exp, out))
-        except Exception as exc:  # noqa: BLE001 - reported in the scorecard and on stderr
-            traceback.print_exc(file=sys.stderr)
-            sec = Section(exp, kind_of(exp), Path(out) / exp, error=f"{type(exc).__name__}: {exc}")
-            sec.notes.append(f"analysis failed: {sec.error}")
-            sections.append(sec)
+        analyses = analyses_of(res.of(exp).runs, exp)
+        say(f"{exp}: {', '.join(analyses)}")
+        for kind in analyses:
+            try:
+                sections.append(analyze_experiment(res, exp, out, kind))
+            except Exception as exc:  # noqa: BLE001 - reported in the scorecard and on stderr
+                traceback.print_exc(file=sys.stderr)
+                sec = Section(exp, kind, section_dir(out, exp, analyses, kind), error=f"{type(exc).__name__}: {exc}")
+                sec.notes.append(f"analysis failed: {sec.error}")
+                sections.append(sec)
     return sections
 

@@ -8,6 +8,7 @@ Needs root (it installs and starts the daemons). Skipped otherwise, unless LORA_
 
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -244,3 +245,64 @@ def test_a_preempted_pack_resumes_its_run_and_skips_the_finished_one(cluster, tm
         assert train_steps(run) == list(range(1, steps + 1))
         assert json.loads((run / "meta.json").read_text())["launches"] == launches
     assert json.loads((long / "meta.json").read_text())["resumed_from_step"] > 0
+
+
+def _squeue_jobs(root: Path) -> list[str]:
+    """The live jobs (one line per array element, `<id> <state>`) that lora-lab submitted for runs
+    under `root` (their comments name records there). sacct does not list held jobs."""
+    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T %k"], capture_output=True, text=True, check=True).stdout
+    return sorted(line.rsplit(" ", 1)[0] for line in out.splitlines() if str(root) in line)
+
+
+def test_a_detached_sweep_returns_at_once_and_wait_sees_it_through(cluster, tmp_path):
+    """`sweep --detach` submits a shrunk grid (three runs, packed two per job) and returns in seconds,
+    its jobs held in the queue (sbatch --hold); a second detached launch submits nothing and says
+    why; status shows the runs queued with their jobs; once the jobs are released they run with no
+    sweep process left, `lora-lab wait` returns 0 when every run has completed, and status shows them."""
+    root = tmp_path / "runs"
+    grid = ["lora.rank=1,4", "optim.lr=3e-3", "train.max_steps=3", "train.checkpoint_every=0",
+            "hydra.launcher.runs_per_job=2", "++hydra.launcher.additional_parameters={hold:true}"]
+    t0 = time.monotonic()
+    res = _sweep(root, *grid, "--detach")
+    took = time.monotonic() - t0
+    assert res.returncode == 0, res.stdout + res.stderr[-3000:]
+    assert took < 30, f"a detached launch took {took:.0f} s"
+    assert "3 runs in 2 SLURM jobs of up to 2 runs each" in res.stdout and "lora-lab wait tiny/rank" in res.stdout
+    array = re.search(r"submitted 3 runs in 2 SLURM jobs: (\d+)_\[0-1\]", res.stdout)
+    assert array, res.stdout
+    array = array.group(1)
+    assert _squeue_jobs(root) == [f"{array}_0 PENDING", f"{array}_1 PENDING"]  # the sweep is gone, its jobs stay
+
+    again = _sweep(root, *grid, "--detach")
+    assert again.returncode == 0, again.stdout + again.stderr[-3000:]
+    assert "3 runs; 3 queued; 0 to launch" in again.stdout
+    assert "3 runs are held by SLURM jobs that are queued or running (squeue): not submitted again" in again.stdout
+    assert f"SLURM job {array}_0 PENDING" in again.stdout
+    assert _squeue_jobs(root) == [f"{array}_0 PENDING", f"{array}_1 PENDING"]  # nothing submitted twice
+
+    status_args = [LORA_LAB, "status", "tiny/rank", f"run.root={root}", *SHRINK, *grid[:4]]
+    status = subprocess.run(status_args, capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0 and "3 runs: 3 queued" in status.stdout, status.stdout + status.stderr
+
+    subprocess.run(["scontrol", "release", array], check=True)
+    wait = subprocess.run([LORA_LAB, "wait", "tiny/rank", f"run.root={root}", *SHRINK, *grid[:4], "--poll", "1",
+                           "--timeout", "300"], capture_output=True, text=True, timeout=400)
+    assert wait.returncode == 0, wait.stdout + wait.stderr[-3000:]
+    assert "3 runs: 3 completed" in wait.stdout
+    runs = sorted(p for p in (root / "tiny" / "rank").iterdir() if not p.name.startswith("."))
+    assert len(runs) == 3
+    for r in runs:
+        assert json.loads((r / "summary.json").read_text())["status"] == "completed"
+        assert train_steps(r) == [1, 2, 3]
+    jobs = [json.loads((r / "meta.json").read_text())["slurm_job_id"] for r in runs]
+    assert sorted(jobs.count(j) for j in set(jobs)) == [1, 2]  # one job ran two runs
+    # One sbatch call in all (the first launch's array of two), whatever other jobs the cluster ran meanwhile.
+    assert len(list((root / "tiny" / "rank" / ".sweeps").glob("*/.submitit/.submission_file_*.sh"))) == 1
+    # A job's line in runs.jsonl follows its run's summary.json: read it once the jobs have left the queue.
+    deadline = time.time() + 60
+    while _squeue_jobs(root) and time.time() < deadline:
+        time.sleep(0.5)
+    ended = [json.loads(line) for line in next((root / "tiny" / "rank" / ".sweeps").glob("*/runs.jsonl")).read_text().splitlines()]
+    assert sorted(e["status"] for e in ended) == ["completed"] * 3  # written by the jobs themselves
+    status = subprocess.run(status_args, capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0 and "3 runs: 3 completed" in status.stdout, status.stdout

@@ -3,8 +3,10 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 
@@ -329,30 +331,214 @@ def test_interrupted_local_sweep_stops_its_runs_and_relaunch_resumes(tmp_path, s
 def test_time_left_costs_each_run_at_its_own_tasks_measured_pace(tmp_path):
     """The time left of a sweep that mixes RL and SFT runs: once a run of a task has ended, the runs
     of that task left are costed at its measured seconds per unit of work, whatever run_work's
-    weights between tasks say; before anything ended or moved, there is nothing to go by."""
+    weights between tasks say; a task none of whose runs has ended or been timed is not costed by
+    another task's runs; before anything ended or moved, there is nothing to go by."""
     from lora_lab.config import compose
     from lora_lab.slurm import Job
-    from lora_lab.sweep import run_work, time_left
+    from lora_lab.sweep import estimate_left, run_work, time_left
 
     root = f"run.root={tmp_path}"
     rl = [Job([], compose(["task=rl", "data=tiny-math", f"optim.lr={lr}", root, "train.max_steps=40"])) for lr in (1e-4, 3e-4)]
     sft = [Job([], compose([f"optim.lr={lr}", root, "train.max_steps=16"])) for lr in (1e-4, 3e-4, 1e-3, 3e-3)]
     jobs = rl + sft
     pending = {j.path: {"state": "pending"} for j in jobs}
-    assert time_left(jobs, pending, elapsed=5.0, since=0.0, parallel=2) is None
+    assert time_left(jobs, pending, since=0.0, parallel=2) is None
     # Both RL runs ended (17 s each), one SFT run ended (4 s), one is half done, two have not started.
     states = dict(pending)
     for j in rl:
-        states[j.path] = {"state": "completed", "wall_s": 17.0}
-    states[sft[0].path] = {"state": "completed", "wall_s": 4.0}
+        states[j.path] = {"state": "completed", "wall_s": 17.0, "step": 40}
+    states[sft[0].path] = {"state": "completed", "wall_s": 4.0, "step": 16}
     states[sft[1].path] = {"state": "running", "step": 8}
-    left = time_left(jobs, states, elapsed=40.0, since=0.0, parallel=2)
-    assert left == pytest.approx((0.5 + 1 + 1) * 4.0 / 2)  # SFT's pace, whatever RL's weight in run_work
+    # SFT's pace (4 s a run), whatever RL's weight in run_work: the half-done run (2 s) and a queued one
+    # (4 s) on one slot, the other queued run (4 s) on the other, so the last ends in 6 s.
+    assert time_left(jobs, states, since=0.0, parallel=2) == pytest.approx(6.0)
     assert run_work(rl[0].cfg) > 100 * run_work(sft[0].cfg)  # the weights alone would have said ~0 s
-    # Only RL runs ended: an SFT run left costs what an ended run took (17 s), not RL's weight per unit.
+    # Only RL runs ended: the SFT runs are not costed at RL's 17 s a run; with none timed, nothing is said.
     only_rl = dict(pending)
     for j in rl:
-        only_rl[j.path] = {"state": "completed", "wall_s": 17.0}
-    assert time_left(jobs, only_rl, elapsed=20.0, since=0.0, parallel=2) == pytest.approx(4 * 17.0 / 2)
-    done = {j.path: {"state": "completed", "wall_s": 1.0} for j in jobs}
-    assert time_left(jobs, done, elapsed=60.0, since=0.0, parallel=2) == 0.0
+        only_rl[j.path] = {"state": "completed", "wall_s": 17.0, "step": 40}
+    assert estimate_left(jobs, only_rl, 0.0, 2) == (None, 4)
+    done = {j.path: {"state": "completed", "wall_s": 1.0, "step": 16} for j in jobs}
+    assert time_left(jobs, done, since=0.0, parallel=2) == 0.0
+
+
+def test_time_left_with_the_longest_runs_first_and_runs_of_different_lengths(tmp_path):
+    """Reproduce's order, longest first: the long RL runs go first and end first; the SFT runs left
+    are then paced by the SFT runs in flight (their measured seconds per step), not by the RL runs'
+    length; a run of 64 steps costs four times one of 16; a run of epochs takes the steps a completed
+    run of the same data and batch took (not run_steps's guess); and the last run to end, not the sum
+    shared out over the slots, sets the time left."""
+    from lora_lab.config import compose
+    from lora_lab.slurm import Job
+    from lora_lab.sweep import estimate_left, run_steps, time_left
+
+    root = f"run.root={tmp_path}"
+    rl = [Job([], compose(["task=rl", "data=tiny-math", f"optim.lr={lr}", root, "train.max_steps=40"])) for lr in (1e-4, 3e-4)]
+    short = [Job([], compose([f"optim.lr={lr}", root, "train.max_steps=16"])) for lr in (1e-4, 3e-4)]
+    long = Job([], compose(["optim.lr=1e-3", root, "train.max_steps=64"]))
+    jobs = rl + [long] + short
+    states = {j.path: {"state": "completed", "wall_s": 300.0, "step": 40} for j in rl}
+    states[long.path] = {"state": "running", "step": 10}
+    states[short[0].path] = {"state": "running", "step": 4}
+    states[short[1].path] = {"state": "pending"}
+    rates = {long.path: 0.5, short[0].path: 0.25}  # seconds per step, as the watcher measured them
+    # In flight: the long run 54 steps x 0.5 s = 27 s, the short one 12 x 0.25 = 3 s; the queued
+    # short run (same kind as the one in flight: 0.25 s a step) follows on the slot free first: 3 + 4 s.
+    assert time_left(jobs, states, parallel=2, rates=rates) == pytest.approx(27.0)
+    # Without the long run, on one slot: the short one in flight (3 s), then the queued one (4 s).
+    del states[long.path], rates[long.path]
+    assert time_left(rl + short, states, parallel=1, rates=rates) == pytest.approx(7.0)
+    assert time_left(rl + short, states, parallel=2, rates=rates) == pytest.approx(4.0)
+    # Per step, not per run: the 64-step run, queued, costs 4x a 16-step run at the completed run's pace.
+    ended = {short[0].path: {"state": "completed", "wall_s": 8.0, "step": 16}, long.path: {"state": "pending"}}
+    assert time_left([short[0], long], ended, parallel=1) == pytest.approx(32.0)
+    # A run of epochs (max_steps null, all of the data): its steps are those a completed twin took.
+    epochs = [Job([], compose([f"optim.lr={lr}", root, "data.num_examples=null"])) for lr in (1e-4, 3e-4)]
+    assert run_steps(epochs[0].cfg) == 10_000 // 32  # the guess without the data set's size
+    twin = {epochs[0].path: {"state": "completed", "wall_s": 20.0, "step": 100}, epochs[1].path: {"state": "pending"}}
+    assert estimate_left(epochs, twin, 0.0, 1) == (pytest.approx(20.0), 0)
+
+
+def test_the_progress_line_refreshes_with_the_steps_of_the_runs_in_flight(tmp_path):
+    """_Watch prints a line when the counts change and, while runs are in flight, at least every
+    refresh_s with the steps they have logged and the time left from their measured pace (a fake
+    clock: tick(now))."""
+    import io
+
+    from conftest import make_config, write_run
+    from lora_lab.runs import RunDir
+    from lora_lab.slurm import Job
+    from lora_lab.sweep import _Watch
+
+    cfgs = [make_config(tmp_path, "tiny/rank", lr=lr, steps=20) for lr in (1e-3, 3e-3)]
+    jobs = [Job([], c) for c in cfgs]
+    running = write_run(cfgs[0], [3.0] * 4, status=None)
+    lock = RunDir(running)
+    lock.lock()  # a live process holds it: running
+    out = io.StringIO()
+    try:
+        watch = _Watch(jobs, refresh_s=30.0, out=out, workers=1)
+        first = watch.tick(now=0.0)
+        assert first is not None and "0/2 done: 1 running, 1 pending" in first and "running 4/20 steps" in first
+        with open(running / "metrics.jsonl", "a") as f:
+            f.writelines(json.dumps({"step": s, "train_loss": 2.0}) + "\n" for s in range(5, 9))
+        assert watch.tick(now=10.0) is None  # same counts, refreshed less than 30 s ago
+        line = watch.tick(now=30.0)
+        # 4 steps in 30 s: 7.5 s a step; 12 steps left of this run, then 20 of the queued one, on one worker.
+        assert line is not None and "running 8/20 steps" in line, line
+        assert f"~{(12 + 20) * 7.5 / 60:.1f} min left (1 worker)" in line, line
+        assert out.getvalue().splitlines() == [first, line]
+    finally:
+        lock.unlock()
+    # The counts change: a line at once.
+    write_run(cfgs[1], [1.0] * 20)
+    assert "1/2 done: 1 completed, 1 unfinished" in watch.tick(now=31.0)
+
+
+def _hand_runs(tmp_path, n=3):
+    from conftest import make_config
+    from lora_lab.slurm import Job
+
+    return [Job([], make_config(tmp_path, "tiny/rank", lr=lr, steps=20)) for lr in (1e-3, 3e-3, 1e-2)[:n]]
+
+
+def test_squeue_names_the_runs_of_lora_labs_jobs_and_status_shows_them_queued(tmp_path, monkeypatch, capsys):
+    """A job's comment names the record of its packs (percent-encoded) and its first pack; squeue's
+    array elements map to their packs' runs. status lists runs held by live jobs as queued (also
+    those whose directories do not exist yet), with the job; wait times out while they are."""
+    from conftest import write_run
+    from lora_lab import slurm
+    from lora_lab.slurm import QueuedJob
+
+    jobs = _hand_runs(tmp_path)
+    record = tmp_path / "tiny" / "rank" / ".sweeps" / "a b" / "slurm-0.json"  # where a launch writes it
+    slurm.write_record(record, [[jobs[0]], [jobs[1], jobs[2]]])
+    comment = slurm.job_comment(record, 0)
+    assert " " not in comment and comment.endswith("#0")
+    text = (f"70_0|COMPLETING|node3|0|{slurm.job_comment(record, 1)}\n"  # over: it holds its runs no more
+            f"77_0|PENDING|(Priority)|0|{comment}\n77_1|RUNNING|node3|1|{comment}\n"
+            "12|RUNNING|node1|N/A|someone else's job\n")
+    queue = slurm.parse_queue(text)
+    assert queue == {jobs[0].path: QueuedJob("77_0", "PENDING", "(Priority)"),
+                     jobs[1].path: QueuedJob("77_1", "RUNNING", "node3"), jobs[2].path: QueuedJob("77_1", "RUNNING", "node3")}
+    # A pack submitted alone (a plain job, no array index) from pack 1 of the record.
+    assert slurm.parse_queue(f"80|PENDING|(Resources)|N/A|{slurm.job_comment(record, 1)}\n") == {
+        jobs[1].path: QueuedJob("80", "PENDING", "(Resources)"), jobs[2].path: QueuedJob("80", "PENDING", "(Resources)")}
+
+    write_run(jobs[2].cfg, [3.0] * 4, status=None)  # its job started it once: unfinished, not locked
+    elsewhere = _hand_runs(tmp_path / "other", 1)[0]
+    write_run(elsewhere.cfg, [3.0] * 4, status=None)
+
+    def no_squeue(timeout=None):
+        raise AssertionError("squeue asked where lora-lab submitted no SLURM job")
+
+    monkeypatch.setattr(sweep, "queued_runs", no_squeue)
+    assert sweep.status_main([str(tmp_path / "other")]) == 0
+    assert "1 runs: 1 unfinished" in capsys.readouterr().out
+    monkeypatch.setattr(sweep, "queued_runs", lambda timeout=None: (queue, None))
+    where = str(tmp_path / "tiny" / "rank")
+    assert sweep.status_main([where]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("3 runs: 3 queued"), out
+    assert "SLURM job 77_0 PENDING (Priority)" in out and "SLURM job 77_1 RUNNING on node3" in out
+    assert sweep.wait_main([where, "--timeout", "0"]) == 1
+    assert "3 runs still queued or running after 0 s" in capsys.readouterr().err
+    # The jobs have ended: nothing is queued, and every run completed.
+    monkeypatch.setattr(sweep, "queued_runs", lambda timeout=None: ({}, None))
+    for j in jobs:
+        shutil.rmtree(j.path, ignore_errors=True)
+        write_run(j.cfg, [2.0] * 20)
+    assert sweep.wait_main([where, "--timeout", "0"]) == 0
+    assert "3 runs: 3 completed" in capsys.readouterr().out
+
+
+def test_a_slurm_launch_skips_queued_runs_and_a_detached_one_returns_at_once(tmp_path, monkeypatch, capsys):
+    """Runs that a live SLURM job holds are not submitted again (and the launch says which, with the
+    job); a detached launch hands the rest to launch(detach=True), with the runs each job copies to
+    the experiments that share them, and returns without waiting."""
+    from lora_lab.slurm import QueuedJob
+
+    jobs = _hand_runs(tmp_path)
+    calls = []
+    monkeypatch.setattr(sweep, "queued_runs", lambda timeout=None: ({jobs[0].path: QueuedJob("9_0", "PENDING", "(Priority)")}, None))
+    monkeypatch.setattr(sweep, "launch", lambda todo, args, cap, **kw: calls.append((todo, kw)) or [])
+    assert sweep.launch_jobs("t", jobs, tmp_path, "slurm", "local", progress=False, detach=True) == 0
+    out = capsys.readouterr().out
+    assert "t: 3 runs; 1 queued, 2 pending; 2 to launch" in out
+    assert "1 run is held by SLURM jobs that are queued or running (squeue): not submitted again" in out
+    assert f"{jobs[0].run_id}: SLURM job 9_0 PENDING (Priority)" in out
+    ((todo, kw),) = calls
+    assert [j.run_id for j in todo] == [j.run_id for j in jobs[1:]] and kw == {"detach": True, "copies": {}}
+    with pytest.raises(ConfigError, match="--detach with launcher=local: a detached launch needs launcher=slurm"):
+        sweep.sweep("tiny/rank", [f"run.root={tmp_path}"], detach=True)
+
+
+def test_a_detached_job_records_its_runs_and_copies_them_to_the_experiments_that_share_them(tmp_path):
+    """SlurmRuns, what a detached SLURM job runs, in this process: it trains its runs, writes a line
+    per run to the sweep's runs.jsonl, and copies a finished run into the other experiment that has
+    it (what the sweep's process did after the jobs it waited for), so nothing is left to a driver."""
+    from lora_lab.config import compose
+    from lora_lab.sweep import SlurmRuns
+
+    base = [f"run.root={tmp_path}", "method=lora", "lora.rank=1", "optim.lr=3e-3", *TINY_RUN, "data.max_seq_len=64",
+            "optim.batch_size=8"]
+    mine, twin = compose([*base, "run.experiment=tiny/rank"]), compose([*base, "run.experiment=tiny/batch"])
+    log = tmp_path / "runs.jsonl"
+    result = SlurmRuns(str(log))([mine.to_dict()], [[twin.to_dict()]])
+    assert [r["status"] for r in result["runs"]] == ["completed"]
+    copied = sweep.run_dir(twin)
+    assert sweep.run_state(copied)["state"] == "completed"
+    assert json.loads((copied / "meta.json").read_text())["copied_from"] == str(sweep.run_dir(mine))
+    (line,) = [json.loads(x) for x in log.read_text().splitlines()]
+    assert line["run_id"] == sweep.run_id(mine) and line["status"] == "completed" and line["copied_to"] == [str(copied)]
+
+
+def test_wait_is_a_light_command(tmp_path):
+    """`lora-lab wait` imports neither torch nor transformers; with nothing queued or running it
+    returns at once: 1, the runs are pending."""
+    from test_light_commands import PROBE
+
+    out = subprocess.run([sys.executable, "-c", PROBE, "wait", "tiny/rank", "lora.rank=1", "optim.lr=3e-3", "train.seed=0",
+                          f"run.root={tmp_path}", "--timeout", "0"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"rc": 1, "heavy": []}, out.stderr[-2000:]
+    assert "2 runs: 2 pending" in out.stdout
