@@ -7,8 +7,8 @@
 The package is layered (imports point down only; tests/test_layers.py checks it): config; hub,
 answers, models, lora, data, rewards, flops, sampler and the generated tiny world (tiny/); the run
 directory (runs), distributed and memory; what SFT and RL share (learner); the loops train and rl,
-and launch; slurm below sweep, reproduce, plan, the analysis chain results -> noise -> curves ->
-figures -> sections -> claims -> report, and the cli on top.
+and launch; slurm below progress -> dispatch -> sweep -> status, reproduce, plan, the analysis
+chain results -> noise -> curves -> figures -> sections -> claims -> report, and the cli on top.
 """
 
 __version__ = "0.1.0"

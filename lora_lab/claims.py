@@ -283,7 +283,9 @@ def judge_c6(s: Section) -> Finding:
     how = ("matmul FLOPs per token of a training step, LoRA over FullFT, counted by lora_lab.flops for the experiment's "
            "model and sequence length and for the adapters the runs trained (their lora.layers, and the lm_head adapter "
            "where lora.unembed); judged at the smallest rank run (the paper's ~2/3 assumes R << N). The paper's formula "
-           "(2N^2 + 6NR) / 3N^2 at N = the hidden size is printed beside it. Measured time per step, printed beside "
+           "(2N^2 + 6NR) / 3N^2 at N = the hidden size is printed beside it; where even that formula is above the "
+           f"range at the smallest rank run (R not << N), the claim does not apply: inconclusive. Measured time per "
+           "step, printed beside "
            "the count, not judged: each arm's steps timed interleaved in one process (`lora-lab time-steps`) where "
            "the experiment has them, else the median over completed runs of their own step time.")
     rec = record_of(s, RankRecord)
@@ -311,6 +313,11 @@ def judge_c6(s: Section) -> Finding:
     smallest = flops[next(iter(flops))]
     if smallest is None:
         return Finding(INCONCLUSIVE, noise, measured, how)
+    low_rank = next(iter(flops))[0]
+    if rec.hidden and paper_flops_ratio(rec.hidden, low_rank) > C6_RANGE[1]:
+        # The claim's premise, R << N: at this rank even the paper's own formula is above the range.
+        return Finding(INCONCLUSIVE, noise, measured + f"; no run at a rank where the claim applies (the paper's "
+                       f"formula is {fmt(paper_flops_ratio(rec.hidden, low_rank))} at the smallest, r{low_rank})", how)
     ok = C6_RANGE[0] <= smallest <= C6_RANGE[1]
     return Finding(REPRODUCED if ok else NOT_REPRODUCED, noise, measured, how)
 
@@ -553,6 +560,13 @@ def _gate_text(g: pd.Series) -> str:
 
 
 def judge_c9(s: Section) -> Finding:
+    """C9's rule (_judge_c9), capped for the seeds its LoRA-vs-FullFT gaps rest on."""
+    pts = record_of(s, CapacityRecord).points
+    seeds = pd.to_numeric(pts["n_seeds"], errors="coerce").dropna() if len(pts) and "n_seeds" in pts else None
+    return seeded(int(seeds.min()) if seeds is not None and len(seeds) else MIN_SEEDS, _judge_c9(s))
+
+
+def _judge_c9(s: Section) -> Finding:
     rec = record_of(s, CapacityRecord)
     pts, b, gate = rec.points, rec.bounds, rec.gate
     how = ("tiny-facts sets of known information content I (bits); at each size, the best LR's final eval loss of each "
@@ -657,7 +671,8 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("C6", "LoRA costs about 2/3 of FullFT's FLOPs per step: (2N^2 + 6NR) / 3N^2.",
           "~2/3 of FullFT's FLOPs per step", ("rank",),
           f"reproduced: the counted LoRA/FullFT FLOPs ratio for the runs' own adapters (layer set, lm_head adapter) at "
-          f"the smallest rank run is in [{C6_RANGE[0]:g}, {C6_RANGE[1]:g}]; inconclusive: not computed; not reproduced "
+          f"the smallest rank run is in [{C6_RANGE[0]:g}, {C6_RANGE[1]:g}]; inconclusive: not computed, or no rank "
+          f"small enough for the claim (the paper's formula above {C6_RANGE[1]:g} at the smallest); not reproduced "
           "otherwise. The measured step-time ratio is printed beside it, not judged (it depends on the machine).",
           f"counted FLOPs ratio in [{C6_RANGE[0]:g}, {C6_RANGE[1]:g}] at the smallest rank; step time shown", judge_c6),
     Claim("C7", "With the alpha/r scaling, curves for different ranks coincide early in training.",
@@ -683,9 +698,9 @@ CLAIMS: tuple[Claim, ...] = (
           f"facts, so no LoRA miss is read as capacity). A LoRA size matches FullFT when its gap does not exceed "
           f"{K_SE:g} SE (and {MIN_GAP:g} nats). Reproduced: the capacity bounds from matching and failing LoRA sizes "
           f"allow {BITS_RANGE[0]:g}..{BITS_RANGE[1]:g} bits per parameter; not reproduced: they exclude it; "
-          f"inconclusive: they do not bracket it, or {_EDGE.split(':')[0]}.",
+          f"inconclusive: they do not bracket it, or {_EDGE.split(':')[0]}. {_SEEDS}.",
           f"gate: FullFT's held-out minus re-ask loss > {K_SE:g} SE and >= {STORE_FRAC:.0%} of held-out; match = gap "
-          f"<= {K_SE:g} SE; bounds allow {BITS_RANGE[0]:g}..{BITS_RANGE[1]:g} bits/param; {_EDGE}", judge_c9),
+          f"<= {K_SE:g} SE; bounds allow {BITS_RANGE[0]:g}..{BITS_RANGE[1]:g} bits/param; {_EDGE}; {_SEEDS}", judge_c9),
 )
 
 

@@ -42,8 +42,8 @@ EXTERNAL = {
     "build-tiny": ("lora_lab.tiny.pretrain", "main", "rebuild the tiny tokenizer and base models"),
     "sweep": ("lora_lab.sweep", "sweep_main", "run an experiment's grid (local or SLURM), skipping finished runs; "
               "--refine adds LRs around each arm's optimum"),
-    "status": ("lora_lab.sweep", "status_main", "table of an experiment's runs by state"),
-    "wait": ("lora_lab.sweep", "wait_main", "block until no run of an experiment is queued or running (detached "
+    "status": ("lora_lab.status", "status_main", "table of an experiment's runs by state"),
+    "wait": ("lora_lab.status", "wait_main", "block until no run of an experiment is queued or running (detached "
              "SLURM sweeps); exit 0 if every run completed"),
     "analyze": ("lora_lab.report", "analyze_main", "figures, tables and the claims scorecard from run directories"),
     "reproduce": ("lora_lab.reproduce", "reproduce_main", "run every experiment of a scale, then analyze"),

@@ -298,9 +298,13 @@ def value_at_step(res: Results, runs: pd.DataFrame, step: int, column: str = "tr
 def ucurves(runs: pd.DataFrame, value: str = "final_loss", sem: str | None = "final_loss_sem") -> pd.DataFrame:
     """(curve, lr, value, sem, n_runs, n_seeds, diverged): the runs' `value` per curve and LR,
     averaged over seeds (a diverged seed makes the point +inf, or -inf for a reward). The standard
-    error is that across seeds, or the single run's own (over its final window)."""
+    error is that across seeds, or the single run's own (over its final window). A final loss (nats
+    per target token) comes with `final_bpb` beside it, the same window in bits per UTF-8 byte of the
+    targets where the runs logged it (comparable across tokenizers)."""
     plotted = runs[runs["status"].isin(("completed", "diverged"))]
     plotted = plotted.assign(seed=seed_of(plotted))
+    bpb = bool(value == "final_loss" and "final_bpb" in plotted
+               and pd.to_numeric(plotted["final_bpb"], errors="coerce").notna().any())
     rows = []
     for (name, lr), g in plotted.groupby(["curve", "lr"], sort=False):
         v = g[value].astype(float)
@@ -310,7 +314,10 @@ def ucurves(runs: pd.DataFrame, value: str = "final_loss", sem: str | None = "fi
             s = float(g[sem].iloc[0]) if sem and sem in g and pd.notna(g[sem].iloc[0]) else 0.0
         rows.append({"curve": name, "lr": float(lr), "value": float(v.mean()), "sem": s, "n_runs": len(g),
                      "n_seeds": int(g["seed"].nunique()), "diverged": int((g["status"] == "diverged").sum())})
-    t = pd.DataFrame(rows, columns=["curve", "lr", "value", "sem", "n_runs", "n_seeds", "diverged"])
+        if bpb:
+            rows[-1]["final_bpb"] = float(pd.to_numeric(g["final_bpb"], errors="coerce").mean())
+    t = pd.DataFrame(rows, columns=["curve", "lr", "value", "sem", "n_runs", "n_seeds", "diverged"]
+                     + (["final_bpb"] if bpb else []))
     return sort_curves(t, runs, "lr")
 
 

@@ -31,11 +31,13 @@ import time
 from pathlib import Path
 
 from lora_lab.config import ConfigError, is_experiment_file
+from lora_lab.dispatch import launch_jobs
+from lora_lab.progress import run_work
 from lora_lab.refine import REFINE_ROUNDS, parse_options
 from lora_lab.runs import FINAL_STATUSES, run_state
 from lora_lab.slurm import Job
-from lora_lab.sweep import (add_refine_args, check_detach, detach_kwargs, expand_jobs, experiment_names, launch_jobs,
-                            refine_grids, run_work, split_launcher_args)
+from lora_lab.sweep import (add_refine_args, check_detach, detach_kwargs, expand_jobs, experiment_names, refine_grids,
+                            split_launcher_args)
 
 SCALES = ("tiny", "paper")
 

@@ -6,7 +6,7 @@ lora_lab/memory.py place), several runs packed into one SLURM job (`runs_per_job
 SLURM's queue holds: every job lora-lab submits carries `--comment=lora-lab:<record>#<first pack>`,
 the record (<sweep dir>/slurm-<n>.json) naming the runs of each of its jobs, so that `squeue` tells
 which runs are queued or running (`queued_runs`), whoever submitted them. The launching itself is
-lora_lab/sweep.py's; `submit` sends packs without waiting for them (`sweep --detach`).
+lora_lab/dispatch.py's; `submit` sends packs without waiting for them (`sweep --detach`).
 
     lora-lab sweep paper/rank_tulu3_llama8b launcher=slurm cluster=example-gpu --dry-run   # each run's GPUs
     squeue -o '%i %T %j %k'    # lora-lab's jobs: their comment names the record of their runs

@@ -2,7 +2,7 @@
 one after another, each as `lora-lab train` would in a process of its own (the run directory, run
 id, seeds, resume, skip-if-finished and failure records of lora_lab/launch.py), with the process's
 global state put back before each run (`Baseline`). The local pool (lora_lab/pool.py) starts one per
-parallel slot; a packed SLURM job (lora_lab/sweep.py, `runs_per_job`) runs its runs through
+parallel slot; a packed SLURM job (lora_lab/dispatch.py, `runs_per_job`) runs its runs through
 `run_pack` in the job's own process.
 
     python -m lora_lab.worker --threads 1     # what the pool starts; speaks JSON lines
@@ -235,7 +235,7 @@ def run_config(cfg: Any, baseline: Baseline, threads: int | None = None, log: IO
 
 
 def run_pack(configs: list[Any], threads: int | None = None) -> list[dict]:
-    """The runs of a packed SLURM job, one after another in this process (lora_lab/sweep.py). A run
+    """The runs of a packed SLURM job, one after another in this process (lora_lab/dispatch.py). A run
     that ends (completed, diverged, failed, or refused) does not stop the others; a requeue or a
     signal (SystemExit, KeyboardInterrupt) does, and the requeued job skips the finished runs."""
     baseline = Baseline()

@@ -181,3 +181,17 @@ def test_an_offline_wandb_run_carries_the_group_grid_point_and_final_loss(small,
                for r in records if r.WhichOneof("record_type") == "history"]
     logged = [r["train_loss"] for r in read_metrics(run_dir(cfg) / "metrics.jsonl") if "train_loss" in r]
     assert [h["train_loss"] for h in history] == logged
+
+
+def test_lr_sweep_tables_carry_bits_per_byte_beside_the_final_loss():
+    import pandas as pd
+
+    from lora_lab.curves import ucurves
+
+    runs = pd.DataFrame({"curve": ["FullFT"] * 4, "lr": [1e-3, 1e-3, 3e-3, 3e-3], "train.seed": [0, 1, 0, 1],
+                         "status": ["completed"] * 4, "method": ["full"] * 4, "rank": [math.nan] * 4, "layers": [None] * 4,
+                         "final_loss": [1.0, 1.2, 0.8, 0.9],
+                         "final_loss_sem": [0.01] * 4, "final_bpb": [0.5, 0.7, 0.4, 0.5]})
+    uc = ucurves(runs).set_index("lr")
+    assert uc.loc[1e-3, "final_bpb"] == pytest.approx(0.6) and uc.loc[3e-3, "final_bpb"] == pytest.approx(0.45)
+    assert "final_bpb" not in ucurves(runs.drop(columns="final_bpb"))  # runs logged before bits per byte

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import LORA_LAB, write_run
-from lora_lab import refine, sweep
+from lora_lab import refine, status, sweep
 from lora_lab.config import ConfigError, compose_dict, from_dictconfig
 from lora_lab.runs import run_dir
 
@@ -239,7 +239,7 @@ def test_status_lists_the_refined_runs_as_the_experiments(tmp_path, fake_launch,
     other = grid(tmp_path, "optim.lr=3.3e-4", "train.max_steps=5")[1][0]
     write_run(other.cfg, [1.0])
     capsys.readouterr()
-    assert sweep.status_main(["tiny/rank", *args, "arms=full"]) == 0
+    assert status.status_main(["tiny/rank", *args, "arms=full"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("3 runs: 3 completed")
     assert "_lr3.3e-4_" in out and "an LR added to the grid (sweep --refine)" in out

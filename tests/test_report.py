@@ -323,7 +323,7 @@ def test_c7_on_a_rank_grid_without_a_shared_lr_and_not_run(tmp_path):
     assert [(v.experiment, v.verdict) for v in judge([pending])["C7"]] == [("tiny/rank", NOT_RUN)]
 
 
-@pytest.mark.parametrize("make, claim", [(make_batch, "C3"), (make_layers, "C4"), (make_early, "C7")])
+@pytest.mark.parametrize("make, claim", [(make_batch, "C3"), (make_layers, "C4"), (make_early, "C7"), (make_capacity, "C9")])
 def test_one_seed_is_at_most_inconclusive(tmp_path, make, claim):
     """The same known answers on one seed: the rule's reading is shown, the verdict waits for seeds."""
     make(tmp_path / "runs", seeds=(0,))

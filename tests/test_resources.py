@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lora_lab import slurm, sweep
+from lora_lab import dispatch, slurm, sweep
 from lora_lab.config import ConfigError
 
 PAPER = Path(__file__).resolve().parent.parent / "experiments" / "paper"
@@ -140,7 +140,7 @@ def test_each_set_of_resources_is_its_own_job_array(tmp_path):
         calls.append((start, [p[0].run_id for p in batch], dict((lau or launcher).params)))
         return [f"{p[0].run_id}: failed" for p in batch if p[0].run_id == "d"]
 
-    problems = sweep.launch_by_resources(launcher, packs, run_batch)
+    problems = dispatch.launch_by_resources(launcher, packs, run_batch)
     assert sorted(calls) == [(0, ["a", "b"], {"gpus_per_node": 1, "partition": "gpu"}),
                              (2, ["c", "d"], {"gpus_per_node": 4, "tasks_per_node": 4, "nodes": 1, "partition": "gpu"})]
     assert problems == ["d: failed"] and launcher.params == {"gpus_per_node": 1, "partition": "gpu"}
@@ -151,9 +151,9 @@ def test_each_set_of_resources_is_its_own_job_array(tmp_path):
 
 def test_a_slurm_launch_leaves_out_what_does_not_fit(tmp_path, monkeypatch, capsys):
     launched = []
-    monkeypatch.setattr(sweep, "launch", lambda todo, args, cap: launched.extend(todo) or [])
+    monkeypatch.setattr(dispatch, "launch", lambda todo, args, cap: launched.extend(todo) or [])
     _, jobs = sweep.expand_jobs("paper/rl_gsm8k_llama8b", ["lora.rank=1", "optim.lr=1e-4", f"run.root={tmp_path}"])
-    code = sweep.launch_jobs("rl", jobs, tmp_path, "slurm", "example-gpu", progress=False)
+    code = dispatch.launch_jobs("rl", jobs, tmp_path, "slurm", "example-gpu", progress=False)
     assert code == 1  # the FullFT run stays pending
     assert [j.cfg.method for j in launched] == ["lora"]
     assert "not launched: " in capsys.readouterr().err
@@ -168,8 +168,8 @@ def test_two_sets_of_resources_launch_through_hydra_at_once(tmp_path):
     _, jobs = sweep.expand_jobs("tiny/rank", overrides, arms=["lora"])
     assert len(jobs) == 2
     jobs[1].resources = {"cpus_per_task": 1, "timeout_min": 30}
-    problems = sweep.launch(jobs, sweep.launcher_overrides("local", None, 1, tmp_path / ".sweeps" / "t"), None)
+    problems = dispatch.launch(jobs, dispatch.launcher_overrides("local", None, 1, tmp_path / ".sweeps" / "t"), None)
     assert problems == []
-    assert [sweep.run_state(j.path)["state"] for j in jobs] == ["completed", "completed"]
+    assert [dispatch.run_state(j.path)["state"] for j in jobs] == ["completed", "completed"]
     # Hydra's job directories: the job numbers are the runs' indices, whichever launch they went in.
     assert {"0", "1"} <= {p.name for p in (tmp_path / ".sweeps" / "t").iterdir()}

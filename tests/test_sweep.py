@@ -14,7 +14,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import LORA_LAB, train_steps
-from lora_lab import pool, sweep
+from lora_lab import dispatch, pool, progress, sweep
 from lora_lab.config import ConfigError, compose_dict, from_dictconfig
 
 # Shrinks any tiny experiment to seconds per run.
@@ -335,7 +335,7 @@ def test_time_left_costs_each_run_at_its_own_tasks_measured_pace(tmp_path):
     another task's runs; before anything ended or moved, there is nothing to go by."""
     from lora_lab.config import compose
     from lora_lab.slurm import Job
-    from lora_lab.sweep import estimate_left, run_work, time_left
+    from lora_lab.progress import estimate_left, run_work, time_left
 
     root = f"run.root={tmp_path}"
     rl = [Job([], compose(["task=rl", "data=tiny-math", f"optim.lr={lr}", root, "train.max_steps=40"])) for lr in (1e-4, 3e-4)]
@@ -370,7 +370,7 @@ def test_time_left_with_the_longest_runs_first_and_runs_of_different_lengths(tmp
     shared out over the slots, sets the time left."""
     from lora_lab.config import compose
     from lora_lab.slurm import Job
-    from lora_lab.sweep import estimate_left, run_steps, time_left
+    from lora_lab.progress import estimate_left, run_steps, time_left
 
     root = f"run.root={tmp_path}"
     rl = [Job([], compose(["task=rl", "data=tiny-math", f"optim.lr={lr}", root, "train.max_steps=40"])) for lr in (1e-4, 3e-4)]
@@ -408,7 +408,7 @@ def test_the_progress_line_refreshes_with_the_steps_of_the_runs_in_flight(tmp_pa
     from conftest import make_config, write_run
     from lora_lab.runs import RunDir
     from lora_lab.slurm import Job
-    from lora_lab.sweep import _Watch
+    from lora_lab.progress import _Watch
 
     cfgs = [make_config(tmp_path, "tiny/rank", lr=lr, steps=20) for lr in (1e-3, 3e-3)]
     jobs = [Job([], c) for c in cfgs]
@@ -449,6 +449,7 @@ def test_squeue_names_the_runs_of_lora_labs_jobs_and_status_shows_them_queued(tm
     from conftest import write_run
     from lora_lab import slurm
     from lora_lab.slurm import QueuedJob
+    from lora_lab.status import status_main, wait_main
 
     jobs = _hand_runs(tmp_path)
     record = tmp_path / "tiny" / "rank" / ".sweeps" / "a b" / "slurm-0.json"  # where a launch writes it
@@ -472,23 +473,23 @@ def test_squeue_names_the_runs_of_lora_labs_jobs_and_status_shows_them_queued(tm
     def no_squeue(timeout=None):
         raise AssertionError("squeue asked where lora-lab submitted no SLURM job")
 
-    monkeypatch.setattr(sweep, "queued_runs", no_squeue)
-    assert sweep.status_main([str(tmp_path / "other")]) == 0
+    monkeypatch.setattr(progress, "queued_runs", no_squeue)
+    assert status_main([str(tmp_path / "other")]) == 0
     assert "1 runs: 1 unfinished" in capsys.readouterr().out
-    monkeypatch.setattr(sweep, "queued_runs", lambda timeout=None: (queue, None))
+    monkeypatch.setattr(progress, "queued_runs", lambda timeout=None: (queue, None))
     where = str(tmp_path / "tiny" / "rank")
-    assert sweep.status_main([where]) == 0
+    assert status_main([where]) == 0
     out = capsys.readouterr().out
     assert out.startswith("3 runs: 3 queued"), out
     assert "SLURM job 77_0 PENDING (Priority)" in out and "SLURM job 77_1 RUNNING on node3" in out
-    assert sweep.wait_main([where, "--timeout", "0"]) == 1
+    assert wait_main([where, "--timeout", "0"]) == 1
     assert "3 runs still queued or running after 0 s" in capsys.readouterr().err
     # The jobs have ended: nothing is queued, and every run completed.
-    monkeypatch.setattr(sweep, "queued_runs", lambda timeout=None: ({}, None))
+    monkeypatch.setattr(progress, "queued_runs", lambda timeout=None: ({}, None))
     for j in jobs:
         shutil.rmtree(j.path, ignore_errors=True)
         write_run(j.cfg, [2.0] * 20)
-    assert sweep.wait_main([where, "--timeout", "0"]) == 0
+    assert wait_main([where, "--timeout", "0"]) == 0
     assert "3 runs: 3 completed" in capsys.readouterr().out
 
 
@@ -500,9 +501,9 @@ def test_a_slurm_launch_skips_queued_runs_and_a_detached_one_returns_at_once(tmp
 
     jobs = _hand_runs(tmp_path)
     calls = []
-    monkeypatch.setattr(sweep, "queued_runs", lambda timeout=None: ({jobs[0].path: QueuedJob("9_0", "PENDING", "(Priority)")}, None))
-    monkeypatch.setattr(sweep, "launch", lambda todo, args, cap, **kw: calls.append((todo, kw)) or [])
-    assert sweep.launch_jobs("t", jobs, tmp_path, "slurm", "local", progress=False, detach=True) == 0
+    monkeypatch.setattr(progress, "queued_runs", lambda timeout=None: ({jobs[0].path: QueuedJob("9_0", "PENDING", "(Priority)")}, None))
+    monkeypatch.setattr(dispatch, "launch", lambda todo, args, cap, **kw: calls.append((todo, kw)) or [])
+    assert dispatch.launch_jobs("t", jobs, tmp_path, "slurm", "local", progress=False, detach=True) == 0
     out = capsys.readouterr().out
     assert "t: 3 runs; 1 queued, 2 pending; 2 to launch" in out
     assert "1 run is held by SLURM jobs that are queued or running (squeue): not submitted again" in out
@@ -518,7 +519,8 @@ def test_a_detached_job_records_its_runs_and_copies_them_to_the_experiments_that
     per run to the sweep's runs.jsonl, and copies a finished run into the other experiment that has
     it (what the sweep's process did after the jobs it waited for), so nothing is left to a driver."""
     from lora_lab.config import compose
-    from lora_lab.sweep import SlurmRuns
+    from lora_lab.dispatch import SlurmRuns
+    from lora_lab.runs import run_dir, run_id, run_state
 
     base = [f"run.root={tmp_path}", "method=lora", "lora.rank=1", "optim.lr=3e-3", *TINY_RUN, "data.max_seq_len=64",
             "optim.batch_size=8"]
@@ -526,11 +528,11 @@ def test_a_detached_job_records_its_runs_and_copies_them_to_the_experiments_that
     log = tmp_path / "runs.jsonl"
     result = SlurmRuns(str(log))([mine.to_dict()], [[twin.to_dict()]])
     assert [r["status"] for r in result["runs"]] == ["completed"]
-    copied = sweep.run_dir(twin)
-    assert sweep.run_state(copied)["state"] == "completed"
-    assert json.loads((copied / "meta.json").read_text())["copied_from"] == str(sweep.run_dir(mine))
+    copied = run_dir(twin)
+    assert run_state(copied)["state"] == "completed"
+    assert json.loads((copied / "meta.json").read_text())["copied_from"] == str(run_dir(mine))
     (line,) = [json.loads(x) for x in log.read_text().splitlines()]
-    assert line["run_id"] == sweep.run_id(mine) and line["status"] == "completed" and line["copied_to"] == [str(copied)]
+    assert line["run_id"] == run_id(mine) and line["status"] == "completed" and line["copied_to"] == [str(copied)]
 
 
 def test_wait_is_a_light_command(tmp_path):
