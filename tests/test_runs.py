@@ -152,7 +152,8 @@ def test_a_summary_is_rebuilt_from_a_final_checkpoint_written_before_it_carried_
     rd.save_checkpoint(state)
     rd.summary_path.unlink()
     again = train(cfg)
-    for key in ("status", "steps", "final_train_loss", "final_eval_loss", "trainable_params", "tokens", "examples"):
+    for key in ("status", "steps", "final_train_loss", "final_eval_loss", "final_train_bpb", "final_eval_bpb",
+                "trainable_params", "tokens", "examples"):
         assert again[key] == first[key], key
     assert again["rebuilt_from"] == "metrics"
 
