@@ -551,12 +551,14 @@ def _stored(g: pd.Series) -> bool:
 
 def _gate_text(g: pd.Series) -> str:
     if not np.isfinite(g["full_lr"]):
-        return f"N={g['num_examples']:g}: no baseline run (FullFT on tiny-facts-heldout) at any of FullFT's LRs"
+        return (f"N={g['num_examples']:g}: no eval on unseen facts at any of FullFT's LRs (FullFT runs with "
+                f"data.eval_unseen=true, or a baseline arm on tiny-facts-heldout)")
     if not np.isfinite(g["stored"]):
         return f"N={g['num_examples']:g}: no finite loss at LR {g['full_lr']:g} (re-ask {fmt(g['full_loss'])}, held-out " \
                f"{fmt(g['baseline_loss'])})"
+    arm = f"; held-out loss: {g['source']}" if "baseline arm" in str(g.get("source", "")) else ""
     return (f"N={g['num_examples']:g}, LR {g['full_lr']:g}: re-ask {fmt(g['full_loss'])} vs held-out {fmt(g['baseline_loss'])} nats "
-            f"(stored {fmt(g['stored'])} +- {fmt(g['stored_se'], 2)}, {g['stored_frac']:.0%} of the held-out loss)")
+            f"(stored {fmt(g['stored'])} +- {fmt(g['stored_se'], 2)}, {g['stored_frac']:.0%} of the held-out loss{arm})")
 
 
 def judge_c9(s: Section) -> Finding:
@@ -572,9 +574,10 @@ def _judge_c9(s: Section) -> Finding:
     how = ("tiny-facts sets of known information content I (bits); at each size, the best LR's final eval loss of each "
            "LoRA size (P parameters) against FullFT's, seed by seed; a LoRA 'matches' when its gap does not exceed "
            f"{K_SE:g} SE (and {MIN_GAP:g} nats). Gate: at every size FullFT must have stored the facts, i.e. its eval "
-           "loss on re-asked training facts is below the no-knowledge loss (the eval loss on unseen facts of FullFT "
-           "trained on the same facts at the same LR and seed, data.name=tiny-facts-heldout), at FullFT's best LR "
-           f"among those both arms ran, by more than {K_SE:g} SE and by at least {STORE_FRAC:.0%} of it; else no miss "
+           "loss on re-asked training facts is below the no-knowledge loss (the same FullFT run's eval loss on unseen "
+           "facts, data.eval_unseen=true; in run roots made before it, a baseline arm's FullFT run on the same facts at "
+           "the same LR and seed, data.name=tiny-facts-heldout), paired seed by seed at FullFT's best LR among those "
+           f"that measured it, by more than {K_SE:g} SE and by at least {STORE_FRAC:.0%} of it; else no miss "
            "can be read as capacity. The eval loss averages over every answer token (name and template too), so "
            "the gate shows storage without measuring it in bits (experiments/facts_recall.py does). A matching LoRA "
            f"bounds the capacity from below (c >= I/P), a failing smaller one from above (c < I/P); 'about 2 bits per "
@@ -691,8 +694,8 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("C9", "LoRA matches FullFT while it is not capacity-bound; about 2 bits per parameter.",
           "~2 bits per parameter; SL ~1 bit per token, RL ~1 bit per episode", ("capacity",),
           f"gate first: at every data size FullFT must have stored the facts, its eval loss on the re-asked training "
-          f"facts (at its best LR among those the baseline ran) below the no-knowledge loss (FullFT trained on the "
-          f"same facts at the same LR and seed, evaluated on unseen facts: data.name=tiny-facts-heldout) by more "
+          f"facts (at its best LR among those that measured it) below the no-knowledge loss (the same FullFT run's "
+          f"eval loss on unseen facts, data.eval_unseen=true; older run roots: a baseline arm on tiny-facts-heldout) by more "
           f"than {K_SE:g} SE (and {MIN_GAP:g} "
           f"nats) and by at least {STORE_FRAC:.0%} of that loss; otherwise inconclusive (FullFT did not store the "
           f"facts, so no LoRA miss is read as capacity). A LoRA size matches FullFT when its gap does not exceed "

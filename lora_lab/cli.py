@@ -48,7 +48,7 @@ EXTERNAL = {
     "analyze": ("lora_lab.report", "analyze_main", "figures, tables and the claims scorecard from run directories"),
     "reproduce": ("lora_lab.reproduce", "reproduce_main", "run every experiment of a scale, then analyze"),
     "plan": ("lora_lab.plan", "plan_main", "parameter counts, FLOPs, recommended LRs and capacity for a config"),
-    "fit-lr": ("lora_lab.plan", "fit_lr_main", "refit the LR law from your own sweeps' optimal LRs"),
+    "fit-lr": ("lora_lab.lrs", "fit_lr_main", "refit the LR law from your own sweeps' optimal LRs"),
     "gpus": ("lora_lab.memory", "gpus_main", "GPU memory estimate of a config and how many GPUs it needs"),
     "show-data": ("lora_lab.show", "show_data_main", "the first training rows as tokenized, targets marked (no model)"),
     "fetch": ("lora_lab.fetch", "fetch_main", "download the models and data sets of an experiment for offline runs"),

@@ -26,7 +26,7 @@ CONF_DIR = Path(os.environ.get("LORA_LAB_CONF", Path(__file__).resolve().parent.
 EXPERIMENTS_DIR = Path(os.environ.get("LORA_LAB_EXPERIMENTS", Path(__file__).resolve().parent.parent / "experiments"))
 
 # Built-in models that build from a config shipped with the package (no download).
-TINY_PRESETS = ("tiny-llama", "tiny-moe")
+TINY_PRESETS = ("tiny-llama", "tiny-moe", "tiny-llama-w64", "tiny-llama-w256")
 LAYER_SETS = ("all", "attn", "mlp")
 METHODS = ("lora", "full")
 TASKS = ("sft", "rl")
@@ -57,7 +57,7 @@ DATA_SETS = TINY_DATA_SETS + REAL_DATA_SETS  # data.py DATASETS
 RL_DATA_SETS = ("tiny-math", "gsm8k", "math", "deepmath")  # rewards.py TASKS: sets with a verifiable reward
 # What `lora-lab analyze` may be told to analyse an experiment as (run.analysis): the paper's kinds
 # (curves.py KINDS) and explore, by what varies among the runs (curves.py EXPLORE, explore.py).
-ANALYSES = ("early_rank", "rank", "batch", "layers", "rl", "invariance", "capacity", "explore")
+ANALYSES = ("early_rank", "rank", "batch", "layers", "rl", "invariance", "capacity", "width", "alpha", "explore")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
@@ -147,6 +147,9 @@ class DataConfig:
     # answer's end included, is lost; a row left with no assistant token does not train); drop leaves
     # the row out (counted on stderr; an error if no row is left).
     truncation: str = "head"
+    # tiny-facts only: also evaluate on eval_size unseen entities (tiny-facts-heldout's eval split) at
+    # every eval, logged as eval_unseen_loss: C9's no-knowledge loss from the same run. Training is unchanged.
+    eval_unseen: bool = False
 
     def __post_init__(self) -> None:
         _check(self.truncation in TRUNCATIONS, "data.truncation", self.truncation, f"choose one of {', '.join(TRUNCATIONS)}")
@@ -162,6 +165,8 @@ class DataConfig:
         _check(self.answer_format in ("gsm8k", "math", "mixed"), "data.answer_format", self.answer_format,
                "choose one of gsm8k, math, mixed")
         _check(0 <= self.max_bad_fraction <= 1, "data.max_bad_fraction", self.max_bad_fraction, "must be in [0, 1]")
+        _check(not self.eval_unseen or self.name == "tiny-facts", "data.eval_unseen", self.eval_unseen,
+               f"only tiny-facts has an unseen-facts split (data={self.name}); drop it or set data=tiny-facts")
         if self.name in TINY_DATA_SETS:
             # A generated set holds every row in memory, and its size is only a number: unbounded, a
             # few zeros too many (100000000) fill the machine's memory before anything reports it.
@@ -178,11 +183,29 @@ class DataConfig:
                    f"data={self.name} needs a hub id (org/name) or data.path=<local jsonl/parquet file or directory>")
 
 
+# How alpha follows the rank r, and so the scale of an adapter: `fixed` alpha, scale alpha / r (the
+# paper's); `rank` alpha = lora.alpha * r, scale lora.alpha (lora.alpha = 1 is "alpha = r");
+# `sqrt_rank` alpha proportional to sqrt(r), scale alpha / sqrt(r) (rsLoRA).
+ALPHA_MODES = ("fixed", "rank", "sqrt_rank")
+
+
+def lora_scale(alpha: float, alpha_mode: str, rank: int) -> float:
+    """The factor of B A in an adapter of this rank under `lora.alpha_mode`."""
+    _check(alpha_mode in ALPHA_MODES, "lora.alpha_mode", alpha_mode, f"choose one of {', '.join(ALPHA_MODES)}")
+    if alpha_mode == "rank":
+        return float(alpha)
+    if alpha_mode == "sqrt_rank":
+        return alpha / math.sqrt(rank)
+    return alpha / rank
+
+
 @dataclass
 class LoraConfig:
     rank: int = 8
     # Paper setting: alpha = 32 for every rank, scale alpha / rank ("LoRA Without Regret", hyperparameters).
     alpha: float = 32.0
+    # How alpha follows the rank (ALPHA_MODES); fixed, scale alpha / r, is the paper's.
+    alpha_mode: str = "fixed"
     layers: str = "all"
     # LoRA on the unembedding (lm_head) as well: the paper's runs did (Tinker's train_unembed=True).
     unembed: bool = True
@@ -196,10 +219,15 @@ class LoraConfig:
         _check(isinstance(self.rank, int) and 1 <= self.rank <= MAX_RANK, "lora.rank", self.rank,
                f"must be an integer in 1..{MAX_RANK}")
         _check(self.alpha > 0 and math.isfinite(self.alpha), "lora.alpha", self.alpha, "must be a finite number > 0")
+        _check(self.alpha_mode in ALPHA_MODES, "lora.alpha_mode", self.alpha_mode, f"choose one of {', '.join(ALPHA_MODES)}")
         _check(self.layers in LAYER_SETS, "lora.layers", self.layers, f"unknown layer set; choose one of {', '.join(LAYER_SETS)}")
         _check(_positive(self.init_a_scale), "lora.init_a_scale", self.init_a_scale, "must be a finite number > 0")
         _check(_positive(self.lr_a_mult), "lora.lr_a_mult", self.lr_a_mult, "must be a finite number > 0")
         _check(_positive(self.lr_b_mult), "lora.lr_b_mult", self.lr_b_mult, "must be a finite number > 0")
+
+    def scale(self, rank: int) -> float:
+        """The factor of B A in an adapter of this rank (lora.rank, or a per-expert rank)."""
+        return lora_scale(self.alpha, self.alpha_mode, rank)
 
 
 @dataclass
@@ -210,7 +238,7 @@ class OptimConfig:
     batch_size: int = 32
     # Sequences per forward/backward (gradient accumulation); null: automatic (see `micro`).
     micro_batch_size: Optional[int] = None
-    # Tinker's Adam defaults, under which the paper's runs trained (docs/settings.md).
+    # Tinker's Adam defaults, under which the paper's runs trained (docs/design.md, "Paper settings").
     beta1: float = 0.9
     beta2: float = 0.95
     adam_eps: float = 1e-12

@@ -47,11 +47,12 @@ SMOOTH = 0.05
 # Keys that make two runs different curves; the LR and the seed do not (a curve is min'd over LRs
 # and averaged over seeds).
 CURVE_KEYS = ("model.name", "data.name", "data.num_examples", "task", "method", "rank", "layers", "lora.unembed",
-              "lora.alpha", "lora.init_a_scale", "lora.lr_a_mult", "lora.lr_b_mult", "optim.batch_size",
+              "lora.alpha", "lora.alpha_mode", "lora.init_a_scale", "lora.lr_a_mult", "lora.lr_b_mult", "optim.batch_size",
               "optim.adam_eps", "train.max_steps")
 # Keys on which a LoRA curve is paired with the FullFT curve it is compared with.
 CONTEXT_KEYS = ("model.name", "data.name", "data.num_examples", "task", "optim.batch_size", "train.max_steps")
-KINDS = ("early_rank", "rank", "batch", "layers", "rl", "invariance", "capacity")
+# width and alpha: beyond the paper, unjudged (lora_lab/ladder.py)
+KINDS = ("early_rank", "rank", "batch", "layers", "rl", "invariance", "capacity", "width", "alpha")
 # The analysis of an experiment of no kind: by what varies among its runs (lora_lab/explore.py).
 EXPLORE = "explore"
 ANALYSES = (*KINDS, EXPLORE)

@@ -45,6 +45,7 @@ import torch
 
 from lora_lab import answers, hub, token_cache
 from lora_lab.chat import CHAT_TEMPLATE_DIR, IGNORE_INDEX, encode_chat, encode_chats, use_chat_template  # noqa: F401 - re-exported
+from lora_lab.tiny.facts import load_unseen_facts
 from lora_lab.tiny.maths import load_tiny_math
 from lora_lab.tiny.world import TINY_DATASETS
 
@@ -631,7 +632,8 @@ def cache_parts(cfg: "Config", tokenizer, train_rows: Sequence[dict], eval_rows:
         return hashlib.sha256(json.dumps(list(rows), sort_keys=True, default=str).encode()).hexdigest()
 
     return {"model": cfg.model.name, "revision": cfg.model.revision, "tokenizer": token_cache.tokenizer_fingerprint(tokenizer),
-            "data": vars(cfg.data), "train_rows": rows_id(train_rows), "eval_rows": rows_id(eval_rows),
+            "data": {k: v for k, v in vars(cfg.data).items() if k not in EVAL_ONLY_KEYS},
+            "train_rows": rows_id(train_rows), "eval_rows": rows_id(eval_rows),
             "versions": [transformers.__version__, tokenizers.__version__, jinja2.__version__]}
 
 
@@ -668,11 +670,15 @@ def _from_arrays(prefix: str, a: dict[str, np.ndarray], max_len: int) -> tuple[T
 # order seed there, so that a run resumed across the change keeps its batch order (and a grid its
 # runs' shared order). chat_template=null renders as before it existed; truncation=head cuts as before.
 _ORDER_NEUTRAL = {"chat_template": None, "truncation": "head"}
+# Data keys that add an eval split and nothing else: the batch order and the cached tokens of the
+# training and held-out rows do not depend on them, so runs with and without one train the same.
+EVAL_ONLY_KEYS = ("eval_unseen",)
 
 
 def order_seed(cfg: "Config") -> int:
     """Seed of the data order: train.seed and the data config only (not method, rank or LR)."""
-    data = {k: v for k, v in vars(cfg.data).items() if k not in _ORDER_NEUTRAL or v != _ORDER_NEUTRAL[k]}
+    data = {k: v for k, v in vars(cfg.data).items()
+            if k not in EVAL_ONLY_KEYS and (k not in _ORDER_NEUTRAL or v != _ORDER_NEUTRAL[k])}
     key = json.dumps({"seed": cfg.train.seed, "data": data}, sort_keys=True, default=str)
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") & (2**62 - 1)
 
@@ -830,6 +836,22 @@ def load_data(cfg: "Config", tokenizer, rows: tuple[Sequence[dict], Sequence[dic
                         f"assistant token within data.max_seq_len={n} tokens (data.truncation={policy}); lower it, "
                         f"or raise data.max_seq_len")
     return train, held
+
+
+# name -> loader(DataConfig) -> the unseen-facts rows of data.eval_unseen (config.py allows the key on these sets).
+UNSEEN_DATASETS: dict[str, Callable[["DataConfig"], list[dict]]] = {"tiny-facts": load_unseen_facts}
+
+
+def load_unseen(cfg: "Config", tokenizer) -> TokenizedSplit | None:
+    """The unseen-facts split of data.eval_unseen (None when it is off), tokenized under
+    data.max_seq_len and data.truncation; DataError if none of its rows is left to evaluate."""
+    if not cfg.data.eval_unseen:
+        return None
+    rows = UNSEEN_DATASETS[cfg.data.name](cfg.data)
+    split = tokenize(rows, tokenizer, cfg.data.max_seq_len, f"data.{cfg.data.name} eval_unseen", cfg.data.truncation)
+    if not len(split):
+        raise _seq_len_error(cfg, "unseen-facts")
+    return split
 
 
 if __name__ == "__main__":  # `lora-lab show-data` (lora_lab/show.py) shows more: any model's tokenizer, JSON

@@ -287,6 +287,8 @@ def summary_from_final(cfg: Config, rid: str, rd: RunDir) -> dict | None:
     else:
         summary.update(final_train_loss=last("train_loss"), final_eval_loss=last("eval_loss"),
                        final_train_bpb=last("train_bpb"), final_eval_bpb=last("eval_bpb"))
+        if cfg.data.eval_unseen:
+            summary["final_eval_unseen_loss"] = last("eval_unseen_loss")
     return summary
 
 

@@ -3,6 +3,9 @@
 Paper settings ("LoRA Without Regret", section "Experimental setup"): alpha = 32 for every rank,
 A ~ U(-1/sqrt(d_in), 1/sqrt(d_in)) (peft's kaiming init; `lora.init_a_scale` scales the bound),
 B = 0, one LR for A and B (`lora.lr_a_mult`, `lora.lr_b_mult` separate them for claim C8).
+`lora.alpha_mode` lets alpha follow the rank instead (`rank`: alpha = lora.alpha * r, `sqrt_rank`:
+rsLoRA's alpha / sqrt(r)); every adapter, per-expert ones included, takes its scale from
+`LoraConfig.scale(r)`, and the export says the same to peft (alpha_pattern, use_rslora).
 
 Layer sets: attn = q, k, v, o; mlp = gate, up, down; all = both; `lora.unembed` adds lm_head.
 MoE experts get one LoRA per expert with per-expert rank = rank / experts-per-token (the paper's
@@ -26,7 +29,9 @@ CPU and on an fp32 base nothing is cast: those results are bitwise what they wer
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
@@ -36,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from lora_lab.config import ConfigError
+from lora_lab.config import ConfigError, lora_scale
 
 if TYPE_CHECKING:
     from lora_lab.config import LoraConfig
@@ -65,16 +70,19 @@ def _uniform_a(shape: tuple[int, ...], d_in: int, scale: float, device, generato
 
 
 class LoRALinear(nn.Module):
-    """y = base(x) + (alpha / r) (x A^T) B^T, with A: [K, r, d_in], B: [K, d_out, r] in fp32, computed
-    in the base's dtype on a bf16/fp16 CUDA base (see the module docstring)."""
+    """y = base(x) + s (x A^T) B^T, with A: [K, r, d_in], B: [K, d_out, r] in fp32, computed in the
+    base's dtype on a bf16/fp16 CUDA base (see the module docstring); s = alpha / r under the
+    default `alpha_mode` (config.lora_scale)."""
 
     # None: in the base's dtype for a bf16/fp16 base on CUDA, else fp32; True / False force it.
     in_base_dtype: bool | None = None
 
-    def __init__(self, base: nn.Linear, rank: int, alpha: float, init_a_scale: float = 1.0, k: int = 1):
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, init_a_scale: float = 1.0, k: int = 1,
+                 alpha_mode: str = "fixed"):
         super().__init__()
         self.base = base
-        self.rank, self.alpha, self.scale = rank, alpha, alpha / rank
+        self.rank, self.alpha, self.alpha_mode = rank, alpha, alpha_mode
+        self.scale = lora_scale(alpha, alpha_mode, rank)
         d_in, d_out, dev = base.in_features, base.out_features, base.weight.device
         self.lora_A = nn.Parameter(_uniform_a((k, rank, d_in), d_in, init_a_scale, dev))
         self.lora_B = nn.Parameter(torch.zeros(k, d_out, rank, dtype=torch.float32, device=dev))
@@ -102,11 +110,11 @@ class LoRALinear(nn.Module):
         return y + (d * self.scale).to(y.dtype)
 
     def extra_repr(self) -> str:
-        return f"rank={self.rank}, alpha={self.alpha}, k={self.k}"
+        return f"rank={self.rank}, alpha={self.alpha}, alpha_mode={self.alpha_mode}, k={self.k}"
 
 
 class ExpertLoRA(nn.Module):
-    """Parametrization of a fused expert weight W [E, d_out, d_in]: W_e + (alpha / r) B_e A_e,
+    """Parametrization of a fused expert weight W [E, d_out, d_in]: W_e + s B_e A_e (s as in LoRALinear),
     A: [E, r, d_in], B: [E, d_out, r] in fp32 (B A computed in W's dtype on a bf16/fp16 CUDA base).
 
     The merged weight (W's size, in W's dtype) is what the experts' matmuls use: it is kept for the
@@ -116,10 +124,12 @@ class ExpertLoRA(nn.Module):
 
     in_base_dtype: bool | None = None
 
-    def __init__(self, weight: torch.Tensor, rank: int, alpha: float, init_a_scale: float = 1.0):
+    def __init__(self, weight: torch.Tensor, rank: int, alpha: float, init_a_scale: float = 1.0,
+                 alpha_mode: str = "fixed"):
         super().__init__()
         e, d_out, d_in = weight.shape
-        self.rank, self.alpha, self.scale = rank, alpha, alpha / rank
+        self.rank, self.alpha, self.alpha_mode = rank, alpha, alpha_mode
+        self.scale = lora_scale(alpha, alpha_mode, rank)
         self.lora_A = nn.Parameter(_uniform_a((e, rank, d_in), d_in, init_a_scale, weight.device))
         self.lora_B = nn.Parameter(torch.zeros(e, d_out, rank, dtype=torch.float32, device=weight.device))
 
@@ -186,7 +196,7 @@ def apply_lora(model: nn.Module, cfg: "LoraConfig", k: int = 1) -> list[Site]:
         if isinstance(module, nn.Linear) and (leaf in names or (cfg.unembed and path == _lm_head_path(model))):
             in_experts = ".experts." in f".{path}."
             rank = _expert_rank(cfg.rank, active, path) if in_experts else cfg.rank
-            lora = LoRALinear(module, rank, cfg.alpha, cfg.init_a_scale, k)
+            lora = LoRALinear(module, rank, cfg.alpha, cfg.init_a_scale, k, cfg.alpha_mode)
             _set_module(model, path, lora)
             sites.append(Site(path, None, lora, module.in_features, module.out_features, 1))
         elif want_experts and _is_fused_experts(module):
@@ -195,7 +205,7 @@ def apply_lora(model: nn.Module, cfg: "LoraConfig", k: int = 1) -> list[Site]:
             rank = _expert_rank(cfg.rank, active, path)
             for p in EXPERT_PARAMS:
                 w = getattr(module, p)
-                lora = ExpertLoRA(w, rank, cfg.alpha, cfg.init_a_scale)
+                lora = ExpertLoRA(w, rank, cfg.alpha, cfg.init_a_scale, cfg.alpha_mode)
                 parametrize.register_parametrization(module, p, lora, unsafe=True)
                 sites.append(Site(path, p, lora, w.shape[2], w.shape[1], w.shape[0]))
     if not sites:
@@ -231,6 +241,17 @@ def cached():
 # ----------------------------------------------------------------------------- peft format
 
 
+def _peft_key(site: Site) -> str:
+    """The name peft matches a site's rank_pattern and alpha_pattern entries against."""
+    return site.path if site.param is None else f"{site.path}.{site.param}"
+
+
+def _peft_alpha(cfg: "LoraConfig", rank: int) -> float:
+    """peft's lora_alpha for an adapter of this rank: peft scales by lora_alpha / r, or by
+    lora_alpha / sqrt(r) with use_rslora (set for alpha_mode=sqrt_rank)."""
+    return cfg.alpha * rank if cfg.alpha_mode == "rank" else cfg.alpha
+
+
 def _peft_tensors(site: Site, index: int = 0) -> dict[str, torch.Tensor]:
     m = site.module
     if site.param is None:  # nn.Linear: lora_A [r, d_in], lora_B [d_out, r]
@@ -260,15 +281,19 @@ def export_peft(sites: list[Site], cfg: "LoraConfig", out_dir: str | Path, base_
     expert_paths = sorted({s.path for s in sites if s.param is not None})
     params = [p for p in EXPERT_PARAMS if any(s.param == p for s in sites)]
     # peft matches target_parameters by suffix (mlp.experts.gate_up_proj); per-expert ranks that
-    # differ from lora.rank go into rank_pattern, keyed as peft keys them.
+    # differ from lora.rank go into rank_pattern, and (alpha_mode=rank) their alphas into
+    # alpha_pattern, keyed as peft keys them.
     targets = [f"{_relative_expert_name(expert_paths[0])}.{p}" for p in params] if expert_paths else None
-    rank_pattern = {}
+    rank_pattern, alpha_pattern = {}, {}
     for s in sites:
         if s.rank != cfg.rank:
-            rank_pattern[s.path if s.param is None else f"{s.path}.{s.param}"] = s.rank
+            rank_pattern[_peft_key(s)] = s.rank
+        if _peft_alpha(cfg, s.rank) != _peft_alpha(cfg, cfg.rank):
+            alpha_pattern[_peft_key(s)] = _peft_alpha(cfg, s.rank)
     peft_cfg = PeftLoraConfig(
-        r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
-        target_modules=modules or None, target_parameters=targets, rank_pattern=rank_pattern,
+        r=cfg.rank, lora_alpha=_peft_alpha(cfg, cfg.rank), use_rslora=cfg.alpha_mode == "sqrt_rank",
+        lora_dropout=0.0, bias="none", task_type="CAUSAL_LM", target_modules=modules or None,
+        target_parameters=targets, rank_pattern=rank_pattern, alpha_pattern=alpha_pattern,
     )
     peft_cfg.base_model_name_or_path = base_model
     peft_cfg.save_pretrained(str(out))
@@ -282,10 +307,41 @@ def _relative_expert_name(path: str) -> str:
     return ".".join(parts[-2:])
 
 
+def _pattern_value(pattern: dict, key: str, default):
+    # peft's rule: a pattern entry applies to every name it is a dotted suffix of.
+    for name, value in pattern.items():
+        if re.match(rf"(.*\.)?({name})$", key):
+            return value
+    return default
+
+
+def check_peft_scale(sites: list[Site], adapter_dir: str | Path) -> None:
+    """Raise ConfigError when the adapter's adapter_config.json (lora_alpha, r, alpha_pattern,
+    rank_pattern, use_rslora) scales a site otherwise than our site does."""
+    path = Path(adapter_dir) / "adapter_config.json"
+    if not path.exists():
+        return
+    conf = json.loads(path.read_text())
+    rslora = bool(conf.get("use_rslora", False))
+    for s in sites:
+        m, key = s.module, _peft_key(s)
+        r = _pattern_value(conf.get("rank_pattern") or {}, key, conf.get("r", s.rank))
+        alpha = _pattern_value(conf.get("alpha_pattern") or {}, key, conf.get("lora_alpha", m.alpha))
+        theirs = alpha / (math.sqrt(r) if rslora else r)
+        if not math.isclose(theirs, m.scale, rel_tol=1e-6):
+            fix = (f"lora.alpha_mode=sqrt_rank lora.alpha={alpha:g}" if rslora else
+                   f"lora.alpha_mode=rank lora.alpha={alpha / r:g}" if conf.get("alpha_pattern") else
+                   f"lora.alpha_mode=fixed lora.alpha={alpha:g}")
+            raise ConfigError(f"lora.alpha_mode={m.alpha_mode}: {path} scales {key} by {theirs:g} (lora_alpha={alpha:g}, "
+                              f"r={r}, use_rslora={rslora}), lora.alpha={m.alpha:g} by {m.scale:g}; set {fix}")
+
+
 def load_peft_tensors(sites: list[Site], adapter_dir: str | Path, index: int = 0) -> None:
-    """Inverse of export_peft: copy an adapter's tensors into our sites."""
+    """Inverse of export_peft: copy an adapter's tensors into our sites, which must scale them as
+    its adapter_config.json says (check_peft_scale; use_rslora included)."""
     from safetensors.torch import load_file
 
+    check_peft_scale(sites, adapter_dir)
     tensors = load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
     with torch.no_grad():
         for s in sites:

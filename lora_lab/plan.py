@@ -1,71 +1,35 @@
 """What a LoRA job costs and whether LoRA can match FullFT on it, before any GPU hour is spent:
-recommended learning rates, the capacity check (claim C9), the LR-law refit, and the commands
-`lora-lab plan` and `lora-lab fit-lr`. Parameter counts, FLOPs and the model lookup live in
-lora_lab/flops.py and are re-exported here.
+the data's size and information, the capacity check (claim C9), and the command `lora-lab plan`,
+which prints them with the recommended learning rates. Parameter counts, FLOPs and the model
+lookup live in lora_lab/flops.py and are re-exported here; the learning rates (the law, the
+tinker-cookbook sweep table, the fits and `lora-lab fit-lr`) live in lora_lab/lrs.py.
 
     lora-lab plan model=llama-3.1-8b data=tulu3 lora.rank=128 gpu=h100 mfu=0.4
     lora-lab plan data=tiny-facts lora.rank=1 experiment=tiny/rank
-    lora-lab fit-lr runs/tiny/analysis runs/paper/analysis/optimal_lr.csv   # after lora-lab analyze
-
-Learning rates (`recommended_lr`). The paper ("LoRA Without Regret", Schulman and Thinking Machines
-Lab, 2025, section "Optimal learning rate") fits LR = M_LoRA (2000 / hidden)^(model_pow + LoRA_pow)
-over 14 Llama and Qwen models on Tulu3 and finds M_LoRA = 9.8 (the LoRA / FullFT LR ratio) and
-LoRA_pow ~ 0, but prints neither the base LR nor model_pow. Those come from Thinking Machines' public
-tinker-cookbook (`tinker_cookbook.hyperparam_utils.get_lr`): FullFT LR = 5e-5 x (2000 / hidden)^p,
-LoRA LR = 10 x that, p = 0.781 for Llama and 0.0775 for Qwen.
+    lora-lab plan model=tiny-llama-w256 lr_fit=lr_fit.json   # a fit of `lora-lab fit-lr --save`
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
 import math
 import textwrap
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
-from lora_lab.config import LAYER_SETS, MAX_RANK, Config, ConfigError
+from lora_lab.config import MAX_RANK, Config, ConfigError
 
 # Re-exported: plan is the one import for planning (lora_lab.flops holds the model arithmetic).
 from lora_lab.flops import (GPU_PEAK_TFLOPS, Arch, Flops, ModelLike, SamplingCost, flops_per_token,  # noqa: F401
                             flops_ratio, full_param_count, gpu_hours, hf_config, lora_param_count, paper_flops_ratio,
                             rank_unit, rl_episodes, rl_evals, rl_sampling_cost, run_cost, run_steps, sampling_flops)
+from lora_lab.lrs import (BASE_LR, LORA_MULTIPLIER, LR_EXPONENTS, PAPER_LORA_MULTIPLIER, SHORT_RUN_FACTOR, SHORT_RUN_STEPS,
+                          SWEEP_AT_GRID_TOP, SWEEP_SETTING, LRLaw, load_lr_fits, recommended_lr, sweep_lr)
 
-# tinker-cookbook: FullFT LR at hidden size 2000, the LoRA multiplier, and the per-family exponents.
-BASE_LR = 5e-5
-LORA_MULTIPLIER = 10.0
-LR_EXPONENTS = {"llama": 0.781, "qwen": 0.0775}
-PAPER_LORA_MULTIPLIER = 9.8  # the paper's fit of the LoRA / FullFT ratio
-# C2: the ratio is about 15 rather than 10 for runs of 100 steps or fewer.
-SHORT_RUN_STEPS, SHORT_RUN_FACTOR = 100, 15 / 10
 # C9: ~2 bits stored per trained parameter; policy-gradient RL gives ~1 bit per episode.
 BITS_PER_PARAM = 2.0
 RL_BITS_PER_EPISODE = 1.0
 PAPER_RANKS = tuple(2**i for i in range(10))  # 1 .. 512
-
-
-def recommended_lr(config_or_name: ModelLike, method: str = "lora", steps: int | None = None) -> float:
-    """Constant Adam LR for SFT with alpha = 32 (the paper's setting).
-
-    FullFT: 5e-5 x (2000 / hidden_size)^p with p = 0.781 for Llama and 0.0775 for Qwen models (the
-    tinker-cookbook's numbers; the paper fits this form without printing p or the base). LoRA: 10x
-    FullFT's (the cookbook's 10; the paper's fit is 9.8, "about 10x", nearly rank-independent, rank 1
-    lower). Runs of <= 100 steps: LoRA at 15x FullFT's, i.e. x 15/10 (the paper, C2). The tiny presets
-    take their architecture's exponent: tiny-llama is a Llama (0.781), tiny-moe a Qwen3-MoE (0.0775);
-    at hidden size 128, far below the fitted models', that is an extrapolation: check it with
-    an LR sweep and `lora-lab fit-lr`."""
-    if method not in ("lora", "full"):
-        raise ConfigError(f"method={method!r}: choose lora or full")
-    a = Arch.of(config_or_name)
-    if a.family not in LR_EXPONENTS:
-        raise ConfigError(f"model_type={a.model_type}: no published LR exponent (Llama and Qwen only); "
-                          f"fit one from your own sweeps with `lora-lab fit-lr`")
-    lr = BASE_LR * (2000 / a.hidden) ** LR_EXPONENTS[a.family]
-    if method == "lora":
-        lr *= LORA_MULTIPLIER * (SHORT_RUN_FACTOR if steps is not None and steps <= SHORT_RUN_STEPS else 1.0)
-    return lr
 
 
 # ----------------------------------------------------------------------------- the data and C9
@@ -218,141 +182,6 @@ def capacity_check(cfg: Config, *, bits: float | None = None, episodes: int | No
     return Capacity(bits, how, lora_param_count(model, lc.rank, lc.layers, lc.unembed), min_rank, bound)
 
 
-# ----------------------------------------------------------------------------- the LR law fit
-
-
-@dataclass(frozen=True)
-class LRPoint:
-    hidden_size: int
-    lr: float
-    method: str = "lora"
-    model: str = ""
-
-
-@dataclass(frozen=True)
-class LRFit:
-    """LR = m (2000 / hidden)^p; with both methods, one p and LoRA's LR = multiplier x FullFT's."""
-
-    method: str  # lora, full or both (then m is LoRA's and m_full FullFT's)
-    m: float
-    m_se: float
-    p: float
-    p_se: float  # 0.0 when p was fixed
-    n: int
-    rms_log10: float  # residual scatter of log10 LR
-    m_full: float | None = None
-    multiplier: float | None = None  # LoRA / FullFT
-    multiplier_se: float | None = None
-
-
-def fit_lr_law(points: Iterable[LRPoint | tuple], p: float | None = None) -> LRFit:
-    """Least squares in log space: log LR = log m + p log(2000 / hidden) (+ log multiplier on LoRA
-    points when FullFT points are given too). Standard errors from the residual variance, by the
-    delta method for m and the multiplier; NaN with no residual degrees of freedom. `p` fixes the
-    exponent (needed when every point has the same hidden size)."""
-    import numpy as np
-
-    pts = [x if isinstance(x, LRPoint) else LRPoint(*x) for x in points]
-    if not pts:
-        raise ValueError("no points to fit")
-    for x in pts:
-        if not (x.lr > 0 and x.hidden_size > 0 and x.method in ("lora", "full")):
-            raise ValueError(f"bad point {x}: need lr > 0, hidden_size > 0 and method lora or full")
-    if p is None and len({x.hidden_size for x in pts}) < 2:
-        raise ValueError("every point has the same hidden size, so p cannot be fitted: give p")
-    xs = np.log(2000 / np.array([x.hidden_size for x in pts], dtype=float))
-    y = np.log(np.array([x.lr for x in pts])) - (p * xs if p is not None else 0.0)
-    is_lora = np.array([x.method == "lora" for x in pts], dtype=float)
-    both = 0 < is_lora.sum() < len(pts)
-    X = np.stack([np.ones_like(xs)] + ([xs] if p is None else []) + ([is_lora] if both else []), axis=1)
-    beta = np.linalg.lstsq(X, y, rcond=None)[0]
-    resid, dof = y - X @ beta, len(pts) - X.shape[1]
-    cov = (float(resid @ resid) / dof if dof > 0 else math.nan) * np.linalg.pinv(X.T @ X)
-    ref = np.zeros(X.shape[1])  # log m as a combination of the coefficients
-    ref[0] = 1.0
-    if both:
-        ref[-1] = 1.0  # m is LoRA's: intercept + log multiplier
-    m = math.exp(float(ref @ beta))
-    fit = LRFit("both" if both else pts[0].method, m, m * math.sqrt(float(ref @ cov @ ref)),
-                float(beta[1]) if p is None else float(p), math.sqrt(cov[1, 1]) if p is None else 0.0,
-                len(pts), float(np.sqrt(np.mean(resid**2))) / math.log(10))
-    if both:
-        mult = math.exp(beta[-1])
-        fit = LRFit(**{**vars(fit), "m_full": math.exp(beta[0]), "multiplier": mult,
-                       "multiplier_se": mult * math.sqrt(cov[-1, -1])})
-    return fit
-
-
-@lru_cache(maxsize=64)
-def _arch(model: str) -> Arch:
-    return Arch.of(model)
-
-
-def read_optimal_lr(paths: Sequence[str | Path], min_rank: int = 1, layers: str | None = None,
-                    batch_size: int | None = None, keep_edge: bool = False) -> list[LRPoint]:
-    """LRPoints from optimal_lr.csv files written by `lora-lab analyze` (or directories holding one);
-    the hidden size comes from the model column through the model lookup. Rows whose optimum sits
-    at the edge of the LR grid (column `edge` true: a bound, not an optimum) are left out unless
-    keep_edge."""
-    points = []
-    for path in map(Path, paths):
-        f = path / "optimal_lr.csv" if path.is_dir() else path
-        if not f.is_file():
-            raise ConfigError(f"{path}: no optimal_lr.csv there; run `lora-lab analyze` on the sweep first")
-        with open(f, newline="") as fh:
-            reader = csv.DictReader(fh)
-            missing = {"method", "best_lr", "model"} - set(reader.fieldnames or [])
-            if missing:
-                raise ConfigError(f"{f}: missing columns {', '.join(sorted(missing))}")
-            for row in reader:
-                if not row.get("best_lr") or row["method"] not in ("lora", "full"):
-                    continue
-                lora = row["method"] == "lora"
-                if (not keep_edge and str(row.get("edge", "")).strip().lower() in ("true", "1")
-                        or lora and row.get("rank") and int(float(row["rank"])) < min_rank
-                        or lora and layers and row.get("layers") and row["layers"] != layers
-                        or batch_size and row.get("batch_size") and int(float(row["batch_size"])) != batch_size):
-                    continue
-                points.append(LRPoint(_arch(row["model"]).hidden, float(row["best_lr"]), row["method"], row["model"]))
-    return points
-
-
-def _pm(x: float, se: float | None, fmt: str = ".2e") -> str:
-    return f"{x:{fmt}} ± {se:{fmt}}" if se is not None and math.isfinite(se) else f"{x:{fmt}} ± n/a"
-
-
-def fit_lr_main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="lora-lab fit-lr", description="Refit LR = M (2000 / hidden_size)^p and the "
-                                 "LoRA/FullFT multiplier from the optimal LRs of your own sweeps, per model family.")
-    ap.add_argument("paths", nargs="+", help="sweep directories holding optimal_lr.csv, or the CSV files")
-    ap.add_argument("--min-rank", type=int, default=1, help="drop LoRA rows below this rank (the paper: rank 1 is lower)")
-    ap.add_argument("--layers", choices=LAYER_SETS, help="keep LoRA rows of this layer set only")
-    ap.add_argument("--batch-size", type=int, help="keep rows of this batch size only")
-    ap.add_argument("--keep-edge", action="store_true", help="keep optima at the edge of the LR grid (bounds only)")
-    args = ap.parse_args(argv)
-    points = read_optimal_lr(args.paths, args.min_rank, args.layers, args.batch_size, args.keep_edge)
-    if not points:
-        raise ConfigError("no usable rows (method lora or full, with a best_lr) in " + ", ".join(args.paths))
-    print(f"{'family':<8}{'points':>7}{'models':>7}  {'M LoRA':<21}{'M FullFT':<21}{'p':<17}{'LoRA/FullFT':<13}rms log10")
-    for fam in sorted({_arch(x.model).family for x in points}):
-        pts = [x for x in points if _arch(x.model).family == fam]
-        fixed = LR_EXPONENTS.get(fam) if len({x.hidden_size for x in pts}) < 2 else None
-        if len({x.hidden_size for x in pts}) < 2 and fixed is None:
-            print(f"{fam:<8}{len(pts):>7}  one hidden size and no published exponent: p cannot be fitted")
-            continue
-        f = fit_lr_law(pts, p=fixed)
-        m_lora = _pm(f.m, f.m_se) if f.method != "full" else "-"
-        m_full = f"{f.m_full:.2e}" if f.m_full else _pm(f.m, f.m_se) if f.method == "full" else "-"
-        p_text = f"{f.p:.3f} (fixed)" if fixed is not None else _pm(f.p, f.p_se, ".3f")
-        ratio = _pm(f.multiplier, f.multiplier_se, ".1f") if f.multiplier else "-"
-        print(f"{fam:<8}{f.n:>7}{len({x.model for x in pts}):>7}  {m_lora:<21}{m_full:<21}{p_text:<17}{ratio:<13}"
-              f"{f.rms_log10:.3f}")
-    print(f"M is the LR at hidden size 2000. Published: M LoRA {BASE_LR * LORA_MULTIPLIER:.1e}, M FullFT {BASE_LR:.1e}, "
-          f"p llama {LR_EXPONENTS['llama']}, qwen {LR_EXPONENTS['qwen']} (tinker-cookbook); "
-          f"LoRA/FullFT {PAPER_LORA_MULTIPLIER} (the paper's fit)")
-    return 0
-
-
 # ----------------------------------------------------------------------------- lora-lab plan
 
 PLAN_USAGE = """usage: lora-lab plan [key=value ...]
@@ -370,14 +199,15 @@ Hydra overrides as for `lora-lab train` (model=llama-3.1-8b data=tulu3 lora.rank
   from_run=DIR         data bits from a finished run's first-epoch train loss (tighter than the
                        base model's NLL; take a FullFT run on the same data)
   bits_per_token=B     information per target token, where no base-model pass is possible here
+  lr_fit=PATH          your own LR law (`lora-lab fit-lr --save PATH`), shown beside the published ones
 """
 _PLAN_KEYS = {"gpu": str.lower, "mfu": float, "experiment": str, "sample": int, "from_run": str,
-              "bits_per_token": float, "ranks": lambda v: tuple(int(r) for r in v.split(","))}
+              "bits_per_token": float, "ranks": lambda v: tuple(int(r) for r in v.split(",")), "lr_fit": str}
 
 
 def _plan_args(argv: Sequence[str]) -> tuple[dict, list[str]]:
     o: dict = {"gpu": "h100", "mfu": 0.4, "experiment": None, "sample": 64, "ranks": (1, 4, 16, 64, 256),
-               "from_run": None, "bits_per_token": None}
+               "from_run": None, "bits_per_token": None, "lr_fit": None}
     rest = []
     for arg in argv:
         key, eq, value = arg.partition("=")
@@ -393,6 +223,8 @@ def _plan_args(argv: Sequence[str]) -> tuple[dict, list[str]]:
         raise ConfigError(f"ranks={','.join(map(str, o['ranks']))}: each must be in 1..{MAX_RANK}")
     if o["bits_per_token"] is not None and not o["bits_per_token"] > 0:
         raise ConfigError(f"bits_per_token={o['bits_per_token']}: must be > 0")
+    if o["lr_fit"] is not None:
+        o["lr_fit"] = (o["lr_fit"], load_lr_fits(o["lr_fit"]))
     if o["from_run"]:
         from lora_lab.runs import RunDir  # here, not at the top: `lora-lab plan` imports torch only when it must
 
@@ -462,13 +294,8 @@ def plan_main(argv: list[str]) -> int:
         print(f"{'  fits the data (' + lc.layers + ')':<24}" + "".join(f"{c:>9}" for c in fits))
     print()
     steps = run_steps(cfg, stats.rows)
-    try:
-        short = f" x{SHORT_RUN_FACTOR:g} ({steps} <= {SHORT_RUN_STEPS} steps)" if steps and steps <= SHORT_RUN_STEPS else ""
-        line("learning rate (SFT)", f"lora {recommended_lr(cfg.model, 'lora', steps):.2e}, full {recommended_lr(cfg.model, 'full'):.2e}"
-             f" = {BASE_LR:g} x (2000/{arch.hidden})^{LR_EXPONENTS[arch.family]} ({arch.family}), lora x{LORA_MULTIPLIER:g}"
-             f"{short} (tinker-cookbook; the paper's LoRA/FullFT fit: {PAPER_LORA_MULTIPLIER})")
-    except ConfigError as exc:
-        line("learning rate (SFT)", f"n/a: {exc}")
+    for i, text in enumerate(_lr_lines(cfg, arch, steps, o["lr_fit"])):
+        line("" if i else "learning rate (SFT)", text)
     try:
         fl = flops_per_token(cfg.model, "lora", lc.rank, lc.layers, stats.attn_len, lc.unembed)
         ff = flops_per_token(cfg.model, "full", seq_len=stats.attn_len)
@@ -523,6 +350,46 @@ def plan_main(argv: list[str]) -> int:
     line("experiment", f"{o['experiment']}: {len(grid)} runs ({parts}); {_si(sum(t[1] for t in totals.values()))} tokens, "
          f"{flops:.3g} FLOPs{of_which} = {gpu_hours(flops, gpu, mfu):.3g} GPU-hours {at}")
     return 0
+
+
+def _lr_lines(cfg: Config, arch: Arch, steps: int | None,
+              lr_fit: tuple[str, dict[str, dict[str, LRLaw]]] | None) -> list[str]:
+    """The recommended LRs side by side, each with its source: the law, the cookbook's sweep where it
+    covers the model, and the user's own fit (lr_fit=)."""
+    try:
+        short = f" x{SHORT_RUN_FACTOR:g} ({steps} <= {SHORT_RUN_STEPS} steps)" if steps and steps <= SHORT_RUN_STEPS else ""
+        law = recommended_lr(cfg.model, "lora", steps)
+        lines = [f"law: lora {law:.2e}, full {recommended_lr(cfg.model, 'full'):.2e} = {BASE_LR:g} x "
+                 f"(2000/{arch.hidden})^{LR_EXPONENTS[arch.family]} ({arch.family}), lora x{LORA_MULTIPLIER:g}{short} "
+                 f"(the paper's form with tinker-cookbook get_lr's constants; the paper's LoRA/FullFT fit: "
+                 f"{PAPER_LORA_MULTIPLIER})"]
+    except ConfigError as exc:
+        law, lines = None, [f"law: n/a: {exc}"]
+    swept = sweep_lr(cfg.model)
+    if swept:
+        hub_id, lr = swept
+        bound = " (the top of its LR grid: a lower bound)" if hub_id in SWEEP_AT_GRID_TOP else ""
+        versus = f", {lr / law:.2g}x the law's" if law else ""
+        lines.append(f"sweep: lora {lr:.2e} = the best LoRA LR of {hub_id} in tinker-cookbook's later LoRA-only sweep "
+                     f"({SWEEP_SETTING}){bound}{versus}; full {lr / LORA_MULTIPLIER:.2e} derived as lora / "
+                     f"{LORA_MULTIPLIER:g} (the cookbook's LoRA/FullFT)")
+    if lr_fit:
+        path, fits = lr_fit
+        laws = fits.get(arch.family, {})
+        if not laws:
+            lines.append(f"your fit: none for {arch.family} in lr_fit={path} (it holds {', '.join(sorted(fits))})")
+        else:
+            parts = []
+            for method, f in sorted(laws.items(), key=lambda kv: kv[0] != "lora"):
+                iv = f.lr_interval(arch.hidden)
+                parts.append(f"{method} {f.lr(arch.hidden):.2e} " + (f"[{iv[0]:.2e}, {iv[1]:.2e}]" if iv else "[n/a]"))
+            level = next(iter(laws.values())).level
+            out = any(f.extrapolates(arch.hidden) for f in laws.values())
+            lines.append(f"your fit: {', '.join(parts)} (lr_fit={path}: {arch.family}, {level:.0%} intervals of the "
+                         f"fitted law; hidden {arch.hidden} {'outside' if out else 'within'} the fitted "
+                         f"{min(f.hidden[0] for f in laws.values())}..{max(f.hidden[1] for f in laws.values())}"
+                         f"{': extrapolated' if out else ''})")
+    return lines
 
 
 def _prompt_len(cfg: Config, stats: DataStats) -> float:

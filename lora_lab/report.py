@@ -7,14 +7,15 @@
 Python: `analyze(paths, out) -> dict` (what was written and the verdicts). Each experiment is
 analysed by its kind, read off the basename of its name `<scale>/<figure>`: rank curves and LR
 U-curves (C1, C2, and the step times of C6, and the early curves of C7 at one of their LRs), batch
-size (C3), layer placement (C4), RL (C5), early curves (C7), invariance (C8) and capacity (C9).
+size (C3), layer placement (C4), RL (C5), early curves (C7), invariance (C8) and capacity (C9);
+beyond the paper, unjudged, the LR ratio against width and alpha convention (lora_lab/ladder.py).
 Its runs' `run.analysis` (config.yaml) may name the kinds instead (`run.analysis=[rank]`: an
 experiment named anything analysed, and judged, as tiny/rank is). An experiment of no kind
 (`default`, `mine/lr_sweep`) is analysed by what varies among its runs (lora_lab/explore.py): LR
 U-curves and optima per group, min-over-LR curves per value of each other key, seed bands; shown in
 the report, judged by no claim. The analysis is one chain, each module importing
 only those before it: lora_lab/results.py (run directories -> tables), noise.py (the noise yardstick), curves.py (the maths),
-figures.py, records.py, explore.py and sections.py (one experiment's figures, tables and record), claims.py
+figures.py, records.py, explore.py, ladder.py and sections.py (one experiment's figures, tables and record), claims.py
 (the rules C1..C9) and this module, which writes report.md (figures linked), a self-contained
 report.html (figures embedded), verdicts.csv, optimal_lr.csv and runs.csv. `script_main` is the
 command line of the scripts in analysis/.
@@ -47,6 +48,8 @@ from markdown_it import MarkdownIt
 
 from lora_lab.claims import CLAIMS, MIN_SEEDS, SINGLE, Verdict, fmt, judge, tolerance_text
 from lora_lab.curves import EXPLORE, SMOOTH, analyses_of, experiments_of
+from lora_lab.ladder import KINDS as LADDER_KINDS
+from lora_lab.ladder import alpha_summary, width_summary
 from lora_lab.noise import GAP_WINDOW, K_SE, MIN_GAP, SINGLE_SEED
 from lora_lab.results import FINAL_WINDOW, STATUSES, Results, ResultsError, load_results, seed_of
 from lora_lab.sections import Section, analyze_experiment, run_sections
@@ -147,12 +150,47 @@ def render_markdown(res: Results, sections: list[Section], verdicts: dict[str, l
             for name in _CLAIM_TABLES.get(c.id, ()):
                 if name in sec.tables:
                     lines += [f"`{name}.csv`:\n", md_table(sec.tables[name].drop(columns=["experiment"], errors="ignore"))]
+    lines += _beyond(sections, out)
     lines += _explored(sections, out)
-    other = [s for s in sections if s.kind is None or (s.notes and s.record is None and s.kind != EXPLORE)]
+    other = [s for s in sections if s.kind is None
+             or (s.notes and s.record is None and s.kind != EXPLORE and s.kind not in LADDER_KINDS)]
     if other:
         lines.append("## Other experiments\n")
         lines += [f"- `{s.experiment}`: {'; '.join(s.notes)}" for s in other]
     return "\n".join(lines) + "\n"
+
+
+# The figures and tables of the width and alpha kinds that the report shows (all are in their directories).
+_LADDER_FIGURES = {"width": ("lr_vs_width", "ratio_vs_width"), "alpha": ("lr_vs_rank_by_alpha",)}
+_LADDER_TABLES = {"width": ("width_fit", "width_ratios", "width_ratio_fit"), "alpha": ("alpha_slopes", "alpha_ratios")}
+
+
+def _beyond(sections: list[Section], out: Path) -> list[str]:
+    """The report's part on the width and alpha experiments (lora_lab/ladder.py): the fitted
+    exponents and slopes with their intervals, the ratio per width and per convention, what they
+    imply at hidden 4096 (an extrapolation), the figures; nothing judged. Empty without them."""
+    ladder = [s for s in sections if s.kind in LADDER_KINDS]
+    if not ladder:
+        return []
+    lines = ["## Beyond the paper: how the LoRA/FullFT LR ratio moves with width and alpha\n",
+             ("Not a claim of the paper and not judged: the optimal LR of each arm is fitted as above (seed means, 90% "
+              "interval); optima at an open edge of the LR grid are bounds and are left out of every fit. Exponents and "
+              "slopes are straight lines in log-log, weighted by the optima's intervals.\n")]
+    for s in sorted(ladder, key=lambda s: (LADDER_KINDS.index(s.kind), s.experiment)):
+        lines.append(f"### {s.experiment}\n")
+        if s.error is None:
+            lines += [f"{text}\n" for text in (width_summary(s) if s.kind == "width" else alpha_summary(s))]
+        for name in _LADDER_FIGURES[s.kind]:
+            if name in s.figures:
+                lines.append(f"![{name}]({s.figures[name].relative_to(out).as_posix()})\n")
+                if s.captions.get(name):
+                    lines.append(f"_{s.captions[name]}_\n")
+        for name in _LADDER_TABLES[s.kind]:
+            if name in s.tables and len(s.tables[name]):
+                lines += [f"`{name}.csv`:\n", md_table(s.tables[name].drop(columns=["experiment", "curve", "level"],
+                                                                              errors="ignore"))]
+        lines += [f"- {note}" for note in s.notes] + ([""] if s.notes else [])
+    return lines
 
 
 # The tables of an experiment analysed by what varies that the report shows (all are in its directory).

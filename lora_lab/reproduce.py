@@ -9,6 +9,7 @@ their checkpoints. Locally the runs go to worker processes that each run one run
     lora-lab reproduce --scale paper launcher=slurm cluster=<profile> --detach   # submit them, return at once
     lora-lab reproduce --only tiny/rank,tiny/batch    # some experiments only
     lora-lab reproduce --no-refine          # the grids only
+    lora-lab reproduce --only tiny/width,tiny/alpha   # beyond the paper: the LR ratio vs width and alpha
 
 After the grids, the LR grids are refined (`lora-lab sweep --help` and lora_lab/refine.py state the
 rule): each arm of more than one LR gets LRs around its optimum until it is bracketed and narrow
@@ -40,12 +41,22 @@ from lora_lab.sweep import (add_refine_args, check_detach, detach_kwargs, expand
                             split_launcher_args)
 
 SCALES = ("tiny", "paper")
+# Experiments beyond the paper's claims (the LR ratio against width and the alpha convention,
+# lora_lab/ladder.py), by their basename's prefix: run when named in --only or with --beyond, not by a
+# plain reproduce, whose budget is the claims'.
+BEYOND_PAPER = ("width", "alpha")
 
 
-def plan(scale: str, quick: bool, overrides: list[str], only: list[str] | None = None) -> dict[str, list[Job]]:
-    """experiment -> its runs, for every experiment of the scale (or those in `only`, which may also
-    name experiment files by their paths, whatever their scale)."""
-    names = [n for n in experiment_names() if n.startswith(f"{scale}/")]
+def beyond_paper(name: str) -> bool:
+    return name.rsplit("/", 1)[-1].startswith(BEYOND_PAPER)
+
+
+def plan(scale: str, quick: bool, overrides: list[str], only: list[str] | None = None,
+         beyond: bool = False) -> dict[str, list[Job]]:
+    """experiment -> its runs, for every experiment of the scale but those beyond the paper (unless
+    `beyond`), or those in `only` (which may also name experiment files by their paths, whatever their
+    scale)."""
+    names = [n for n in experiment_names() if n.startswith(f"{scale}/") and (beyond or only or not beyond_paper(n))]
     if only:
         files = [n for n in only if is_experiment_file(n)]
         unknown = sorted(set(only) - set(names) - set(files))
@@ -59,7 +70,8 @@ def plan(scale: str, quick: bool, overrides: list[str], only: list[str] | None =
 def reproduce(scale: str = "tiny", quick: bool = False, overrides: list[str] | None = None, launcher: str = "local",
               cluster: str | None = None, max_parallel: int | None = None, only: list[str] | None = None,
               out: Path | None = None, analyze_only: bool = False, workers: bool = True, refine: bool = True,
-              refine_factor: float | None = None, refine_rounds: int = REFINE_ROUNDS, detach: bool = False) -> int:
+              refine_factor: float | None = None, refine_rounds: int = REFINE_ROUNDS, detach: bool = False,
+              beyond: bool = False) -> int:
     """Every experiment's grid, then (`refine`) the refinement rounds of the arms with more than one LR
     (at most refine_rounds; --quick: at most one), then the analysis. Returns an exit code. `detach`
     (SLURM): submit the grids' missing runs, or else the next refinement round, and return at once,
@@ -70,7 +82,7 @@ def reproduce(scale: str = "tiny", quick: bool = False, overrides: list[str] | N
         # Quick runs differ from the full ones; keep them apart so analyses never mix the two.
         overrides.insert(0, f"run.root={'runs-quick' if quick else 'runs'}")
     t0 = time.monotonic()
-    experiments = plan(scale, quick, overrides, only)
+    experiments = plan(scale, quick, overrides, only, beyond)
     jobs = [j for js in experiments.values() for j in js]
     if not jobs:
         raise ConfigError(f"--scale {scale}: no experiments under experiments/{scale}/")
@@ -140,6 +152,8 @@ def reproduce_main(argv: list[str]) -> int:
     p.add_argument("--scale", choices=SCALES, default="tiny")
     p.add_argument("--quick", action="store_true", help="each experiment's quick grid (hydra.sweeper.quick)")
     p.add_argument("--only", help="comma-separated experiments, e.g. tiny/rank,tiny/batch, or experiment files (my_sweep.yaml)")
+    p.add_argument("--beyond", action="store_true", help="also the experiments beyond the paper's claims "
+                   f"({', '.join(f'<scale>/{b}*' for b in BEYOND_PAPER)}: the LR ratio against width and alpha)")
     p.add_argument("--out", type=Path, help="analysis output directory (default <run.root>/<scale>/analysis)")
     p.add_argument("--analyze-only", action="store_true", help="skip the runs; analyze what is there")
     p.add_argument("--detach", action="store_true", help="launcher=slurm: submit the jobs and return at once, "
@@ -154,4 +168,4 @@ def reproduce_main(argv: list[str]) -> int:
     launcher, cluster, max_parallel, overrides, workers = split_launcher_args(args.overrides)
     only = [s.strip() for s in args.only.split(",")] if args.only else None
     return reproduce(args.scale, args.quick, overrides, launcher, cluster, max_parallel, only, args.out,
-                     args.analyze_only, workers, args.refine, factor, rounds, detach=args.detach)
+                     args.analyze_only, workers, args.refine, factor, rounds, detach=args.detach, beyond=args.beyond)

@@ -38,7 +38,7 @@ STATUSES = ("completed", "diverged", "failed", "corrupt", "unfinished")
 FINAL_WINDOW = 0.1
 # Summary keys kept under their own names; the config's keys are dotted (optim.lr) and cannot clash.
 SUMMARY_KEYS = ("status", "steps", "max_steps", "final_train_loss", "final_eval_loss", "final_train_bpb",
-                "final_eval_bpb", "trainable_params",
+                "final_eval_bpb", "final_eval_unseen_loss", "trainable_params",
                 "total_params", "wall_s", "step_time_s", "tokens", "examples", "error", "diverged_at_step",
                 "final_reward", "final_eval_accuracy", "base_eval_accuracy", "final_val_accuracy", "base_val_accuracy")
 # The config key whose runs are replicates: runs that differ only in it (it sets the LoRA init and the

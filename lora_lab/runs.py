@@ -68,6 +68,8 @@ SCHEDULE_KEYS = ("checkpoint_every", "eval_every")
 ADDED_KEYS: tuple[tuple[str, str, object], ...] = (
     ("data", "chat_template", None),
     ("data", "truncation", "head"),
+    ("data", "eval_unseen", False),
+    ("lora", "alpha_mode", "fixed"),
     ("rl", "sample_batch", 256),
     ("rl", "val_size", 0),
 )

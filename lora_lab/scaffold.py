@@ -1,6 +1,6 @@
 """`lora-lab new-experiment`: a commented experiment file to start a sweep of your own from: LoRA at
 several ranks and FullFT, each over a grid of learning rates centred on the LRs `lora-lab plan`
-recommends for the model (plan.recommended_lr), several seeds, and a comment on every key.
+recommends for the model (lrs.recommended_lr), several seeds, and a comment on every key.
 
     lora-lab new-experiment mine                                  # ./mine.yaml: tiny-llama on tiny-tulu
     lora-lab new-experiment mine --model llama-3.2-1b --data tulu3
@@ -23,8 +23,8 @@ from typing import Any
 import yaml
 
 from lora_lab.config import CONF_DIR, EXPERIMENTS_DIR, ConfigError, ModelConfig, RunConfig, compose, is_experiment_file
-from lora_lab.plan import (BASE_LR, LORA_MULTIPLIER, LR_EXPONENTS, SHORT_RUN_FACTOR, SHORT_RUN_STEPS, Arch, rank_unit,
-                           recommended_lr, run_steps)
+from lora_lab.flops import Arch, rank_unit, run_steps
+from lora_lab.lrs import BASE_LR, LORA_MULTIPLIER, LR_EXPONENTS, SHORT_RUN_FACTOR, SHORT_RUN_STEPS, recommended_lr
 from lora_lab.refine import lr_text, rounded
 from lora_lab.sweep import expand
 

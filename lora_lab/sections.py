@@ -46,6 +46,7 @@ from lora_lab.curves import (
 )
 from lora_lab.explore import explore_section
 from lora_lab.flops import Arch
+from lora_lab.ladder import alpha_section, width_section
 from lora_lab.noise import GAP_WINDOW, K_SE, across_seeds, paired, paired_gap_steps, scatter_se, seed_values
 from lora_lab.records import (BatchRecord, CapacityRecord, EarlyRecord, InvarianceRecord, LayersRecord, RankRecord,
                               RLRecord, Section)
@@ -612,8 +613,9 @@ def invariance_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
 # ----------------------------------------------------------------------------- C9
 
 
-# C9's no-knowledge baseline: FullFT runs on these data train on the same facts as tiny-facts and are
-# evaluated on facts they never saw (lora_lab/tiny/facts.py); they are the gate's reference, not a curve.
+# C9's no-knowledge loss, as run roots made before data.eval_unseen measured it: a `baseline` arm of
+# FullFT runs on these data, which train on the same facts as tiny-facts and are evaluated on facts
+# they never saw (lora_lab/tiny/facts.py); the gate's reference, not a curve.
 BASELINE_DATA = "tiny-facts-heldout"
 
 
@@ -628,7 +630,8 @@ def information_bits(row: pd.Series) -> float:
 
 def capacity_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
     """Final eval loss vs LoRA parameters for facts sets of several known sizes, against FullFT, and
-    the gate that FullFT stored the facts at all (storage_gate, on the baseline arm's runs) (C9)."""
+    the gate that FullFT stored the facts at all (storage_gate: FullFT's own eval on unseen facts, or
+    a baseline arm's runs in older run roots) (C9)."""
     runs = _sft(runs).copy()
     loss = pd.to_numeric(runs.get("final_eval_loss"), errors="coerce")
     runs["score"] = loss.where(loss.notna(), runs["final_loss"])
@@ -685,37 +688,48 @@ def capacity_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
 
 
 def storage_gate(runs: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataFrame:
-    """Per data size, whether FullFT stored the facts: its re-ask eval loss against the eval loss on
-    unseen facts (the no-knowledge loss) of FullFT trained on the same facts at the same LR and seed
-    (the baseline arm, data.name=tiny-facts-heldout), paired seed by seed, at FullFT's best LR (lowest
-    seed-mean re-ask loss) among those the baseline arm ran too: an LR refinement scores arms by their
-    train loss and may add different LRs to the two. `stored` is held-out minus re-ask (nats per
-    target token), `stored_frac` that fraction of the held-out loss; NaN where no LR has both arms
-    (claims.judge_c9 reads it as not shown)."""
+    """Per data size, whether FullFT stored the facts: its re-ask eval loss against the no-knowledge
+    loss, the eval loss on unseen facts of FullFT trained on the same facts at the same LR and seed,
+    paired seed by seed at FullFT's best LR (lowest seed-mean re-ask loss) among those where that loss
+    was measured. It is the FullFT run's own (final_eval_unseen_loss, data.eval_unseen=true); for a
+    run without it (a run root made before the key) the baseline arm's run at the same LR and seed
+    (data.name=tiny-facts-heldout, a second FullFT run on the same training rows), whose LRs an LR
+    refinement may have chosen apart from FullFT's. `source` says which were used. `stored` is unseen
+    minus re-ask (nats per target token), `stored_frac` that fraction of the unseen loss (the columns
+    keep their names: `baseline_loss` is the no-knowledge loss, `baseline_runs` the runs that measured
+    it at that size); NaN where no LR has it (claims.judge_c9 reads it as not shown)."""
     cols = ["num_examples", "full_lr", "full_loss", "baseline_loss", "stored", "stored_se", "stored_frac", "n_seeds",
-            "noise", "baseline_runs"]
+            "noise", "baseline_runs", "source"]
 
     def done(df: pd.DataFrame) -> pd.DataFrame:
         return df[df["status"].isin(("completed", "diverged")) & (df["method"] == "full")]
 
-    def per_seed(df: pd.DataFrame) -> pd.DataFrame:
-        return df.assign(seed=seed_of(df)).groupby("seed", as_index=False).agg(value=("score", "mean"),
-                                                                                sem=("score_sem", "mean"))
+    def per_seed(df: pd.DataFrame, column: str = "score") -> pd.DataFrame:
+        return df.assign(seed=seed_of(df), value=df[column]).groupby("seed", as_index=False).agg(
+            value=("value", "mean"), sem=("score_sem", "mean"))
 
     rows = []
     full, held = done(runs), done(baseline)
+    full = full.assign(unseen=pd.to_numeric(full["final_eval_unseen_loss"], errors="coerce")
+                       if "final_eval_unseen_loss" in full else math.nan)
     for n, f in full.groupby("data.num_examples"):
         h = held[held["data.num_examples"] == n]
-        shared = [lr for lr in sorted(f["lr"].unique()) if np.isclose(h["lr"], lr).any()]
+        own = f[np.isfinite(f["unseen"])]
+        measured = [lr for lr in sorted(f["lr"].unique()) if np.isclose(own["lr"], lr).any() or np.isclose(h["lr"], lr).any()]
         row = {"num_examples": n, "full_lr": math.nan, "full_loss": math.nan, "baseline_loss": math.nan,
                "stored": math.nan, "stored_se": math.nan, "stored_frac": math.nan, "n_seeds": 0,
-               "noise": "no baseline run at a FullFT LR", "baseline_runs": len(h)}
-        if shared:
-            lr = min(shared, key=lambda x: float(f.loc[np.isclose(f["lr"], x), "score"].mean()))
-            a, b = per_seed(f[np.isclose(f["lr"], lr)]), per_seed(h[np.isclose(h["lr"], lr)])
+               "noise": "no eval on unseen facts at a FullFT LR", "baseline_runs": len(own) + len(h), "source": "none"}
+        if measured:
+            lr = min(measured, key=lambda x: float(f.loc[np.isclose(f["lr"], x), "score"].mean()))
+            a = per_seed(f[np.isclose(f["lr"], lr)])
+            mine = per_seed(own[np.isclose(own["lr"], lr)], "unseen")
+            arm = per_seed(h[np.isclose(h["lr"], lr)])
+            arm = arm[~arm["seed"].isin(mine["seed"])]  # the arm only for seeds whose FullFT run lacks the metric
+            used = {"in-run": mine, "baseline arm": arm}
+            b = pd.concat([t for t in used.values() if len(t)], ignore_index=True)
             est = paired(b, a)
             row.update(full_lr=lr, full_loss=float(a["value"].mean()), baseline_loss=float(b["value"].mean()),
-                       n_seeds=est.n_seeds, noise=est.source)
+                       n_seeds=est.n_seeds, noise=est.source, source=" + ".join(k for k, t in used.items() if len(t)))
             if np.isfinite(est.value) and np.isfinite(row["baseline_loss"]) and row["baseline_loss"] > 0:
                 row.update(stored=est.value, stored_se=est.se, stored_frac=est.value / row["baseline_loss"])
         rows.append(row)
@@ -749,7 +763,7 @@ def explore_experiment(res: Results, runs: pd.DataFrame, sec: Section) -> None:
 SECTIONS: dict[str, Callable[[Results, pd.DataFrame, Section], None]] = {
     "rank": rank_section, "batch": batch_section, "layers": layers_section, "rl": rl_section,
     "early_rank": early_section, "invariance": invariance_section, "capacity": capacity_section,
-    EXPLORE: explore_experiment,
+    "width": width_section, "alpha": alpha_section, EXPLORE: explore_experiment,
 }
 
 

@@ -141,12 +141,14 @@ def grid_points(grid: Any, overrides: Sequence[str], only_arms: Sequence[str] | 
     # An arm's launcher.* keys are its resources (arm_requests), not run overrides.
     arms = {name: {k: v for k, v in dict(axes or {}).items() if not str(k).startswith("launcher.")}
             for name, axes in (grid.get("grids") or {}).items()} or {"grid": {}}
+    # An axis of any arm, kept or not, replaces that arm's values only: `--quick arms=full` must not
+    # put quick's lora.rank on the FullFT arm.
+    axis_keys = set(shared) | {k for axes in arms.values() for k in axes}
     if only_arms:
         unknown = sorted(set(only_arms) - set(arms))
         if unknown:
             raise ConfigError(f"arms={','.join(unknown)}: no such arm; this experiment has {', '.join(arms)}")
         arms = {name: axes for name, axes in arms.items() if name in only_arms}
-    axis_keys = set(shared) | {k for axes in arms.values() for k in axes}
     fixed, replace, added = [], {}, {}
     for o in _parse(overrides):
         key, values = _axis(o)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from lora_lab import distributed
 from lora_lab import lora as lora_mod
 from lora_lab.config import Config
-from lora_lab.data import IGNORE_INDEX, BatchOrder, collate, load_data, order_seed, use_chat_template
+from lora_lab.data import IGNORE_INDEX, BatchOrder, collate, load_data, load_unseen, order_seed, use_chat_template
 from lora_lab.learner import (Progress, build_learner, record_failure, resume, save_checkpoint, start_logging,
                               wandb_summary)
 from lora_lab.models import base_reference, load_tokenizer, target_logits
@@ -84,6 +84,7 @@ def train_sft(cfg: Config, rid: str, rd: RunDir, rows: tuple) -> dict:
         # any memory (at the paper's scale, before a GPU allocation is spent on loading 8B weights).
         tok = use_chat_template(load_tokenizer(cfg.model.name, cfg.model.trust_remote_code, cfg.model.revision), cfg.data)
         train_split, eval_split = load_data(cfg, tok, rows)
+        unseen_split = load_unseen(cfg, tok)
         learner = build_learner(cfg)
         model, device, sites, trainable, opt = learner.model, learner.device, learner.sites, learner.trainable, learner.opt
         summary.update(trainable_params=learner.trainable_params, total_params=learner.total_params)
@@ -106,9 +107,14 @@ def train_sft(cfg: Config, rid: str, rd: RunDir, rows: tuple) -> dict:
         eval_targets = sum(int((y[1:] != IGNORE_INDEX).sum()) for y in eval_split.labels)
         eval_bytes = sum(eval_split.target_bytes)
 
+        eval_unseen = None
+
         def log_eval() -> tuple[float, float]:
+            nonlocal eval_unseen
             loss = evaluate(model, eval_split, micro, pad_id, device)
             line = {"eval_loss": loss, "eval_bpb": bits_per_byte(loss * eval_targets, eval_bytes)}
+            if unseen_split is not None:  # data.eval_unseen: C9's no-knowledge loss, on this run's own model
+                eval_unseen = line["eval_unseen_loss"] = evaluate(model, unseen_split, micro, pad_id, device)
             rd.log({"step": step, **line})
             if run:
                 run.log(line, step=step)
@@ -175,6 +181,8 @@ def train_sft(cfg: Config, rid: str, rd: RunDir, rows: tuple) -> dict:
                        final_train_bpb=bpb_value, final_eval_bpb=eval_bpb, wall_s=round(wall, 3),
                        launch_wall_s=round(time.monotonic() - t_launch, 3), tokens=tokens, examples=examples,
                        step_time_s=round(wall / step, 5) if step else None)
+        if unseen_split is not None:
+            summary["final_eval_unseen_loss"] = eval_unseen
         if status == "completed":
             checkpoint(final=True, summary=summary)
         rd.write_summary(summary)

@@ -297,8 +297,9 @@ def test_analyze_python_entry_point(rank_results, tmp_path):
     assert "single seed" in c2["noise"]
     assert result["verdicts"]["C3"][0]["verdict"] == "not run"
     # `lora-lab fit-lr` reads the optimal_lr.csv written here: one point per curve, none at a grid edge
-    theory = pytest.importorskip("lora_lab.plan")
-    points = theory.read_optimal_lr([tmp_path / "out"])
+    from lora_lab.lrs import read_optimal_lr
+
+    points = read_optimal_lr([tmp_path / "out"])
     assert sorted(p.lr for p in points) == pytest.approx(sorted(TRUE_OPT.values()))
 
 

@@ -92,7 +92,7 @@ def test_new_data_keys_at_their_old_behaviour_keep_run_ids_and_the_batch_order()
     from lora_lab.runs import run_id
 
     cfg = compose(["train.seed=3"])
-    before = {k: v for k, v in vars(cfg.data).items() if k not in ("chat_template", "truncation")}
+    before = {k: v for k, v in vars(cfg.data).items() if k not in ("chat_template", "truncation", "eval_unseen")}
     key = json.dumps({"seed": 3, "data": before}, sort_keys=True, default=str)
     assert order_seed(cfg) == int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") & (2**62 - 1)
     assert order_seed(compose(["train.seed=3", "data.truncation=drop"])) != order_seed(cfg)

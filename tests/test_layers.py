@@ -149,7 +149,8 @@ RECORDED_RUN_IDS = {
                        "tiny-llama_tiny-facts_lora-r1-all_lr1e-2_bs32_s0_e952a297"),
                       ("lora_r8", ["lora.rank=8", "optim.lr=1e-2", "data.num_examples=2048", "train.epochs=4"],
                        "tiny-llama_tiny-facts_lora-r8-all_lr1e-2_bs32_s0_c3580a3f"),
-                      ("full", ["optim.lr=1e-3", "data.num_examples=2048", "train.epochs=4"],
+                      # recorded before its FullFT arm evaluated unseen facts as well (data.eval_unseen)
+                      ("full", ["optim.lr=1e-3", "data.num_examples=2048", "train.epochs=4", "data.eval_unseen=false"],
                        "tiny-llama_tiny-facts_full_lr1e-3_bs32_s0_7c1fed51")],
 }
 

@@ -203,7 +203,7 @@ def test_a_dry_run_of_an_experiment_file_imports_no_torch(tmp_path):
 
 
 def test_new_experiment_writes_a_file_the_sweep_accepts(tmp_path, monkeypatch, capsys):
-    from lora_lab.plan import recommended_lr
+    from lora_lab.lrs import recommended_lr
     from lora_lab.runs import run_state
 
     monkeypatch.chdir(tmp_path)
@@ -269,7 +269,7 @@ def test_new_experiment_from_a_shipped_grid_keeps_its_runs(tmp_path, monkeypatch
 
 
 def test_new_experiment_for_a_paper_model_sets_its_chat_template(tmp_path, monkeypatch):
-    from lora_lab.plan import recommended_lr
+    from lora_lab.lrs import recommended_lr
 
     monkeypatch.chdir(tmp_path)
     assert cli.main(["new-experiment", "big", "--model", "llama-3.2-1b", "--data", "tulu3"]) == 0

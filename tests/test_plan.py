@@ -1,6 +1,6 @@
-"""lora_lab.plan and lora_lab.flops against independent numbers: the paper's Llama-3.1-8B table,
-the models' published sizes, hand calculations, torch's FLOP counter, and the training code itself
-for the invariances C7 and C8."""
+"""lora_lab.plan, lora_lab.flops and lora_lab.lrs against independent numbers: the paper's
+Llama-3.1-8B table, the models' published sizes, hand calculations, torch's FLOP counter, and the
+training code itself for the invariances C7 and C8."""
 
 import csv
 import json
@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from torch.utils.flop_counter import FlopCounterMode
 
 from lora_lab import lora as lora_mod
-from lora_lab import plan
+from lora_lab import lrs, plan
 from lora_lab.config import ConfigError, LoraConfig, ModelConfig, compose
 from lora_lab.data import load_data
 from lora_lab.flops import linear_flops, shipped_config
@@ -231,24 +231,24 @@ def test_model_ratio_approaches_two_thirds_at_small_rank():
 
 def test_recommended_lr_by_hand():
     # 5e-5 x 10 x (2000/4096)^0.781 = 2.8564e-4 (Llama); (2000/4096)^0.0775 for Qwen3-8B: 4.7298e-4.
-    assert plan.recommended_lr("llama-3.1-8b") == pytest.approx(2.8564e-4, rel=1e-4)
-    assert plan.recommended_lr("qwen3-8b-base") == pytest.approx(4.7298e-4, rel=1e-4)
-    assert plan.recommended_lr("llama-3.1-8b", "full") == pytest.approx(2.8564e-5, rel=1e-4)
-    assert plan.recommended_lr("llama-3.1-8b", steps=100) == pytest.approx(1.5 * 2.8564e-4, rel=1e-4)
-    assert plan.recommended_lr("llama-3.1-8b", steps=101) == pytest.approx(2.8564e-4, rel=1e-4)
-    assert plan.recommended_lr("llama-3.1-8b", "full", steps=10) == pytest.approx(2.8564e-5, rel=1e-4)
+    assert lrs.recommended_lr("llama-3.1-8b") == pytest.approx(2.8564e-4, rel=1e-4)
+    assert lrs.recommended_lr("qwen3-8b-base") == pytest.approx(4.7298e-4, rel=1e-4)
+    assert lrs.recommended_lr("llama-3.1-8b", "full") == pytest.approx(2.8564e-5, rel=1e-4)
+    assert lrs.recommended_lr("llama-3.1-8b", steps=100) == pytest.approx(1.5 * 2.8564e-4, rel=1e-4)
+    assert lrs.recommended_lr("llama-3.1-8b", steps=101) == pytest.approx(2.8564e-4, rel=1e-4)
+    assert lrs.recommended_lr("llama-3.1-8b", "full", steps=10) == pytest.approx(2.8564e-5, rel=1e-4)
     # The tiny presets take their architecture's exponent.
-    assert plan.recommended_lr("tiny-llama") == pytest.approx(5e-4 * 15.625**0.781)
-    assert plan.recommended_lr("tiny-moe") == pytest.approx(5e-4 * 15.625**0.0775)
+    assert lrs.recommended_lr("tiny-llama") == pytest.approx(5e-4 * 15.625**0.781)
+    assert lrs.recommended_lr("tiny-moe") == pytest.approx(5e-4 * 15.625**0.0775)
 
 
 def test_recommended_lr_rejects_unknown_family(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**LLAMA_8B, "model_type": "mistral",
                                                       "architectures": ["MistralForCausalLM"]}))
     with pytest.raises(ConfigError, match="no published LR exponent"):
-        plan.recommended_lr(str(tmp_path))
+        lrs.recommended_lr(str(tmp_path))
     with pytest.raises(ConfigError, match="method="):
-        plan.recommended_lr("tiny-llama", "qlora")
+        lrs.recommended_lr("tiny-llama", "qlora")
 
 
 def _law(hidden, m, p):
@@ -278,10 +278,10 @@ def test_fit_recovers_m_p_and_multiplier_from_handmade_csvs(tmp_path, capsys):
                 # An optimum at the grid's edge is a bound, not a point of the law: left out.
                 w.writerow({"method": "lora", "rank": 16, "layers": "all", "batch_size": 32, "best_lr": 1.0,
                             "best_lr_low": 1.0, "best_lr_high": "", "best_final_loss": 1.0, "model": model, "edge": True})
-    points = plan.read_optimal_lr([tmp_path / "sweep0", tmp_path / "sweep1" / "optimal_lr.csv"], min_rank=4)
-    assert len(plan.read_optimal_lr([tmp_path / "sweep0"], keep_edge=True)) == 2 * 6
+    points = lrs.read_optimal_lr([tmp_path / "sweep0", tmp_path / "sweep1" / "optimal_lr.csv"], min_rank=4)
+    assert len(lrs.read_optimal_lr([tmp_path / "sweep0"], keep_edge=True)) == 2 * 6
     assert len(points) == 4 * (1 + 3) and {p.hidden_size for p in points} == set(models.values())
-    fit = plan.fit_lr_law(points)
+    fit = lrs.fit_lr_law(points)
     assert fit.method == "both" and fit.n == 16
     assert abs(fit.p - 0.7) < 3 * fit.p_se and fit.p_se < 0.03
     assert abs(fit.m - 6e-4) < 3 * fit.m_se and fit.m_se / fit.m < 0.05
@@ -295,19 +295,164 @@ def test_fit_recovers_m_p_and_multiplier_from_handmade_csvs(tmp_path, capsys):
 
 def test_fit_exact_points_and_standard_errors_by_monte_carlo():
     hidden = [1024, 2048, 3072, 4096, 5120, 8192]
-    exact = plan.fit_lr_law([(h, _law(h, 5e-4, 0.781)) for h in hidden])
+    exact = lrs.fit_lr_law([(h, _law(h, 5e-4, 0.781)) for h in hidden])
     assert exact.m == pytest.approx(5e-4, rel=1e-9) and exact.p == pytest.approx(0.781, rel=1e-9)
     # The reported standard error of p matches the spread of p over repeated noisy data sets.
     rng = random.Random(1)
-    fits = [plan.fit_lr_law([(h, _law(h, 5e-4, 0.781) * math.exp(rng.gauss(0, 0.1))) for h in hidden * 3])
+    fits = [lrs.fit_lr_law([(h, _law(h, 5e-4, 0.781) * math.exp(rng.gauss(0, 0.1))) for h in hidden * 3])
             for _ in range(300)]
     ps = [f.p for f in fits]
     sd = math.sqrt(sum((p - sum(ps) / len(ps)) ** 2 for p in ps) / (len(ps) - 1))
     assert sum(f.p_se for f in fits) / len(fits) == pytest.approx(sd, rel=0.15)
-    fixed = plan.fit_lr_law([(4096, 3e-4), (4096, 2e-4)], p=0.781)
+    fixed = lrs.fit_lr_law([(4096, 3e-4), (4096, 2e-4)], p=0.781)
     assert fixed.p_se == 0 and fixed.m == pytest.approx(math.sqrt(6e-8) / (2000 / 4096) ** 0.781)
     with pytest.raises(ValueError, match="same hidden size"):
-        plan.fit_lr_law([(4096, 3e-4), (4096, 2e-4)])
+        lrs.fit_lr_law([(4096, 3e-4), (4096, 2e-4)])
+
+
+def test_sweep_table_lookup(tmp_path):
+    for name in ("qwen3-8b-base", "Qwen/Qwen3-8B-Base", "qwen/qwen3-8b-base", ModelConfig(name="Qwen/Qwen3-8B-Base")):
+        assert lrs.sweep_lr(name) == ("Qwen/Qwen3-8B-Base", 1e-3)
+    assert lrs.sweep_lr("llama-3.1-8b") == ("meta-llama/Llama-3.1-8B", 3e-4)
+    assert lrs.sweep_lr("meta-llama/Llama-3.2-1B") == ("meta-llama/Llama-3.2-1B", 1e-3)
+    assert lrs.sweep_lr("Qwen/Qwen3-30B-A3B") == ("Qwen/Qwen3-30B-A3B", 1e-3)
+    for name in ("tiny-llama", "tiny-llama-w64", "nobody/nothing", str(tmp_path), ModelConfig(name="tiny-moe")):
+        assert lrs.sweep_lr(name) is None
+    # Every paper-scale preset of conf/model is in the sweep.
+    from lora_lab.config import CONF_DIR, TINY_PRESETS
+
+    presets = [p.stem for p in (CONF_DIR / "model").glob("*.yaml") if p.stem not in TINY_PRESETS]
+    assert presets and all(lrs.sweep_lr(p) for p in presets)
+
+
+def test_plan_shows_the_law_and_the_sweep_side_by_side(capsys):
+    rc, text, err = _cli(capsys, "plan", "model=qwen3-8b-base", "data=tulu3", "bits_per_token=1", "ranks=8")
+    assert rc == 0, err
+    text = text.replace("- ", "-")  # undo line breaks after a hyphen
+    law, full = lrs.recommended_lr("qwen3-8b-base"), lrs.recommended_lr("qwen3-8b-base", "full")
+    assert f"law: lora {law:.2e}, full {full:.2e} = 5e-05 x (2000/4096)^0.0775 (qwen)" in text
+    assert "tinker-cookbook get_lr's constants" in text
+    assert (f"sweep: lora 1.00e-03 = the best LoRA LR of Qwen/Qwen3-8B-Base in tinker-cookbook's later LoRA-only sweep "
+            f"(tulu3, batch 128, 780 steps), {1e-3 / law:.2g}x the law's; full 1.00e-04 derived as lora / 10") in text
+    assert text.index("law: lora") < text.index("sweep: lora") < text.index("FLOPs per token")
+
+
+def test_t_quantile_matches_the_printed_table():
+    # Two-sided 90% (the 95th percentile) and 95% points of Student's t, as printed in statistics tables.
+    for dof, t90 in ((1, 6.314), (2, 2.920), (4, 2.132), (7, 1.895), (30, 1.697)):
+        assert lrs.t_quantile(0.90, dof) == pytest.approx(t90, abs=1e-3)
+    assert lrs.t_quantile(0.95, 3) == pytest.approx(3.182, abs=1e-3)
+    assert lrs.t_quantile(0.90, 100_000) == pytest.approx(1.6449, abs=1e-3)  # the normal's
+
+
+# The tiny width ladder (tiny/presets.py): tiny-llama at hidden 64, 128 and 256.
+LADDER = {"tiny-llama-w64": 64, "tiny-llama": 128, "tiny-llama-w256": 256}
+LORA_LAW, FULL_LAW = (1e-3, 0.5), (2e-4, 0.8)  # (M, p) of each method
+
+
+def _ladder_sweeps(tmp_path, rng, noise=0.05, sweeps=2):
+    """optimal_lr.csv files of `sweeps` sweeps over the ladder: LoRA ranks 4, 16, 64 and FullFT per
+    width, each optimum its method's law times log-normal scatter."""
+    fields = ["method", "rank", "layers", "batch_size", "best_lr", "model", "edge"]
+    dirs = []
+    for i in range(sweeps):
+        d = tmp_path / f"width{i}"
+        d.mkdir()
+        with open(d / "optimal_lr.csv", "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=fields)
+            w.writeheader()
+            for model, hidden in LADDER.items():
+                for method, rank in [("full", "")] + [("lora", r) for r in (4, 16, 64)]:
+                    m, p = LORA_LAW if method == "lora" else FULL_LAW
+                    w.writerow({"method": method, "rank": rank, "layers": "all" if rank else "", "batch_size": 32,
+                                "best_lr": _law(hidden, m, p) * math.exp(rng.gauss(0, noise)), "model": model,
+                                "edge": False})
+        dirs.append(d)
+    return dirs
+
+
+def test_fit_each_method_alone_recovers_both_laws_on_the_width_ladder(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    dirs = _ladder_sweeps(tmp_path, random.Random(3))
+    points = lrs.read_optimal_lr(dirs)
+    assert {(p.model, p.hidden_size) for p in points} == set(LADDER.items())
+    for method, (m, p), n in (("lora", LORA_LAW, 18), ("full", FULL_LAW, 6)):
+        law = lrs.fit_lr_method(points, method)
+        assert (law.method, law.n, law.dof, law.hidden) == (method, n, n - 2, (64, 256))
+        assert set(law.models) == set(LADDER)
+        lo, hi = law.p_interval
+        assert lo < p < hi and hi - lo < 0.3
+        lo, hi = law.m_interval
+        assert lo < m < hi and hi / lo < 1.5
+    # A different exponent per method: the joint fit's single p sits between them.
+    assert 0.5 < lrs.fit_lr_law(points).p < 0.8
+    from lora_lab.cli import main
+
+    assert main(["fit-lr", *map(str, dirs)]) == 0
+    out = capsys.readouterr().out
+    lora, full = lrs.fit_lr_method(points, "lora"), lrs.fit_lr_method(points, "full")
+    rows = [line.split() for line in out.splitlines() if line.startswith("llama ")]
+    assert rows[0][1:3] == ["24", "3"]  # the joint fit first, as before
+    for law, row in zip((lora, full), rows[1:]):
+        assert row[:6] == ["llama", law.method, str(law.n), "3", "64..256", f"{law.m:.2e}"]
+        assert f"{law.p:.3f} [{law.p_interval[0]:.3f}, {law.p_interval[1]:.3f}]" in " ".join(row)
+    assert list(tmp_path.glob("*.json")) == []  # nothing written unless --save
+
+
+def test_fit_intervals_cover_at_their_level_with_few_points():
+    # 4 points at 3 widths: 2 residual degrees of freedom, where the t interval (2.92 standard errors)
+    # covers the true p 90% of the time and a normal one (1.64) about 76%.
+    rng, hits, n = random.Random(7), 0, 600
+    for _ in range(n):
+        pts = [lrs.LRPoint(h, _law(h, *LORA_LAW) * math.exp(rng.gauss(0, 0.2)), "lora") for h in (64, 128, 128, 256)]
+        lo, hi = lrs.fit_lr_method(pts, "lora").p_interval
+        hits += lo < LORA_LAW[1] < hi
+    assert 0.86 < hits / n < 0.94
+    two = lrs.fit_lr_method([(64, 1e-3), (256, 5e-4)], "lora")  # no residual dof: no intervals
+    assert two.dof == 0 and two.m_interval is None and two.p_interval is None and two.lr_interval(128) is None
+    assert two.lr(128) == pytest.approx(math.sqrt(1e-3 * 5e-4))
+    with pytest.raises(ValueError, match="hidden size"):
+        lrs.fit_lr_method([(64, 1e-3), (64, 5e-4)], "lora")
+
+
+def test_saved_fit_round_trips_into_plan(tmp_path, capsys):
+    dirs = _ladder_sweeps(tmp_path, random.Random(5))
+    saved = tmp_path / "fit.json"
+    rc, text, err = _cli(capsys, "fit-lr", *map(str, dirs), "--save", str(saved))
+    assert rc == 0, err
+    assert f"wrote {saved}" in text
+    points = lrs.read_optimal_lr(dirs)
+    fits = lrs.load_lr_fits(saved)
+    assert set(fits) == {"llama"} and set(fits["llama"]) == {"lora", "full"}
+    for method, law in fits["llama"].items():
+        assert law == lrs.fit_lr_method(points, method)
+    raw = json.loads(saved.read_text())["fits"]["llama"]["lora"]
+    assert raw["p_interval"] == pytest.approx(list(fits["llama"]["lora"].p_interval))
+    assert raw["hidden"] == [64, 256] and sorted(raw["models"]) == sorted(LADDER)
+    rc, text, err = _cli(capsys, "plan", "model=tiny-llama", f"lr_fit={saved}", "sample=4", "ranks=8")
+    assert rc == 0, err
+    text = text.replace("- ", "-")  # undo line breaks after a hyphen
+    lora, full = fits["llama"]["lora"], fits["llama"]["full"]
+    (lo, hi), (flo, fhi) = lora.lr_interval(128), full.lr_interval(128)
+    assert lo < lora.lr(128) < hi
+    assert (f"your fit: lora {lora.lr(128):.2e} [{lo:.2e}, {hi:.2e}], full {full.lr(128):.2e} [{flo:.2e}, {fhi:.2e}] "
+            f"(lr_fit={saved}: llama") in text and "hidden 128 within the fitted 64..256" in text
+    assert f"law: lora {lrs.recommended_lr('tiny-llama', 'lora', 64):.2e}" in text
+    assert "sweep:" not in text  # tiny-llama is not among the sweep's models
+
+
+def test_plan_rejects_a_bad_lr_fit_before_any_work(tmp_path, capsys):
+    (tmp_path / "notjson.json").write_text("{not json")
+    (tmp_path / "shape.json").write_text(json.dumps({"fits": {"llama": {"lora": {"m": 1e-3}}}}))
+    (tmp_path / "negative.json").write_text(json.dumps({"fits": {"llama": {"lora": {
+        "method": "lora", "m": -1.0, "p": 0.5, "n": 3, "dof": 1, "hidden": [64, 256], "models": [], "rms_log10": 0.0,
+        "cov_log_m_p": None}}}}))
+    (tmp_path / "empty.json").write_text(json.dumps({"fits": {}}))
+    for name in ("missing.json", "notjson.json", "shape.json", "negative.json", "empty.json"):
+        rc, _, err = _cli(capsys, "plan", f"lr_fit={tmp_path / name}")
+        assert rc == 2 and f"lr_fit={tmp_path / name}" in err and len(err.strip().splitlines()) == 1, (name, err)
+    rc, _, err = _cli(capsys, "fit-lr", str(tmp_path), "--save", str(tmp_path / "no" / "such" / "fit.json"))
+    assert rc == 2 and "--save=" in err
 
 
 # ----------------------------------------------------------------------------- 4. capacity (C9)

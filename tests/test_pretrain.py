@@ -108,3 +108,36 @@ def test_build_tiny_rejects_bad_flags():
     assert p.returncode == 2 and "--tokens=0" in p.stderr
     p = subprocess.run([LORA_LAB, "build-tiny", "--drill", "1"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "--drill=1.0" in p.stderr
+
+
+def test_the_width_ladder_ships_with_cards_and_one_recipe():
+    """tiny-llama-w64, tiny-llama and tiny-llama-w256: built, loadable, their cards saying how (the
+    same depth, drill and tokens per parameter), and all model assets together within 40 MiB."""
+    from lora_lab.tiny.presets import TINY_CONFIGS
+    from lora_lab.tiny.pretrain import TOKENS_PER_PARAM, WIDTH_LADDER
+    from lora_lab.tiny.tokenizer import ASSETS
+    from lora_lab.config import TINY_PRESETS
+
+    assert set(TINY_CONFIGS) == set(TINY_PRESETS)
+    widths = []
+    for name in WIDTH_LADDER:
+        card = json.loads((ASSETS / name / "card.json").read_text())
+        config = json.loads((ASSETS / name / "config.json").read_text())
+        assert card["architecture"]["hidden_size"] == config["hidden_size"] == TINY_CONFIGS[name]["hidden_size"]
+        assert config["num_hidden_layers"] == 3 and card["drill"] == 0.25 and card["seed"] == 0
+        assert abs(card["tokens_requested"] / card["params"] - TOKENS_PER_PARAM) < 0.01, card
+        assert card["eval_loss"] < card["first_loss"] - 4, card  # each rung learned its corpus
+        readme = (ASSETS / name / "README.md").read_text()
+        assert "width ladder" in readme and f"--models {name}" in readme
+        widths.append(config["hidden_size"])
+    assert widths == [64, 128, 256]
+    size = sum(f.stat().st_size for d in ASSETS.iterdir() if d.name.startswith("tiny-") for f in d.rglob("*"))
+    assert size <= 40 * 2**20, f"{size / 2**20:.1f} MiB of tiny model assets"
+
+
+def test_a_width_ladder_preset_trains(tmp_path):
+    run = subprocess.run([LORA_LAB, "train", "model=tiny-llama-w64", *SMALL, "train.max_steps=2", "lora.rank=2",
+                          f"run.root={tmp_path}"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "completed" in run.stdout, run.stderr[-2000:]
+    config = next(tmp_path.rglob("config.yaml")).read_text()
+    assert "name: tiny-llama-w64" in config

@@ -166,21 +166,31 @@ def make_early(root: Path, early_gap: float = 0.001, seeds: tuple[int, ...] = SE
 
 
 def make_capacity(root: Path, seeds: tuple[int, ...] = SEEDS, lora_best: float = 3e-3, bits_per_param: float = 2.0,
-                  stored: float | None = 1.5, baseline_lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3)) -> None:
+                  stored: float | None = 1.5, baseline_lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3),
+                  in_run: tuple[int, ...] | None = None, arm: tuple[int, ...] = ()) -> None:
     """LoRA of P parameters matches FullFT exactly when it holds the set at `bits_per_param`; FullFT's
-    loss on unseen facts (the baseline arm, tiny-facts-heldout, at `baseline_lrs`) is `stored` nats
-    above its re-ask loss at the same LR (about 1 nat at FullFT's best LR, 3e-4; None: no baseline arm)."""
+    loss on unseen facts at `baseline_lrs` is `stored` nats above its re-ask loss at the same LR
+    (about 1 nat at FullFT's best LR, 3e-4; None: measured nowhere). It is measured by the FullFT runs
+    themselves (data.eval_unseen, final_eval_unseen_loss) for the seeds in `in_run` (None: all), and
+    by a baseline arm (FullFT on tiny-facts-heldout, as run roots made before the key have it) for
+    the seeds in `arm`."""
+    in_run = seeds if in_run is None else in_run
     for seed in seeds:
         for n in (100, 1000):
             data = DataConfig(name="tiny-facts", num_examples=n)
             bits = n * bits_per_fact()
             for lr in (1e-4, 3e-4, 1e-3):
-                write_run(make_config(root, "tiny/capacity", "full", lr=lr, data=data, seed=seed),
-                          trajectory(lr, 3e-4, seed=seed, noise=NOISE, key=("full", n)), trainable=10**6)
-                if stored is not None and lr in baseline_lrs:
+                measured = stored is not None and lr in baseline_lrs
+                unseen = trajectory(lr, 3e-4, stored, seed=seed, noise=NOISE, key=("held", n)) if measured else None
+                own = measured and seed in in_run
+                write_run(make_config(root, "tiny/capacity", "full", lr=lr, seed=seed,
+                                      data=DataConfig(name="tiny-facts", num_examples=n, eval_unseen=own)),
+                          trajectory(lr, 3e-4, seed=seed, noise=NOISE, key=("full", n)), trainable=10**6,
+                          summary={"final_eval_unseen_loss": unseen[-1]} if own else None)
+                if measured and seed in arm:
                     write_run(make_config(root, "tiny/capacity", "full", lr=lr, seed=seed,
                                           data=DataConfig(name="tiny-facts-heldout", num_examples=n)),
-                              trajectory(lr, 3e-4, stored, seed=seed, noise=NOISE, key=("held", n)), trainable=10**6)
+                              unseen, trainable=10**6)
             for rank in (1, 2, 4, 8, 32):
                 params = 500 * rank
                 offset = 0.0 if bits_per_param * params >= bits else 0.3
@@ -343,13 +353,20 @@ def test_optimum_at_an_open_grid_edge_is_inconclusive(tmp_path, claim):
     assert v["verdict"] == INCONCLUSIVE and "open edge" in v["measured"], v["measured"]
 
 
+# Where FullFT's loss on unseen facts comes from: its own runs (data.eval_unseen), a baseline arm
+# (run roots made before the key), or both, seed by seed.
+SOURCES = {"in-run": {}, "baseline arm": {"in_run": (), "arm": SEEDS}, "in-run + baseline arm": {"in_run": (0,), "arm": (1,)}}
+
+
+@pytest.mark.parametrize("source", sorted(SOURCES))
 @pytest.mark.parametrize("stored, why", [(0.05, "FullFT did not store the facts: N=100, LR 0.0003: re-ask 1.01 vs held-out 1.06 nats"),
-                                         (None, "N=100: no baseline run (FullFT on tiny-facts-heldout) at any of FullFT's LRs")])
-def test_c9_without_storage_by_fullft_no_miss_is_capacity(tmp_path, stored, why):
+                                         (None, "N=100: no eval on unseen facts at any of FullFT's LRs (FullFT runs with "
+                                                "data.eval_unseen=true, or a baseline arm on tiny-facts-heldout)")])
+def test_c9_without_storage_by_fullft_no_miss_is_capacity(tmp_path, stored, why, source):
     """LoRA sizes that bracket 2 bits per parameter, but FullFT's re-ask loss only 0.05 nats below its
-    no-knowledge loss (beyond the noise, yet 5% of it), or no baseline arm at all: the gate fails and
-    the verdict is inconclusive, whatever the bounds would say."""
-    make_capacity(tmp_path / "runs", stored=stored)
+    no-knowledge loss (beyond the noise, yet 5% of it), or no eval on unseen facts at all: the gate
+    fails and the verdict is inconclusive, whatever the bounds would say."""
+    make_capacity(tmp_path / "runs", stored=stored, **SOURCES[source])
     v = analyze([tmp_path / "runs"], tmp_path / "out", progress=False)["verdicts"]["C9"][0]
     assert v["verdict"] == INCONCLUSIVE and "FullFT did not store the facts" in v["measured"], v["measured"]
     assert why in v["measured"] and "bits per parameter in [2, 3.99)" in v["measured"]
@@ -357,35 +374,62 @@ def test_c9_without_storage_by_fullft_no_miss_is_capacity(tmp_path, stored, why)
     assert gate["num_examples"].tolist() == [100, 1000]
     if stored is None:
         assert gate["full_lr"].isna().all() and gate["stored"].isna().all() and (gate["baseline_runs"] == 0).all()
+        assert (gate["source"] == "none").all()
     else:
-        assert (gate["full_lr"] == 3e-4).all()
+        assert (gate["full_lr"] == 3e-4).all() and (gate["source"] == source).all() and (gate["n_seeds"] == 2).all()
         assert gate["stored"].tolist() == pytest.approx([0.05, 0.05], abs=1e-3)
         assert gate["stored_frac"].tolist() == pytest.approx([0.05 / 1.06] * 2, abs=2e-3)
 
 
+@pytest.mark.parametrize("source", sorted(SOURCES))
 @pytest.mark.parametrize("bits_per_param, verdict, bounds", [(2.0, REPRODUCED, "[2, 3.99)"),
                                                              (0.5, NOT_REPRODUCED, "[0.499, 0.998)"),
                                                              (8.0, NOT_REPRODUCED, "[4.99, 9.98)")])
-def test_c9_with_storage_by_fullft_the_verdict_follows_the_bounds(tmp_path, bits_per_param, verdict, bounds):
-    """FullFT stored the facts (held-out minus re-ask 1.5 nats, 60% of the held-out loss, on two seeds);
-    LoRA of P parameters matches it exactly when it holds the set at `bits_per_param`: the bounds
-    bracket that capacity and the verdict is theirs (1..4 bits per parameter: reproduced)."""
-    make_capacity(tmp_path / "runs", bits_per_param=bits_per_param)
+def test_c9_with_storage_by_fullft_the_verdict_follows_the_bounds(tmp_path, bits_per_param, verdict, bounds, source):
+    """FullFT stored the facts (unseen minus re-ask 1.5 nats, 60% of the unseen loss, on two seeds,
+    measured in the FullFT runs, by a baseline arm or by each for one seed); LoRA of P parameters
+    matches it exactly when it holds the set at `bits_per_param`: the bounds bracket that capacity
+    and the verdict is theirs (1..4 bits per parameter: reproduced)."""
+    make_capacity(tmp_path / "runs", bits_per_param=bits_per_param, **SOURCES[source])
     v = analyze([tmp_path / "runs"], tmp_path / "out", progress=False)["verdicts"]["C9"][0]
     assert v["verdict"] == verdict and f"bits per parameter in {bounds}" in v["measured"], v["measured"]
     assert "did not store" not in v["measured"]
     assert "N=100, LR 0.0003: re-ask 1.01 vs held-out 2.51 nats (stored 1.5 +-" in v["measured"]
     assert "60% of the held-out loss" in v["measured"] and "SE of FullFT's stored gap" in v["noise"]
+    assert (f"of the held-out loss; held-out loss: {source})" in v["measured"]) == ("baseline arm" in source)
+    assert "held-out loss: in-run)" not in v["measured"]
+    gate = pd.read_csv(tmp_path / "out" / "tiny" / "capacity" / "capacity_gate.csv")
+    assert (gate["source"] == source).all() and (gate["baseline_runs"] == 6).all()
 
 
-def test_c9_gate_at_fullft_best_lr_among_those_the_baseline_ran(tmp_path):
-    """A refinement that gave the baseline arm other LRs than FullFT's best (3e-4): the gate pairs
-    FullFT with it at FullFT's best LR among the shared ones (1e-4 beats 1e-3), not at one it lacks."""
-    make_capacity(tmp_path / "runs", baseline_lrs=(1e-4, 1e-3))
+def test_c9_gate_prefers_the_fullft_runs_own_unseen_loss(tmp_path):
+    """A root with both: FullFT runs that measured unseen facts themselves (1.5 nats above re-ask) and
+    a baseline arm that says otherwise (0.05: not stored). The runs' own measurement decides; without
+    it (FullFT runs of neither seed with the metric) the arm fails the gate."""
+    make_capacity(tmp_path / "runs")
+    make_capacity(tmp_path / "old", stored=0.05, in_run=(), arm=SEEDS)
+    v = analyze([tmp_path / "old"], tmp_path / "out_old", progress=False)["verdicts"]["C9"][0]
+    assert v["verdict"] == INCONCLUSIVE and "FullFT did not store the facts" in v["measured"], v["measured"]
+    for d in (tmp_path / "old" / "tiny" / "capacity").iterdir():
+        if "heldout" in d.name:
+            d.rename(tmp_path / "runs" / "tiny" / "capacity" / d.name)
+    v = analyze([tmp_path / "runs"], tmp_path / "out", progress=False)["verdicts"]["C9"][0]
+    assert v["verdict"] == REPRODUCED and "stored 1.5 +-" in v["measured"], v["measured"]
+    gate = pd.read_csv(tmp_path / "out" / "tiny" / "capacity" / "capacity_gate.csv")
+    assert (gate["source"] == "in-run").all() and gate["stored"].tolist() == pytest.approx([1.5, 1.5], abs=0.02)
+
+
+@pytest.mark.parametrize("source", ["in-run", "baseline arm"])
+def test_c9_gate_at_fullft_best_lr_among_those_that_measured_unseen_facts(tmp_path, source):
+    """FullFT's best LR (3e-4) without an eval on unseen facts (a refinement gave the baseline arm other
+    LRs, or a FullFT run made before data.eval_unseen): the gate pairs FullFT with it at FullFT's best
+    LR among those that have it (1e-4 beats 1e-3), not at one that lacks it."""
+    make_capacity(tmp_path / "runs", baseline_lrs=(1e-4, 1e-3), **SOURCES[source])
     v = analyze([tmp_path / "runs"], tmp_path / "out", progress=False)["verdicts"]["C9"][0]
     assert v["verdict"] == REPRODUCED and "N=1000, LR 0.0001: re-ask" in v["measured"], v["measured"]
     gate = pd.read_csv(tmp_path / "out" / "tiny" / "capacity" / "capacity_gate.csv")
     assert (gate["full_lr"] == 1e-4).all() and gate["stored"].tolist() == pytest.approx([1.5, 1.5], abs=0.02)
+    assert (gate["source"] == source).all()
 
 
 def _seeds(rows: list[tuple[str, int, float]]) -> pd.DataFrame:

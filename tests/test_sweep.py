@@ -55,6 +55,31 @@ def test_the_tiny_plan_trains_c7_in_tiny_rank_once(tmp_path):
     assert shared and {r for r, _ in cells} == {1, 4, 16, 64}
 
 
+def test_experiments_beyond_the_paper_run_when_asked_and_share_their_runs(tmp_path):
+    """tiny/width and tiny/alpha are not in a plain reproduce (its budget is the claims'), run with
+    --only or --beyond, and train their shared runs once: tiny/alpha's alpha-32 rank-16 and FullFT runs
+    are tiny/width's hidden-128 runs of seed 0."""
+    from lora_lab.reproduce import plan
+
+    root = [f"run.root={tmp_path}"]
+    assert not {"tiny/width", "tiny/alpha"} & set(plan("tiny", False, root))
+    assert {"tiny/width", "tiny/alpha", "tiny/rank"} <= set(plan("tiny", False, root, beyond=True))
+    both = plan("tiny", False, root, only=["tiny/width", "tiny/alpha"])
+    assert set(both) == {"tiny/width", "tiny/alpha"}
+    width = {j.path.name: j.cfg for j in both["tiny/width"]}
+    alpha = {j.path.name: j.cfg for j in both["tiny/alpha"]}
+    shared = set(width) & set(alpha)
+    assert {(c.method, c.lora.rank if c.method == "lora" else None) for n, c in alpha.items() if n in shared} == \
+        {("lora", 16), ("full", None)}
+    assert all(alpha[n].train.seed == 0 and alpha[n].model.name == "tiny-llama" for n in shared)
+    hidden = {c.model.name: c.lora.rank for c in width.values() if c.method == "lora"}
+    assert hidden == {"tiny-llama-w64": 8, "tiny-llama": 16, "tiny-llama-w256": 32}  # rank hidden / 8
+    for name, jobs in both.items():
+        for arm in {j.arm for j in jobs}:
+            assert len({j.cfg.optim.lr for j in jobs if j.arm == arm}) >= 5, (name, arm)
+        assert all(j.cfg.optim.batch_size == 8 and j.cfg.data.num_examples == 2048 for j in jobs)
+
+
 def test_paper_grids_cover_ranks_1_to_512_and_fullft():
     cfgs = sweep.expand("paper/rank_tulu3_llama8b")
     ranks = {c.lora.rank for c in cfgs if c.method == "lora"}
@@ -97,6 +122,9 @@ def test_arms_selects_grids():
     assert len(both) == len(sweep.expand("tiny/rank")) > len(full)
     with pytest.raises(ConfigError, match="arms=ful: no such arm; this experiment has lora, full"):
         sweep.expand("tiny/rank", arms=["ful"])
+    # quick's lora.rank is an axis of the LoRA arm only, also when that arm is not selected
+    quick_full = sweep.expand("tiny/batch", quick=True, arms=["full"])
+    assert quick_full and all(c.method == "full" for c in quick_full)
 
 
 def test_fast_expansion_equals_hydra_compose():

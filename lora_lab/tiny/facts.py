@@ -38,7 +38,10 @@ Two eval splits, both fixed independently of num_examples:
 - `tiny-facts-heldout`: the usual held-out split, eval_size unseen entities. No model can beat
   chance on their values (log2 |V_k| bits each), so this eval calibrates the no-knowledge loss: the
   gap between its value-token loss and the re-ask loss is what was stored.
-Both sets have the same training rows for the same seed.
+Both sets have the same training rows for the same seed. A tiny-facts run with
+`data.eval_unseen=true` evaluates on both: the re-ask split as its eval (`eval_loss`) and the unseen
+entities of tiny-facts-heldout (`eval_unseen_loss`, load_unseen_facts), so C9's no-knowledge loss
+comes from the same run instead of a second FullFT run trained on the same rows.
 """
 
 from __future__ import annotations
@@ -153,8 +156,19 @@ def load_tiny_facts(cfg: "DataConfig") -> tuple[list[dict], list[dict]]:
     return rows, reask
 
 
+def _unseen_rows(cfg: "DataConfig", held: list[Fact]) -> list[dict]:
+    return [_row(f, f"tiny_facts_{cfg.seed}_heldout_{i}") for i, f in enumerate(held)]
+
+
 def load_tiny_facts_heldout(cfg: "DataConfig") -> tuple[list[dict], list[dict]]:
     """Same training rows; eval: eval_size unseen entities (the chance-level baseline)."""
     train, held = _split_facts(cfg)
     rows = [_row(f, f"tiny_facts_{cfg.seed}_{i}") for i, f in enumerate(train)]
-    return rows, [_row(f, f"tiny_facts_{cfg.seed}_heldout_{i}") for i, f in enumerate(held)]
+    return rows, _unseen_rows(cfg, held)
+
+
+def load_unseen_facts(cfg: "DataConfig") -> list[dict]:
+    """The eval_size unseen entities that tiny-facts-heldout evaluates on (data.eval_unseen), for a
+    run that trains on tiny-facts: its no-knowledge loss, measured on the run's own model."""
+    _, held = _split_facts(cfg)
+    return _unseen_rows(cfg, held)

@@ -451,7 +451,7 @@ def _texts_for_tokenizer(docs) -> list[str]:
 
 
 def pretrain(name: str, out: Path, tok, tokens: int, lr: float, batch: int, seed: int, overrides: dict | None = None,
-             log=print, drill: float = 0.0) -> dict:
+             log=print, drill: float = 0.0, tokenizer: str = "retrained") -> dict:
     from transformers import AutoModelForCausalLM
 
     from lora_lab.tiny.presets import TINY_CONFIGS, tiny_config
@@ -493,7 +493,7 @@ def pretrain(name: str, out: Path, tok, tokens: int, lr: float, batch: int, seed
     card = {"model": name, "params": n_params, "tokens_seen": steps * batch * SEQ_LEN, "steps": steps,
             "first_loss": round(first, 4), "final_train_loss": round(loss_ema, 4), "eval_loss": round(eval_loss, 4),
             "lr": lr, "batch": batch, "seq_len": SEQ_LEN, "seed": seed, "drill": drill, "tokens_requested": tokens,
-            "wall_s": round(time.time() - t0, 1),
+            "wall_s": round(time.time() - t0, 1), "tokenizer": tokenizer,
             "architecture": arch}
     (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     (out / "README.md").write_text(_model_card(card))
@@ -502,6 +502,16 @@ def pretrain(name: str, out: Path, tok, tokens: int, lr: float, batch: int, seed
 
 def _model_card(c: dict) -> str:
     arch = ", ".join(f"{k}={v}" for k, v in c["architecture"].items())
+    kept = c.get("tokenizer") == "kept"
+    tok = ("with the shipped tokenizer in ../tokenizer" if kept
+           else "the tokenizer in ../tokenizer is trained first, from the corpus alone")
+    kept = " --keep-tokenizer" if kept else ""
+    ladder = ""
+    if BUILD_DEFAULTS.get(c["model"], {}).get("tokens") == "per-param" or c["model"] == "tiny-llama":
+        ladder = (f"\nOne rung of the width ladder ({', '.join(WIDTH_LADDER)}): the same depth, head size 32, MLP 3x "
+                  f"hidden, corpus, drill fraction and {TOKENS_PER_PARAM:.2f} pretraining tokens per parameter. Each "
+                  "width is its own pretrained base model, so a trend across widths mixes width with everything "
+                  "else that differs between the models (held-out loss above).\n")
     return f"""# {c['model']}
 
 A tiny base model of lora-lab, pretrained from scratch on the project's generated corpus
@@ -520,15 +530,33 @@ chat-format question/answer turns), with a fraction `drill` of arithmetic-table 
 
 Architecture: {arch}.
 
-Built by: `lora-lab build-tiny --models {c['model']} --tokens {c.get('tokens_requested', c['tokens_seen'])} --drill {c.get('drill', 0.0)}`
-(seed {c['seed']}, peak LR {c['lr']}; the tokenizer in ../tokenizer is trained first, from the corpus alone).
-"""
+Built by: `lora-lab build-tiny --models {c['model']} --tokens {c.get('tokens_requested', c['tokens_seen'])} --drill {c.get('drill', 0.0)}{kept}`
+(seed {c['seed']}, peak LR {c['lr']}; {tok}).
+{ladder}"""
 
 
 # What the shipped assets were built with (each model card repeats it): tiny-llama with a quarter of
 # its documents arithmetic drill (experiments/LOG.md, 2026-11-24: 2% -> 12.5% of tiny-math solved
 # before RL), tiny-moe from the plain corpus.
-BUILD_DEFAULTS = {"tiny-llama": {"tokens": 4_000_000, "drill": 0.25}, "tiny-moe": {"tokens": 3_000_000, "drill": 0.0}}
+# The width ladder keeps tiny-llama's recipe: the same drill fraction and the same pretraining tokens
+# per parameter (4,000,000 / 1,090,432 = 3.67), so each width is as far along its own training.
+TOKENS_PER_PARAM = 4_000_000 / 1_090_432
+BUILD_DEFAULTS = {"tiny-llama": {"tokens": 4_000_000, "drill": 0.25}, "tiny-moe": {"tokens": 3_000_000, "drill": 0.0},
+                  "tiny-llama-w64": {"tokens": "per-param", "drill": 0.25},
+                  "tiny-llama-w256": {"tokens": "per-param", "drill": 0.25}}
+MODELS = tuple(BUILD_DEFAULTS)
+WIDTH_LADDER = ("tiny-llama-w64", "tiny-llama", "tiny-llama-w256")
+
+
+def _param_count(name: str, vocab: int) -> int:
+    """Parameters of a preset at this vocabulary, counted on the meta device (no memory, no init)."""
+    from transformers import AutoModelForCausalLM
+
+    from lora_lab.tiny.presets import tiny_config
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(tiny_config(name, vocab))
+    return sum(p.numel() for p in model.parameters())
 
 
 def build_tiny(out: Path = ASSETS, models: tuple[str, ...] = ("tiny-llama", "tiny-moe"), tokens: int | None = None,
@@ -549,9 +577,12 @@ def build_tiny(out: Path = ASSETS, models: tuple[str, ...] = ("tiny-llama", "tin
         tmp = out / f".{name}.building"
         shutil.rmtree(tmp, ignore_errors=True)
         n = BUILD_DEFAULTS[name]["tokens"] if tokens is None else tokens
+        if n == "per-param":
+            n = round(TOKENS_PER_PARAM * _param_count(name, len(tok)))
         f = BUILD_DEFAULTS[name]["drill"] if drill is None else drill
         cards[name] = pretrain(name, tmp, tok, n, lr, batch, seed, overrides,
-                               log=lambda m: print(m, file=sys.stderr, flush=True), drill=f)
+                               log=lambda m: print(m, file=sys.stderr, flush=True), drill=f,
+                               tokenizer="retrained" if retrain_tokenizer else "kept")
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)  # a half-built model never replaces a good one
         print(json.dumps(cards[name]), flush=True)
@@ -562,16 +593,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="lora-lab build-tiny", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=ASSETS, help="assets directory (default: the shipped one)")
-    p.add_argument("--models", nargs="+", default=["tiny-llama", "tiny-moe"], choices=["tiny-llama", "tiny-moe"])
+    p.add_argument("--models", nargs="+", default=["tiny-llama", "tiny-moe"], choices=list(MODELS))
     p.add_argument("--tokens", type=int, default=None,
-                   help="pretraining tokens per model (default: the shipped build's, 4M tiny-llama, 3M tiny-moe)")
+                   help="pretraining tokens per model (default: the shipped build's, 4M tiny-llama, 3M tiny-moe, "
+                        "the width ladder tiny-llama's 3.67 tokens per parameter)")
     p.add_argument("--vocab", type=int, default=2048)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--drill", type=float, default=None,
                    help="fraction of pretraining documents that are arithmetic-table drill, 0 <= F < 1 "
-                        "(default: the shipped build's, 0.25 tiny-llama, 0 tiny-moe)")
+                        "(default: the shipped build's, 0.25 tiny-llama and its width ladder, 0 tiny-moe)")
     p.add_argument("--keep-tokenizer", action="store_true", help="reuse <out>/tokenizer instead of retraining it")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                    help="architecture override, e.g. hidden_size=64 (for quick test builds)")
