@@ -505,6 +505,7 @@ class SweepGridConfig:
     quick: Dict[str, str] = field(default_factory=dict)
     max_batch_size: Optional[int] = None
     refine_factor: Optional[float] = None  # the experiment's refine factor (lora_lab/refine.py); .inf: bracketing only
+    refine_score: Optional[str] = None  # SFT arms' score in refinement: final_loss (None) or final_eval_loss
 
 
 def register_configs() -> None:

@@ -13,7 +13,8 @@ The rule, stated before any data:
   taken out.
 - An arm's *score* at an LR is the mean over its seeds of what the analysis judges. SFT: the final
   train loss (the mean over the last 10% of steps, lora_lab/results.py `final_loss`), lower is
-  better. RL (task=rl): the final validation accuracy where the arm's runs have one
+  better, or the final eval loss where the experiment file says its analysis judges that
+  (`hydra.sweeper.refine_score: final_eval_loss`, as tiny/capacity's C9 does). RL (task=rl): the final validation accuracy where the arm's runs have one
   (`final_val_accuracy`), else the final held-out accuracy (`final_eval_accuracy`), else the final
   train reward, higher is better. A diverged run counts as the worst score (+inf loss, -inf
   accuracy), as does a run without the number. An LR is scored once all of its runs have finished
@@ -51,6 +52,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lora_lab.config import Config, ConfigError
 from lora_lab.runs import FINAL_STATUSES, CorruptFile, RunDir, identity, run_state
@@ -63,6 +65,9 @@ ONE_LR_STEP = math.sqrt(10.0)  # a half-decade: the step from an arm of one LR
 ARM_FREE = ("optim.lr", "train.seed")
 # RL scores in order of preference (results.read_run's row keys); the first every completed run of the arm has.
 RL_SCORES = ("final_val_accuracy", "final_eval_accuracy", "final_reward_smoothed")
+# What an SFT arm may be scored by (hydra.sweeper.refine_score): the final train loss (the default),
+# or the final eval loss where that is what the experiment's analysis judges (tiny/capacity, C9).
+SFT_SCORES = ("final_loss", "final_eval_loss")
 STATES = ("run", "waiting", "bracketed", "stopped")
 
 
@@ -215,13 +220,13 @@ def next_lrs(scores: Mapping[float, float], maximize: bool = False, factor: floa
     return out, why
 
 
-def score_runs(jobs: Sequence[Job], rows: Callable[[Job], dict], maximize: bool) -> dict[float, float]:
+def score_runs(jobs: Sequence[Job], rows: Callable[[Job], dict], maximize: bool,
+               column: str = "final_loss") -> dict[float, float]:
     """Score per LR of an arm's finished runs: the mean over its runs (seeds) of the judged number of
-    each run's results row (lora_lab/results.py read_run); a diverged run, or one without the number,
-    is the worst."""
+    each run's results row (lora_lab/results.py read_run): `column` for SFT, RL_SCORES' first for RL;
+    a diverged run, or one without the number, is the worst."""
     worst = -math.inf if maximize else math.inf
     table = [(j.cfg.optim.lr, rows(j)) for j in jobs]
-    column = "final_loss"
     if maximize:
         completed = [r for _, r in table if r.get("status") == "completed"]
         column = next((c for c in RL_SCORES if all(_number(r.get(c)) is not None for r in completed)), RL_SCORES[-1])
@@ -263,7 +268,7 @@ class ArmPlan:
 
 
 def plan_arm(arm: Arm, rows: Callable[[Job], dict], state: Callable[[Job], str],
-             factor: float = REFINE_FACTOR, rounds: int = REFINE_ROUNDS) -> ArmPlan:
+             factor: float = REFINE_FACTOR, rounds: int = REFINE_ROUNDS, score: str = "final_loss") -> ArmPlan:
     """Replay the rounds of one arm from its grid: the first round whose runs are not all finished is
     the one to run; an arm whose grid has not finished waits."""
     jobs = list(arm.jobs)
@@ -271,7 +276,7 @@ def plan_arm(arm: Arm, rows: Callable[[Job], dict], state: Callable[[Job], str],
         waiting = [j for j in jobs if state(j) not in FINAL_STATUSES]
         if waiting:  # round 1 only: a later round is returned below until all its runs have finished
             return ArmPlan(arm, "waiting", r - 1, [], f"{len(waiting)} of its {len(jobs)} runs to finish")
-        scores = score_runs(jobs, rows, arm.maximize)
+        scores = score_runs(jobs, rows, arm.maximize, score)
         new, why = next_lrs(scores, arm.maximize, factor)
         if not new:
             return ArmPlan(arm, "bracketed", r - 1, [], why)
@@ -312,13 +317,29 @@ class Refinement:
         return ", ".join(f"{n[s]} {names[s]}" for s in STATES if n[s])
 
 
+def _sweeper(jobs: Sequence[Job]) -> Any:
+    from lora_lab.config import compose_dict
+
+    return compose_dict(list(jobs[0].master), return_hydra_config=True).hydra.sweeper
+
+
+def experiment_score(jobs: Sequence[Job]) -> str:
+    """The column an experiment's SFT arms are scored by (`hydra.sweeper.refine_score`: what its
+    analysis judges), else final_loss."""
+    stated = _sweeper(jobs).get("refine_score") if jobs else None
+    if stated is None:
+        return SFT_SCORES[0]
+    if stated not in SFT_SCORES:
+        raise ConfigError(f"hydra.sweeper.refine_score={stated} in experiment {jobs[0].cfg.run.experiment}: choose "
+                          f"{' or '.join(SFT_SCORES)} (what the experiment's analysis judges)")
+    return str(stated)
+
+
 def experiment_factor(jobs: Sequence[Job]) -> float:
     """The refine factor an experiment's file states (`hydra.sweeper.refine_factor`), else REFINE_FACTOR."""
     if not jobs:
         return REFINE_FACTOR
-    from lora_lab.config import compose_dict
-
-    stated = compose_dict(list(jobs[0].master), return_hydra_config=True).hydra.sweeper.get("refine_factor")
+    stated = _sweeper(jobs).get("refine_factor")
     if stated is None:
         return REFINE_FACTOR
     try:
@@ -352,7 +373,8 @@ def next_round(jobs: Sequence[Job], factor: float | None = REFINE_FACTOR, rounds
         return run_state(job.path)["state"]
 
     arms = [a for a in arms_of(jobs) if len(a.lrs) >= min_lrs]
-    return Refinement([plan_arm(a, rows, state, factor, rounds) for a in arms])
+    score = experiment_score(jobs)
+    return Refinement([plan_arm(a, rows, state, factor, rounds, score) for a in arms])
 
 
 # -- the runs of earlier rounds, for `lora-lab status` ------------------------------------------------

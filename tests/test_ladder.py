@@ -264,3 +264,16 @@ def test_fits():
     assert flat.weighting.startswith("unweighted") and flat.slope == pytest.approx(tight.slope)
     assert loglog_fit([1.0], [1.0]) is None and loglog_fit([2.0, 2.0], [1.0, 3.0]) is None
     assert convention_label("rank", 1.0) == "alpha = r" and convention_label("fixed", 32.0) == "alpha = 32"
+
+
+@pytest.mark.parametrize("script, table", [("width", "width_fit.csv"), ("alpha", "alpha_slopes.csv")])
+def test_the_analysis_scripts_write_what_analyze_writes(analysed, tmp_path, script, table):
+    import subprocess
+    import sys
+
+    _, out = analysed
+    repo = Path(__file__).resolve().parent.parent
+    p = subprocess.run([sys.executable, str(repo / "analysis" / f"{script}.py"), str(out.parent / "runs" / "tiny" / script),
+                        "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert (tmp_path / "tiny" / script / table).read_text() == (out / "tiny" / script / table).read_text()

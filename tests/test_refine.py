@@ -368,3 +368,29 @@ def test_a_bad_refine_factor_in_an_experiment_file_is_a_config_error(tmp_path, m
                         lambda *a, **k: SimpleNamespace(hydra=SimpleNamespace(sweeper={"refine_factor": 0.5})))
     with pytest.raises(ConfigError, match=r"hydra.sweeper.refine_factor=0.5 in experiment tiny/rank: expected a number > 1"):
         refine.experiment_factor(jobs)
+
+
+def test_an_experiment_that_judges_eval_loss_is_refined_by_it(tmp_path, monkeypatch):
+    """tiny/capacity (C9) reads each arm's best eval loss: its arms are scored by final_eval_loss, so
+    an optimum the train loss puts inside the grid but the eval loss puts at its edge is opened."""
+    def job(lr):
+        return SimpleNamespace(cfg=SimpleNamespace(optim=SimpleNamespace(lr=lr)))
+
+    rows = {1e-3: {"status": "completed", "final_loss": 0.9, "final_eval_loss": 2.1},
+            3e-3: {"status": "completed", "final_loss": 0.5, "final_eval_loss": 2.4},
+            1e-2: {"status": "completed", "final_loss": 0.7, "final_eval_loss": 3.0}}
+    jobs = [job(lr) for lr in rows]
+    by_train = refine.score_runs(jobs, lambda j: rows[j.cfg.optim.lr], maximize=False)
+    by_eval = refine.score_runs(jobs, lambda j: rows[j.cfg.optim.lr], maximize=False, column="final_eval_loss")
+    assert refine.next_lrs(by_train, factor=math.inf)[0] == []  # interior by train loss
+    assert refine.next_lrs(by_eval, factor=math.inf)[0] == [pytest.approx(1e-3 / 3, rel=0.01)]  # an open low edge
+    _, capacity = sweep.expand_jobs("tiny/capacity", [f"run.root={tmp_path}"])
+    _, rank = sweep.expand_jobs("tiny/rank", [f"run.root={tmp_path}"], arms=["full"])
+    assert refine.experiment_score(capacity) == "final_eval_loss" and refine.experiment_score(rank) == "final_loss"
+    from lora_lab.results import SUMMARY_KEYS
+
+    assert "final_eval_loss" in SUMMARY_KEYS
+    monkeypatch.setattr("lora_lab.config.compose_dict",
+                        lambda *a, **k: SimpleNamespace(hydra=SimpleNamespace(sweeper={"refine_score": "accuracy"})))
+    with pytest.raises(ConfigError, match=r"hydra.sweeper.refine_score=accuracy in experiment tiny/rank: choose"):
+        refine.experiment_score(rank)
