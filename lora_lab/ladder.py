@@ -402,7 +402,7 @@ def alpha_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
     runs["convention"] = [convention_label(_mode(r), float(r["lora.alpha"])) if m else None
                           for (_, r), m in zip(runs.iterrows(), lora)]
     base = label_runs(runs.drop(columns=[c for c in ("lora.alpha", ALPHA_MODE) if c in runs]))["curve"].to_numpy()
-    runs["curve"] = [b if c is None else f"{b} {c}" for b, c in zip(base, runs["convention"])]
+    runs["curve"] = [f"{b} {c}" if isinstance(c, str) else b for b, c in zip(base, runs["convention"])]
     sec.table("lr_sweep", ucurves(runs))
     opt = optimal_lrs(runs)
     meta = runs.drop_duplicates("curve").set_index("curve")

@@ -177,6 +177,7 @@ def test_alpha_recovers_the_slope_of_each_convention(analysed):
             assert not r["edge"] and r["best_lr"] == pytest.approx(true, rel=1e-6), r["curve"]
     full = opt[opt["method"] == "full"]
     assert len(full) == 1 and full["best_lr"].iloc[0] == pytest.approx(FULL_ALPHA_OPT, rel=1e-6)
+    assert full["curve"].iloc[0] == "FullFT"  # no convention: FullFT has no adapter
     slopes = pd.read_csv(d / "alpha_slopes.csv").set_index(["alpha_mode", "alpha"])
     for key, (_, slope) in CONVENTIONS.items():
         s = slopes.loc[key]

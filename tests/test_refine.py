@@ -287,7 +287,7 @@ def test_reproduce_refines_only_arms_of_several_lrs(tmp_path, fake_launch, monke
 
     calls, _ = fake_launch
     monkeypatch.setattr(reproduce, "launch_jobs", sweep.launch_jobs)
-    monkeypatch.setattr(reproduce, "plan", lambda scale, quick, overrides, only: {
+    monkeypatch.setattr(reproduce, "plan", lambda scale, quick, overrides, only, beyond: {
         "tiny/rank": grid(tmp_path, "optim.lr=1e-3,3e-3")[1], "tiny/one_lr": grid(tmp_path, "optim.lr=3e-3",
                                                                                  "train.max_steps=5")[1]})
     import lora_lab.report as report
