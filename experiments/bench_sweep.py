@@ -1,8 +1,8 @@
 """Runs per hour of a local sweep with worker processes (the default) against a process per run
 (`workers=false`), and the fixed cost of a run in each, in one invocation on the same grid.
 
-1. Throughput: the same shrunk tiny/rank grid (LoRA ranks 1, 4, 16, 64 x LRs 1e-3, 3e-3: 8 runs of
-   64 steps, batch 32) through `lora-lab sweep`, the two launchers interleaved (A B A B ...), each
+1. Throughput: the same shrunk tiny/rank grid (LoRA ranks 1, 4, 16, 64 x LRs 1e-3, 3e-3 at seed 0: 8
+   runs of 64 steps, batch 32) through `lora-lab sweep`, the two launchers interleaved (A B A B ...), each
    round into a fresh run root in a temporary directory; runs per hour from the wall time of each
    sweep, medians over the rounds, and their ratio.
 2. Fixed cost per run: one LoRA run of 1 step and of 64 steps, in a worker (the time from handing
@@ -35,14 +35,15 @@ LORA_LAB = str(Path(sys.executable).with_name("lora-lab"))
 COMMON = ["train.checkpoint_every=0", "logger.progress=none"]
 
 
-def sweep_wall(root: Path, grid: list[str], steps: int, workers: bool, parallel: int) -> float:
+def sweep_wall(root: Path, grid: list[str], n_runs: int, steps: int, workers: bool, parallel: int) -> float:
     cmd = [LORA_LAB, "sweep", "tiny/rank", "arms=lora", *grid, f"train.max_steps={steps}", *COMMON,
            f"run.root={root}", f"max_parallel={parallel}", f"workers={str(workers).lower()}"]
     t0 = time.monotonic()
     res = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.monotonic() - t0
-    if res.returncode != 0 or " completed" not in res.stdout:
-        raise SystemExit(f"{shlex.join(cmd)} failed ({res.returncode}):\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}")
+    if res.returncode != 0 or f"tiny/rank: {n_runs} completed" not in res.stdout:
+        raise SystemExit(f"{shlex.join(cmd)} failed or did not run {n_runs} runs ({res.returncode}):\n"
+                         f"{res.stdout[-2000:]}\n{res.stderr[-3000:]}")
     return wall
 
 
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     reps = args.reps or (1 if quick else 3)
     steps = args.steps or (4 if quick else 64)
     grid = ["lora.rank=1", "optim.lr=1e-3,3e-3"] if quick else ["lora.rank=1,4,16,64", "optim.lr=1e-3,3e-3"]
+    grid.append("train.seed=0")  # one seed of tiny/rank's three
     n_runs = 2 if quick else 8
     one = ["method=lora", "lora.rank=4", "optim.lr=1e-3"] + (["data.num_examples=256"] if quick else [])
     if quick:
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         walls: dict[bool, list[float]] = {False: [], True: []}
         for r in range(rounds):
             for workers in (False, True):
-                wall = sweep_wall(tmp / f"sweep{r}_{'workers' if workers else 'processes'}", grid, steps, workers,
+                wall = sweep_wall(tmp / f"sweep{r}_{'workers' if workers else 'processes'}", grid, n_runs, steps, workers,
                                   args.parallel)
                 walls[workers].append(wall)
                 print(f"round {r + 1}: {'workers' if workers else 'a process per run'}: {n_runs} runs in {wall:.1f} s",

@@ -295,3 +295,25 @@ def test_a_bad_runs_per_job_in_a_profile_stops_before_anything_runs(tmp_path, mo
         slurm.cluster_overrides("p")
     (tmp_path / "p.yaml").write_text("partition: debug\nruns_per_job: 3\n")
     assert "++hydra.launcher.runs_per_job=3" in slurm.cluster_overrides("p")
+
+
+def test_a_worker_at_the_end_of_its_input_flushes_what_is_pending_before_its_quick_exit(tmp_path):
+    """The end of input skips Python's own shutdown (os._exit): what it would have flushed is flushed
+    first, so an answer written but not flushed and a buffered log record are not lost."""
+    log = tmp_path / "records.log"
+    code = f"""
+import logging, os, sys
+from lora_lab import worker
+target = logging.FileHandler({str(log)!r})
+logging.getLogger("a-run").addHandler(logging.handlers.MemoryHandler(capacity=100, target=target))
+logging.getLogger("a-run").warning("a record the memory handler holds")
+answers = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+answers.write("an answer not flushed yet\\n")
+worker._quick_exit(answers)
+print("never reached")
+"""
+    res = subprocess.run([os.sys.executable, "-c", "import logging.handlers\n" + code], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "an answer not flushed yet\n"
+    assert log.read_text() == "a record the memory handler holds\n"
