@@ -355,8 +355,11 @@ def read_optimal_lr(paths: Sequence[str | Path], min_rank: int = 1, layers: str 
     the hidden size comes from the model column through the model lookup. Rows whose optimum sits
     at the edge of the LR grid (column `edge` true: a bound, not an optimum) are left out unless
     keep_edge, and so are LoRA rows of another alpha convention than the law's (columns `alpha_mode`
-    and `alpha`, as tiny/alpha writes them: the law is for alpha = 32, scale alpha / rank)."""
-    points = []
+    and `alpha`, as tiny/alpha writes them: the law is for alpha = 32, scale alpha / rank). One
+    optimum read from the same runs by two experiments (tiny/width and tiny/alpha share the hidden-128
+    FullFT runs; so do two analyses of one root) is one point: rows equal in model, method, rank,
+    layers, batch size, alpha, best LR and best loss count once."""
+    points, seen = [], set()
     for path in map(Path, paths):
         f = path / "optimal_lr.csv" if path.is_dir() else path
         if not f.is_file():
@@ -376,8 +379,24 @@ def read_optimal_lr(paths: Sequence[str | Path], min_rank: int = 1, layers: str 
                         or batch_size and row.get("batch_size") and int(float(row["batch_size"])) != batch_size
                         or lora and not _paper_alpha(row)):
                     continue
+                key = _optimum_key(row)
+                if key in seen:
+                    continue
+                seen.add(key)
                 points.append(LRPoint(_arch(row["model"]).hidden, float(row["best_lr"]), row["method"], row["model"]))
     return points
+
+
+def _optimum_key(row: dict) -> tuple:
+    """What makes an optimal_lr.csv row one optimum of one set of runs (not the experiment reading it)."""
+    def num(name: str) -> float | None:
+        text = str(row.get(name) or "").strip()
+        return float(text) if text else None
+
+    lora = row["method"] == "lora"
+    return (row["model"], row["method"], num("rank") if lora else None, (row.get("layers") or "") if lora else "",
+            num("batch_size"), (row.get("alpha_mode") or "fixed").strip(), num("alpha") if lora else None,
+            num("best_lr"), num("best_final_loss"))
 
 
 def _paper_alpha(row: dict) -> bool:

@@ -326,20 +326,29 @@ def _sweeper(jobs: Sequence[Job]) -> Any:
 def experiment_score(jobs: Sequence[Job]) -> str:
     """The column an experiment's SFT arms are scored by (`hydra.sweeper.refine_score`: what its
     analysis judges), else final_loss."""
-    stated = _sweeper(jobs).get("refine_score") if jobs else None
-    if stated is None:
-        return SFT_SCORES[0]
-    if stated not in SFT_SCORES:
-        raise ConfigError(f"hydra.sweeper.refine_score={stated} in experiment {jobs[0].cfg.run.experiment}: choose "
-                          f"{' or '.join(SFT_SCORES)} (what the experiment's analysis judges)")
-    return str(stated)
+    return stated_score(_sweeper(jobs), jobs[0].cfg.run.experiment) if jobs else SFT_SCORES[0]
 
 
 def experiment_factor(jobs: Sequence[Job]) -> float:
     """The refine factor an experiment's file states (`hydra.sweeper.refine_factor`), else REFINE_FACTOR."""
-    if not jobs:
-        return REFINE_FACTOR
-    stated = _sweeper(jobs).get("refine_factor")
+    return stated_factor(_sweeper(jobs), jobs[0].cfg.run.experiment) if jobs else REFINE_FACTOR
+
+
+def stated_score(sweeper: Any, experiment: str) -> str:
+    """An experiment's `hydra.sweeper.refine_score`, checked (sweep.expand_jobs checks it before any
+    run; a ConfigError names the key and the choices)."""
+    stated = sweeper.get("refine_score")
+    if stated is None:
+        return SFT_SCORES[0]
+    if stated not in SFT_SCORES:
+        raise ConfigError(f"hydra.sweeper.refine_score={stated} in experiment {experiment}: choose "
+                          f"{' or '.join(SFT_SCORES)} (what the experiment's analysis judges)")
+    return str(stated)
+
+
+def stated_factor(sweeper: Any, experiment: str) -> float:
+    """An experiment's `hydra.sweeper.refine_factor`, checked, else REFINE_FACTOR."""
+    stated = sweeper.get("refine_factor")
     if stated is None:
         return REFINE_FACTOR
     try:
@@ -347,7 +356,7 @@ def experiment_factor(jobs: Sequence[Job]) -> float:
     except (TypeError, ValueError):
         factor = math.nan
     if math.isnan(factor) or factor <= 1:
-        raise ConfigError(f"hydra.sweeper.refine_factor={stated} in experiment {jobs[0].cfg.run.experiment}: expected a "
+        raise ConfigError(f"hydra.sweeper.refine_factor={stated} in experiment {experiment}: expected a "
                           "number > 1, or .inf to stop once each arm's optimum is bracketed")
     return factor
 

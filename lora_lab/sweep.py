@@ -82,7 +82,7 @@ from lora_lab.config import (CONF_DIR, EXPERIMENTS_DIR, Config, ConfigError, che
 from lora_lab.dispatch import launch_jobs
 from lora_lab.pool import SweepInterrupted
 from lora_lab.progress import DONE, run_work
-from lora_lab.refine import REFINE_FACTOR, REFINE_ROUNDS, next_round, parse_options
+from lora_lab.refine import REFINE_FACTOR, REFINE_ROUNDS, next_round, parse_options, stated_factor, stated_score
 from lora_lab.runs import run_dir, run_state
 from lora_lab.slurm import Job, arm_requests, cluster_overrides
 
@@ -199,6 +199,9 @@ def expand_jobs(experiment: str, overrides: Sequence[str] = (), quick: bool = Fa
         grid = compose_dict(base, return_hydra_config=True).hydra.sweeper
     except ConfigError as exc:
         raise ConfigError(f"{experiment}: {exc}") from None
+    # What refinement will read after the grid has run, checked before it runs.
+    stated_score(grid, experiment)
+    stated_factor(grid, experiment)
     if quick:
         overrides = [f"{k}={v}" for k, v in (grid.get("quick") or {}).items()] + list(overrides)
     # hydra.launcher.* (e.g. tasks_per_node=2) configure the launcher, not the runs.

@@ -155,6 +155,11 @@ def test_status_plan_and_fetch_take_an_experiment_file(tmp_path, capsys):
     ("# @package _global_\n- 1\n- 2\n", ["not a mapping"]),
     ("# @package _global_\nhydra:\n  sweeper:\n    grids:\n      lora:\n        optim.lrr: 1e-3,3e-3\n", ["optim.lrr", "no such key"]),
     ("# @package _global_\nhydra:\n  sweeper:\n    grids:\n      lora:\n        lora.rank: 1,0\n", ["lora.rank", "1..512"]),
+    # What refinement reads once the grid has run is checked before it runs.
+    ("# @package _global_\nhydra:\n  sweeper:\n    refine_score: accuracy\n    grids:\n      lora:\n        optim.lr: 1e-3,3e-3\n",
+     ["hydra.sweeper.refine_score=accuracy", "final_eval_loss"]),
+    ("# @package _global_\nhydra:\n  sweeper:\n    refine_factor: 0.5\n    grids:\n      lora:\n        optim.lr: 1e-3,3e-3\n",
+     ["hydra.sweeper.refine_factor=0.5", "number > 1"]),
 ])
 def test_a_bad_experiment_file_stops_with_one_line_naming_it(text, names, tmp_path, capsys):
     path = tmp_path / "bad.yaml"

@@ -280,6 +280,9 @@ def test_fit_recovers_m_p_and_multiplier_from_handmade_csvs(tmp_path, capsys):
                             "best_lr_low": 1.0, "best_lr_high": "", "best_final_loss": 1.0, "model": model, "edge": True})
     points = lrs.read_optimal_lr([tmp_path / "sweep0", tmp_path / "sweep1" / "optimal_lr.csv"], min_rank=4)
     assert len(lrs.read_optimal_lr([tmp_path / "sweep0"], keep_edge=True)) == 2 * 6
+    # The same optima read twice (one sweep given twice, or runs two experiments share) count once.
+    assert lrs.read_optimal_lr([tmp_path / "sweep0", tmp_path / "sweep0"], min_rank=4) == \
+        lrs.read_optimal_lr([tmp_path / "sweep0"], min_rank=4)
     assert len(points) == 4 * (1 + 3) and {p.hidden_size for p in points} == set(models.values())
     fit = lrs.fit_lr_law(points)
     assert fit.method == "both" and fit.n == 16
