@@ -98,6 +98,20 @@ def hf_config(model: ModelLike) -> PretrainedConfig:
     return _lookup(str(model), False, None)
 
 
+def hidden_size(model: str) -> int | None:
+    """A model's hidden size: a tiny preset's from its config dict (no transformers import), else
+    through Arch; None where the model cannot be looked up (an unknown or offline hub model: the
+    analyses leave its width out rather than fail)."""
+    from lora_lab.tiny.presets import TINY_CONFIGS
+
+    if model in TINY_CONFIGS:
+        return int(TINY_CONFIGS[model]["hidden_size"])
+    try:
+        return int(Arch.of(model).hidden)
+    except Exception:  # noqa: BLE001 - see above
+        return None
+
+
 @lru_cache(maxsize=64)
 def _lookup(name: str, trust_remote_code: bool, revision: str | None) -> PretrainedConfig:
     from transformers import AutoConfig

@@ -29,7 +29,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 import matplotlib
 import matplotlib.ticker
@@ -40,6 +39,7 @@ from matplotlib.figure import Figure
 from lora_lab import figures
 from lora_lab.config import ALPHA_MODES, lora_scale
 from lora_lab.curves import FULL, label_runs, lr_ratios, optimal_lrs, reference_curves, ucurves
+from lora_lab.flops import hidden_size
 from lora_lab.lrs import t_quantile
 from lora_lab.records import Section
 from lora_lab.results import Results
@@ -129,22 +129,6 @@ def _log_sigmas(t: pd.DataFrame, value: str = "best_lr", low: str = "best_lr_low
 # ----------------------------------------------------------------------------- width
 
 
-@lru_cache(maxsize=64)
-def hidden_of(model: str) -> int | None:
-    """A model's hidden size: a tiny preset's from its config dict, else through lora_lab.flops.Arch;
-    None where it cannot be looked up."""
-    from lora_lab.tiny.presets import TINY_CONFIGS
-
-    if model in TINY_CONFIGS:
-        return int(TINY_CONFIGS[model]["hidden_size"])
-    try:
-        from lora_lab.flops import Arch
-
-        return int(Arch.of(model).hidden)
-    except Exception:  # noqa: BLE001 - an unknown or offline hub model leaves its width out, not the analysis
-        return None
-
-
 def _sft(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[runs.get("task", pd.Series("sft", index=runs.index)).fillna("sft") == "sft"]
 
@@ -163,7 +147,7 @@ def width_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
     if not len(runs):
         sec.notes.append("no SFT runs")
         return
-    runs["hidden"] = runs["model.name"].map(lambda m: hidden_of(str(m)))
+    runs["hidden"] = runs["model.name"].map(lambda m: hidden_size(str(m)))
     unknown = sorted({str(m) for m, h in zip(runs["model.name"], runs["hidden"]) if h is None})
     if unknown:
         sec.notes.append(f"hidden size unknown (left out): {', '.join(unknown)}")

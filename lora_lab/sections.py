@@ -45,7 +45,7 @@ from lora_lab.curves import (
     value_at_step,
 )
 from lora_lab.explore import explore_section
-from lora_lab.flops import Arch
+from lora_lab.flops import hidden_size
 from lora_lab.ladder import alpha_section, width_section
 from lora_lab.noise import GAP_WINDOW, K_SE, across_seeds, paired, paired_gap_steps, scatter_se, seed_values
 from lora_lab.records import (BatchRecord, CapacityRecord, EarlyRecord, InvarianceRecord, LayersRecord, RankRecord,
@@ -147,14 +147,6 @@ def ratios_by_steps(res: Results, runs: pd.DataFrame, steps: int) -> pd.DataFram
             frames.append(r.sort_values("rank", kind="stable").assign(cut=", ".join(names), step=step))
     cols = ["cut", "step", "curve", "rank", "layers", "lora_lr", "full_lr", "ratio", "ratio_low", "ratio_high", "open"]
     return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
-
-
-def hidden_size(model: str) -> int | None:
-    """The model's hidden size (lora_lab.flops.Arch), None where the model cannot be looked up."""
-    try:
-        return int(Arch.of(model).hidden)
-    except Exception:  # noqa: BLE001 - an unknown or offline hub model leaves the prediction out, not the analysis
-        return None
 
 
 def rank_section(res: Results, runs: pd.DataFrame, sec: Section) -> None:
