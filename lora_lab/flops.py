@@ -98,6 +98,7 @@ def hf_config(model: ModelLike) -> PretrainedConfig:
     return _lookup(str(model), False, None)
 
 
+@lru_cache(maxsize=64)
 def hidden_size(model: str) -> int | None:
     """A model's hidden size: a tiny preset's from its config dict (no transformers import), else
     through Arch; None where the model cannot be looked up (an unknown or offline hub model: the
