@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -302,7 +303,7 @@ def test_a_worker_at_the_end_of_its_input_flushes_what_is_pending_before_its_qui
     first, so an answer written but not flushed and a buffered log record are not lost."""
     log = tmp_path / "records.log"
     code = f"""
-import logging, os, sys
+import logging, logging.handlers, os, sys
 from lora_lab import worker
 target = logging.FileHandler({str(log)!r})
 logging.getLogger("a-run").addHandler(logging.handlers.MemoryHandler(capacity=100, target=target))
@@ -312,8 +313,7 @@ answers.write("an answer not flushed yet\\n")
 worker._quick_exit(answers)
 print("never reached")
 """
-    res = subprocess.run([os.sys.executable, "-c", "import logging.handlers\n" + code], capture_output=True,
-                         text=True, timeout=60)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout == "an answer not flushed yet\n"
     assert log.read_text() == "a record the memory handler holds\n"
